@@ -1,0 +1,5 @@
+"""`python -m pipeline` is `reattn-batch`."""
+
+from pipeline.cli import main
+
+main()

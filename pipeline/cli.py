@@ -1,0 +1,210 @@
+"""The `reattn-batch` command line.
+
+Every command shares the model flags (``model_options``); a UserError anywhere
+becomes one line on stderr and exit status 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from workers.errors import UserError
+
+log = logging.getLogger("reattn_batch")
+
+
+def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The flags that choose the model, shared by segment, run and eval."""
+    options = [
+        click.option(
+            "--classes",
+            help='Classes, comma-separated; synonyms joined by "/" ("road/parking lot,building").',
+        ),
+        click.option(
+            "--classes-file",
+            type=click.Path(path_type=Path),
+            help="SegEarth-OV class file: a class a line, synonyms comma-separated.",
+        ),
+        click.option("--no-background", is_flag=True, help='Do not prepend a "background" class.'),
+        click.option(
+            "--method",
+            type=click.Choice(
+                ["vanilla", "maskclip", "sclip", "clearclip", "segearth-ov", "reattnclip"]
+            ),
+            help="Final-block attention method (config key 'method').",
+        ),
+        click.option(
+            "--clip-weights",
+            default="openai",
+            show_default=True,
+            help="openai | PATH (ViT-B-16.pt or a state dict) | random (tests only).",
+        ),
+        click.option(
+            "--upsampler",
+            type=click.Choice(["jbu_one", "jbu_stack", "bilinear"]),
+            default="jbu_one",
+            show_default=True,
+            help="Feature upsampler.",
+        ),
+        click.option(
+            "--upsampler-weights",
+            type=click.Path(path_type=Path),
+            help="Upsampler checkpoint (default for jbu_one: SegEarth-OV's released file, cached).",
+        ),
+        click.option(
+            "--prob-thd",
+            type=float,
+            help="Pixels whose max class probability is below this get the background class.",
+        ),
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(path_type=Path),
+            help="YAML overriding configs/method.yaml.",
+        ),
+        click.option(
+            "--set",
+            "sets",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Override one config key (repeatable).",
+        ),
+        click.option(
+            "--device",
+            type=click.Choice(["auto", "cpu", "cuda"]),
+            default="auto",
+            show_default=True,
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def build_model_spec(
+    method: str | None,
+    clip_weights: str,
+    upsampler: str,
+    upsampler_weights: Path | None,
+    prob_thd: float | None,
+    config_file: Path | None,
+    sets: tuple[str, ...],
+    device: str,
+):
+    from workers.config import load_config
+    from workers.model_spec import ModelSpec
+
+    cfg = load_config(config_file, sets, overrides={"method": method, "prob_thd": prob_thd})
+    return ModelSpec(
+        clip_weights=clip_weights,
+        upsampler=upsampler,
+        upsampler_weights=str(upsampler_weights) if upsampler_weights else None,
+        cfg=cfg,
+        device=device,
+    )
+
+
+def build_classes(
+    classes: str | None, classes_file: Path | None, no_background: bool, prob_thd: float
+):
+    from workers.classes import parse_classes
+
+    class_list = parse_classes(classes, classes_file, add_background=not no_background)
+    if prob_thd > 0 and class_list.background_index is None:
+        raise UserError(
+            f"prob_thd {prob_thd} needs a background class, and --no-background left none: "
+            "drop --no-background, name a class 'background', or pass --prob-thd 0"
+        )
+    return class_list
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.option("-v", "--verbose", is_flag=True, help="Log more.")
+@click.version_option(package_name="reattn-batch")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
+    """Training-free open-vocabulary mapping of remote-sensing imagery with ReAttnCLIP."""
+    ctx.obj = {"debug": debug}
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+@cli.command()
+@click.argument("image", type=click.Path(path_type=Path))
+@model_options
+@click.option(
+    "--resize",
+    default="448",
+    show_default=True,
+    help="Long side in px before inference (mmcv imrescale), or 'none'.",
+)
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="uint8 label PNG at the input size."
+)
+@click.option(
+    "--save-logits",
+    type=click.Path(path_type=Path),
+    help="float32 .npy (Q, H, W): mean raw crop logits at the input size.",
+)
+def segment(
+    image: Path, resize: str, output: Path | None, save_logits: Path | None, **model: Any
+) -> None:
+    """Segment one image (PNG, JPEG, TIFF) into the given classes."""
+    from pipeline.segment_image import segment_file
+
+    if resize != "none" and not (resize.isdigit() and int(resize) > 0):
+        raise UserError(f"--resize {resize!r}: pass a long side in pixels (e.g. 448) or 'none'")
+    spec = build_model_spec(
+        model["method"],
+        model["clip_weights"],
+        model["upsampler"],
+        model["upsampler_weights"],
+        model["prob_thd"],
+        model["config_file"],
+        model["sets"],
+        model["device"],
+    )
+    classes = build_classes(
+        model["classes"], model["classes_file"], model["no_background"], spec.cfg.prob_thd
+    )
+    if output is None and save_logits is None:
+        raise UserError("nothing to write: pass -o PRED.png and/or --save-logits LOGITS.npy")
+    result = segment_file(image, spec, classes, None if resize == "none" else int(resize))
+    if save_logits is not None:
+        import numpy as np
+
+        np.save(save_logits, result.logits)
+        log.info("wrote logits %s %s", save_logits, result.logits.shape)
+    if output is not None:
+        from pipeline.image_io import write_label_png
+
+        write_label_png(output, result.labels)
+        log.info("wrote labels %s", output)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: UserError -> one line on stderr, exit status 2."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="reattn-batch", standalone_mode=False)
+    except UserError as exc:
+        if debug:
+            raise
+        click.echo(f"reattn-batch: error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("reattn-batch: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)

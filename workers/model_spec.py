@@ -1,0 +1,73 @@
+"""What identifies a worker's model, and building it (SPEC 3.4).
+
+A ModelSpec is small and picklable: Dask ships it in the graph and each worker
+process builds the model from it once (see workers.model_cache). Its fingerprint
+names the weights and every hyperparameter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+import torch
+
+from workers.backbone import Backbone, load_backbone
+from workers.classes import ClassList
+from workers.config import MethodConfig
+from workers.errors import UserError
+from workers.segmenter import CropSegmenter, resolve_device
+from workers.text import query_embeddings
+from workers.upsampler import default_upsampler_weights, load_upsampler
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """clip_weights: 'openai' | PATH | 'random'; upsampler: jbu_one | jbu_stack | bilinear."""
+
+    clip_weights: str
+    upsampler: str
+    upsampler_weights: str | None
+    cfg: MethodConfig
+    device: str = "auto"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "clip_weights": self.clip_weights,
+            "upsampler": self.upsampler,
+            "upsampler_weights": self.upsampler_weights,
+            "config": self.cfg.as_dict(),
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        """Stable hash of weights sources and every hyperparameter (not the device)."""
+        blob = json.dumps(self.as_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_model_parts(spec: ModelSpec) -> tuple[Backbone, torch.nn.Module | None]:
+    """The CLIP backbone and the upsampler (None for bilinear) of a spec, on the CPU."""
+    weights = spec.upsampler_weights
+    if spec.upsampler != "bilinear" and weights is None:
+        weights = default_upsampler_weights(spec.upsampler)
+    upsampler = load_upsampler(spec.upsampler, weights)  # first: cheap, and fails fast
+    backbone = load_backbone(spec.clip_weights, spec.cfg.clip_model, spec.cfg.random_seed)
+    feat_dim = backbone.model.visual.proj.shape[1]
+    if upsampler is not None and upsampler.fixup_proj[1].in_channels != feat_dim:
+        raise UserError(
+            f"--upsampler {spec.upsampler} works on 512-d CLIP ViT-B/16 features but "
+            f"{spec.cfg.clip_model} gives {feat_dim}-d ones: use --upsampler bilinear"
+        )
+    return backbone, upsampler
+
+
+def build_segmenter(spec: ModelSpec, classes: ClassList) -> CropSegmenter:
+    """Load weights, embed the class queries (disk-cached) and assemble the segmenter."""
+    device = resolve_device(spec.device)
+    backbone, upsampler = load_model_parts(spec)
+    queries = query_embeddings(backbone, classes.queries)
+    return CropSegmenter(
+        backbone=backbone, cfg=spec.cfg, queries=queries, upsampler=upsampler, device=device
+    )

@@ -1,0 +1,326 @@
+"""SimFeatUp / FeatUp joint bilateral upsamplers (SPEC 2.6), pure PyTorch.
+
+Both upsamplers take CLIP patch features ``source`` (B, C, h, w) (C = 512 after proj) and
+the CLIP-normalised crop ``guidance`` (B, 3, 16h, 16w) and return (B, C, 16h, 16w) features
+through four x2 learned joint-bilateral steps:
+
+- ``jbu_one`` (SegEarth-OV's SimFeatUp): ONE step module ``up`` (radius 5, 11x11 = 121
+  taps) applied four times;
+- ``jbu_stack`` (FeatUp's original): four step modules ``up1..up4`` (radius 3, 49 taps).
+
+Kernels are applied tap by tap (:func:`adaptive_conv`), so memory stays at a few copies of
+the (B, C, H, W) map, never a taps-times unfold of it. Taps are ordered row-major over the
+(2r+1)x(2r+1) window (dy outer, dx inner), as ``torch.nn.Unfold`` yields them; the learned
+fixup weights of released checkpoints depend on this order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import urllib.request
+from http.client import HTTPException
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from workers.errors import UserError
+
+log = logging.getLogger(__name__)
+
+UPSAMPLER_KINDS = ("jbu_one", "jbu_stack", "bilinear")
+JBU_ONE_URL = (
+    "https://github.com/likyoo/SegEarth-OV/raw/main/"
+    "simfeatup_dev/weights/xclip_jbu_one_million_aid.ckpt"
+)
+JBU_ONE_FILENAME = "xclip_jbu_one_million_aid.ckpt"
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+def adaptive_conv(source_padded: Tensor, kernel: Tensor) -> Tensor:
+    """Per-pixel convolution with a per-pixel kernel.
+
+    Args:
+        source_padded: (B, C, H + 2r, W + 2r) source, already padded by r.
+        kernel: (B, H, W, D, D), D = 2r + 1.
+
+    Returns:
+        (B, C, H, W) with out[b, c, h, w] = sum_{i, j} kernel[b, h, w, i, j] *
+        source_padded[b, c, h + i, w + j], accumulated one tap at a time (taps: (B, D, D, 1, H, W)).
+    """
+    b, c, hp, wp = source_padded.shape
+    kb, h, w, d, d2 = kernel.shape
+    if d != d2 or kb != b or hp != h + d - 1 or wp != w + d - 1:
+        raise ValueError(
+            f"adaptive_conv: source {tuple(source_padded.shape)} "
+            f"does not fit kernel {tuple(kernel.shape)}"
+        )
+    taps = kernel.to(source_padded.dtype).permute(0, 3, 4, 1, 2).unsqueeze(3).contiguous()
+    out = source_padded.new_zeros(b, c, h, w)
+    # On CPU, 16-channel chunks keep the accumulator in cache (~2x faster); on a GPU one
+    # pass over all channels keeps the kernel launches at D*D.
+    chunk = 16 if source_padded.device.type == "cpu" else c
+    for c0 in range(0, c, chunk):
+        acc, src = out[:, c0 : c0 + chunk], source_padded[:, c0 : c0 + chunk]
+        for i in range(d):
+            for j in range(d):
+                acc.addcmul_(src[:, :, i : i + h, j : j + w], taps[:, i, j])
+    return out
+
+
+class JointBilateralStep(nn.Module):
+    """One x2 learned-range joint bilateral upsampling step (FeatUp's ``JBULearnedRange``).
+
+    forward(source (B, C, h, w), guidance (B, 3, H, W)) -> (B, C, H, W); H, W are usually
+    2h, 2w. The kernel (B, D*D, H, W), D = 2r + 1, is a softmax range kernel on a learned
+    32-d projection of the guidance times a Gaussian spatial kernel, normalised to sum 1,
+    plus a learned fixup; it is applied to the bicubically upsampled source.
+    """
+
+    def __init__(self, radius: int = 3, guidance_dim: int = 3, key_dim: int = 32) -> None:
+        super().__init__()
+        self.radius = radius
+        self.diameter = 2 * radius + 1
+        taps = self.diameter**2
+        self.range_temp = nn.Parameter(torch.tensor(0.0))
+        self.sigma_spatial = nn.Parameter(torch.tensor(1.0))
+        self.range_proj = nn.Sequential(
+            nn.Conv2d(guidance_dim, key_dim, 1),
+            nn.GELU(),
+            nn.Dropout2d(0.1),
+            nn.Conv2d(key_dim, key_dim, 1),
+        )
+        self.fixup_proj = nn.Sequential(
+            nn.Conv2d(guidance_dim + taps, taps, 1),
+            nn.GELU(),
+            nn.Dropout2d(0.1),
+            nn.Conv2d(taps, taps, 1),
+        )
+
+    def range_kernel(self, guidance: Tensor) -> Tensor:
+        """Guidance (B, 3, H, W) -> range kernel (B, D*D, H, W), softmax over the taps."""
+        r, d = self.radius, self.diameter
+        proj = self.range_proj(guidance)  # (B, 32, H, W)
+        h, w = proj.shape[-2:]
+        padded = F.pad(proj, [r] * 4, mode="reflect")
+        logits = torch.stack(
+            [
+                (padded[:, :, i : i + h, j : j + w] * proj).sum(1)
+                for i in range(d)
+                for j in range(d)
+            ],
+            dim=1,
+        )  # (B, D*D, H, W), tap = i * D + j
+        temp = self.range_temp.exp().clamp(1e-4, 1e4)
+        return torch.softmax(temp * logits, dim=1)
+
+    def spatial_kernel(self) -> Tensor:
+        """Gaussian over the window on linspace(-1, 1, D): (1, D*D, 1, 1), row-major taps."""
+        coords = torch.linspace(-1, 1, self.diameter, device=self.sigma_spatial.device)
+        dist2 = (coords[:, None] ** 2 + coords[None, :] ** 2).reshape(1, -1, 1, 1)
+        return torch.exp(-dist2 / (2 * self.sigma_spatial**2))
+
+    def kernel(self, guidance: Tensor) -> Tensor:
+        """Guidance (B, 3, H, W) -> combined kernel (B, D*D, H, W) (sums to ~1 over taps)."""
+        combined = self.range_kernel(guidance) * self.spatial_kernel()
+        combined = combined / combined.sum(1, keepdim=True).clamp(min=1e-7)
+        return combined + 0.1 * self.fixup_proj(torch.cat([combined, guidance], dim=1))
+
+    def forward(self, source: Tensor, guidance: Tensor) -> Tensor:
+        """Source (B, C, h, w), guidance (B, 3, H, W) -> (B, C, H, W)."""
+        b, _, h, w = guidance.shape
+        d = self.diameter
+        kernel = self.kernel(guidance).permute(0, 2, 3, 1).reshape(b, h, w, d, d)
+        hr = F.interpolate(source, size=(h, w), mode="bicubic", align_corners=False)
+        return adaptive_conv(F.pad(hr, [self.radius] * 4, mode="reflect"), kernel)
+
+
+class _JBU(nn.Module):
+    """Four x2 steps guided by the pooled crop, then out + 0.1 * Conv1x1(out)."""
+
+    def __init__(self, feat_dim: int) -> None:
+        super().__init__()
+        self.feat_dim = feat_dim
+        self.fixup_proj = nn.Sequential(nn.Dropout2d(0.2), nn.Conv2d(feat_dim, feat_dim, 1))
+
+    def steps(self) -> list[JointBilateralStep]:
+        raise NotImplementedError
+
+    def forward(self, source: Tensor, guidance: Tensor) -> Tensor:
+        """Source (B, C, h, w), guidance (B, 3, 16h, 16w) -> (B, C, 16h, 16w)."""
+        for step in self.steps():
+            h, w = source.shape[-2:]
+            source = step(source, F.adaptive_avg_pool2d(guidance, (2 * h, 2 * w)))
+        return torch.add(source, self.fixup_proj(source), alpha=0.1)  # out + 0.1 * fixup(out)
+
+
+class JBUOne(_JBU):
+    """SegEarth-OV's SimFeatUp: one radius-5 step module ``up`` applied 4 times.
+
+    forward(source (B, C, h, w), guidance (B, 3, 16h, 16w)) -> (B, C, 16h, 16w).
+    """
+
+    def __init__(self, feat_dim: int = 512) -> None:
+        super().__init__(feat_dim)
+        self.up = JointBilateralStep(radius=5)
+
+    def steps(self) -> list[JointBilateralStep]:
+        return [self.up] * 4
+
+
+class JBUStack(_JBU):
+    """FeatUp's JBU stack: four radius-3 step modules ``up1..up4``.
+
+    forward(source (B, C, h, w), guidance (B, 3, 16h, 16w)) -> (B, C, 16h, 16w).
+    """
+
+    def __init__(self, feat_dim: int = 512) -> None:
+        super().__init__(feat_dim)
+        self.up1, self.up2, self.up3, self.up4 = (JointBilateralStep(radius=3) for _ in range(4))
+
+    def steps(self) -> list[JointBilateralStep]:
+        return [self.up1, self.up2, self.up3, self.up4]
+
+
+_CLASSES: dict[str, type[_JBU]] = {"jbu_one": JBUOne, "jbu_stack": JBUStack}
+
+
+def _cache_root() -> Path:
+    """$REATTN_BATCH_CACHE, else $XDG_CACHE_HOME/reattn-batch, else ~/.cache/reattn-batch."""
+    if os.environ.get("REATTN_BATCH_CACHE"):
+        return Path(os.environ["REATTN_BATCH_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "reattn-batch"
+
+
+def default_upsampler_weights(kind: str) -> Path:
+    """Path of the default weights for ``kind``; jbu_one's is downloaded once into the cache."""
+    if kind == "jbu_stack":
+        raise UserError(
+            "--upsampler jbu_stack has no default weights; pass --upsampler-weights PATH "
+            "(a FeatUp jbu_stack .ckpt), or use --upsampler jbu_one or --upsampler bilinear"
+        )
+    if kind != "jbu_one":
+        raise UserError(f"--upsampler {kind!r} has no weights; choose one of {UPSAMPLER_KINDS}")
+    dest = _cache_root() / "upsampler" / JBU_ONE_FILENAME
+    if dest.is_file():
+        return dest
+    url, tmp = JBU_ONE_URL, None
+    log.info("downloading SimFeatUp weights %s -> %s", url, dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with (
+            urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp,
+            tempfile.NamedTemporaryFile(dir=dest.parent, suffix=".part", delete=False) as f,
+        ):
+            tmp = Path(f.name)
+            shutil.copyfileobj(resp, f)
+        if tmp.stat().st_size == 0:
+            raise OSError("empty download")
+        os.replace(tmp, dest)
+    except (OSError, HTTPException, ValueError) as e:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise UserError(
+            f"the default SimFeatUp weights could not be fetched from {url} ({_one_line(e)}); "
+            f"pass --upsampler-weights PATH (a local copy of {JBU_ONE_FILENAME}) "
+            "or --upsampler bilinear"
+        ) from e
+    return dest
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
+
+
+def _detect_kind(keys: list[str]) -> str | None:
+    """Which upsampler a set of (prefix-stripped) state-dict keys belongs to."""
+    if any(k.startswith("up1.") for k in keys):
+        return "jbu_stack"
+    if any(k.startswith("up.") for k in keys):
+        return "jbu_one"
+    return None
+
+
+def _read_upsampler_state(path: Path, label: str) -> dict[str, Tensor]:
+    """The ``upsampler.*`` tensors of a Lightning checkpoint, prefix stripped."""
+    fix = "pass a SimFeatUp/FeatUp .ckpt file, or --upsampler bilinear"
+    if not path.is_file():
+        raise UserError(f"{label} {path} does not exist; {fix}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises many types on a corrupt or foreign file
+        raise UserError(
+            f"{label} {path} is not a readable checkpoint ({_one_line(e)}); {fix}"
+        ) from e
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise UserError(f"{label} {path} holds no state dict; {fix}")
+    prefix = "upsampler."
+    ups = {
+        k[len(prefix) :]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)
+    }
+    if not ups or not all(isinstance(v, Tensor) for v in ups.values()):
+        raise UserError(f"{label} {path} holds no 'upsampler.*' tensors; {fix}")
+    return ups
+
+
+def load_upsampler(kind: str, weights: str | Path | None, feat_dim: int = 512) -> nn.Module | None:
+    """Build the ``kind`` upsampler and load its weights strictly (eval mode, frozen).
+
+    ``bilinear`` returns None (the caller interpolates logits). For ``jbu_one``/``jbu_stack``
+    ``weights`` is a PyTorch-Lightning .ckpt whose ``state_dict`` keys start with
+    ``upsampler.``; None means the default (:func:`default_upsampler_weights`). The module
+    maps source (B, feat_dim, h, w), guidance (B, 3, 16h, 16w) -> (B, feat_dim, 16h, 16w).
+    Any problem raises :class:`UserError` with one line.
+    """
+    if kind == "bilinear":
+        if weights is not None:
+            log.warning("--upsampler bilinear ignores --upsampler-weights %s", weights)
+        return None
+    if kind not in _CLASSES:
+        raise UserError(f"unknown --upsampler {kind!r}; choose one of {', '.join(UPSAMPLER_KINDS)}")
+    if weights is None:
+        path, label = default_upsampler_weights(kind), "cached default upsampler weights"
+    else:
+        path, label = Path(weights).expanduser(), "--upsampler-weights"
+    state = _read_upsampler_state(path, label)
+    held = _detect_kind(list(state))
+    if held is None:
+        raise UserError(
+            f"{label} {path} holds upsampler weights of no known kind (neither up.* for jbu_one "
+            "nor up1..up4 for jbu_stack); pass a SimFeatUp/FeatUp .ckpt, or --upsampler bilinear"
+        )
+    if held != kind:
+        what = {"jbu_one": "jbu_one weights (up)", "jbu_stack": "jbu_stack weights (up1..up4)"}
+        raise UserError(
+            f"{label} {path} holds {what[held]} but --upsampler {kind} was chosen; "
+            f"pass --upsampler {held}"
+        )
+    module = _CLASSES[kind](feat_dim)
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{name}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+            for name, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong))
+            if items
+        )
+        raise UserError(
+            f"{label} {path} does not match a {kind} upsampler with feat_dim {feat_dim} "
+            f"({detail}); pass weights made for this CLIP backbone, or --upsampler bilinear"
+        )
+    module.load_state_dict(state, strict=True)
+    module.eval().requires_grad_(False)
+    return module
