@@ -105,10 +105,10 @@ def test_resize_none_and_448_keep_the_input_size(tmp_path, small_png):
         (["--classes", "a", "--resize", "big"], "--resize"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(tmp_path, small_png, capsys, extra, needle):  # noqa: E501
+def test_bad_input_is_one_line_and_exit_2(tmp_path, small_png, capsys, extra, needle):
+    tiny = ["--clip-weights", "random", "--set", "clip_model=ViT-T-16-test"]
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(["segment", small_png, "--clip-weights", "random", "--set", "clip_model=ViT-T-16-test",
-                 *extra, "-o", tmp_path / "p.png"])  # fmt: skip
+        run_cli(["segment", small_png, *tiny, *extra, "-o", tmp_path / "p.png"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("reattn-batch: error:") and needle in err[0]
