@@ -7,6 +7,7 @@ becomes one line on stderr and exit status 2 (``--debug`` shows the traceback).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -137,6 +138,8 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not verbose:  # Dask's own chatter only with -v (read when distributed is imported)
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 
 @cli.command()
@@ -190,6 +193,123 @@ def segment(
 
         write_label_png(output, result.labels)
         log.info("wrote labels %s", output)
+
+
+def _int_list(option: str, text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(
+            f"{option} {text!r}: expected comma-separated band numbers, e.g. 3,2,1"
+        ) from None
+
+
+def _stretch(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--stretch {text!r}: expected LO,HI, e.g. --stretch 0,3000") from None
+    if not hi > lo:
+        raise UserError(f"--stretch {text!r}: HI must be greater than LO")
+    return lo, hi
+
+
+@cli.command()
+@click.argument("scene")
+@model_options
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Output store (default: <scene stem>.labels.zarr here).",
+)
+@click.option(
+    "--gsd", type=float, help="Model resolution in CRS units per pixel (default: the scene's own)."
+)
+@click.option(
+    "--block-size",
+    type=int,
+    default=2048,
+    show_default=True,
+    help="Output block in px (multiple of 512).",
+)
+@click.option("--bands", help="Source bands used as R,G,B (1-based), e.g. 3,2,1.")
+@click.option(
+    "--stretch",
+    help="LO,HI to map non-uint8 data to 0..255 (default: scene-wide 2-98 percentiles).",
+)
+@click.option("--variable", help="Array of a Zarr scene holding (band, y, x).")
+@click.option("--workers", type=int, help="LocalCluster workers (default: one per GPU, else 1).")
+@click.option("--threads-per-worker", type=int, help="LocalCluster threads per worker (default 1).")
+@click.option("--scheduler", help="Address of an existing Dask scheduler, e.g. tcp://host:8786.")
+@click.option(
+    "--scheduler-file",
+    type=click.Path(path_type=Path),
+    help="Scheduler file of an existing cluster.",
+)
+@click.option(
+    "--save-confidence", is_flag=True, help="Also write `confidence` (max class probability x 254)."
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output store.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Finish an existing store of the same run, redoing only unfinished blocks.",
+)
+def run(
+    scene: str,
+    out: Path | None,
+    gsd: float | None,
+    block_size: int,
+    bands: str | None,
+    stretch: str | None,
+    variable: str | None,
+    workers: int | None,
+    threads_per_worker: int | None,
+    scheduler: str | None,
+    scheduler_file: Path | None,
+    save_confidence: bool,
+    overwrite: bool,
+    resume: bool,
+    **model: Any,
+) -> None:
+    """Map a whole scene (GeoTIFF/COG/Zarr, local or remote) into a label Zarr store."""
+    from pipeline.cluster import ClusterRequest
+    from pipeline.job import RunRequest, default_out, run_scene
+
+    if overwrite and resume:
+        raise UserError("pass --overwrite (start again) or --resume (finish), not both")
+    spec = build_model_spec(
+        model["method"], model["clip_weights"], model["upsampler"], model["upsampler_weights"],
+        model["prob_thd"], model["config_file"], model["sets"], model["device"],
+    )  # fmt: skip
+    classes = build_classes(
+        model["classes"], model["classes_file"], model["no_background"], spec.cfg.prob_thd
+    )
+    request = RunRequest(
+        scene=scene,
+        model=spec,
+        classes=classes,
+        out=out or default_out(scene),
+        gsd=gsd,
+        block_size=block_size,
+        bands=_int_list("--bands", bands),
+        stretch=_stretch(stretch),
+        variable=variable,
+        cluster=ClusterRequest(scheduler, scheduler_file, workers, threads_per_worker),
+        save_confidence=save_confidence,
+        overwrite=overwrite,
+        resume=resume,
+    )
+    summary = run_scene(request)
+    log.info(
+        "done: %s (%d blocks, %d computed, %d already done, %d crops, %.2f MP/s)",
+        summary.out, summary.blocks, summary.computed, summary.skipped, summary.crops,
+        summary.megapixels_per_second,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,7 @@ def shared_file(relative: str) -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Text embeddings and downloads go to a per-session temporary cache."""
     monkeypatch.setenv("REATTN_BATCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+# Dask's INFO chatter drowns test failures; read when distributed is imported.
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")

@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from pathlib import Path
 
+import open_clip
 import torch
 
-from workers.backbone import Backbone, load_backbone
+from workers.backbone import Backbone, WeightsIdentity, file_sha256, load_backbone
 from workers.classes import ClassList
 from workers.config import MethodConfig
 from workers.errors import UserError
@@ -45,6 +47,36 @@ class ModelSpec:
         """Stable hash of weights sources and every hyperparameter (not the device)."""
         blob = json.dumps(self.as_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def describe_weights(spec: ModelSpec) -> dict[str, dict[str, object]]:
+    """Identities of the spec's weights, without loading a model (for metadata and the
+    run fingerprint). Fails early, with one line, on a missing file or offline default."""
+    clip_model = spec.cfg.clip_model
+    if spec.clip_weights == "random":
+        clip = WeightsIdentity("random", clip_model, f"seed={spec.cfg.random_seed}", random=True)
+    elif spec.clip_weights == "openai":
+        arch = clip_model.removesuffix("-quickgelu")
+        url = (open_clip.get_pretrained_cfg(arch, "openai") or {}).get("url", "")
+        digest = next((part for part in url.split("/") if len(part) == 64), url)
+        clip = WeightsIdentity("openai", arch, digest, random=False)
+    else:
+        path = Path(spec.clip_weights)
+        if not path.is_file():
+            raise UserError(
+                f"--clip-weights {path}: no such file; pass the path of OpenAI's ViT-B-16.pt "
+                "or a state dict, or 'openai' on a machine with internet"
+            )
+        clip = WeightsIdentity("file", path.name, file_sha256(path), random=False)
+    upsampler: dict[str, object] = {"kind": spec.upsampler}
+    if spec.upsampler != "bilinear":
+        path = Path(spec.upsampler_weights or default_upsampler_weights(spec.upsampler))
+        if not path.is_file():
+            raise UserError(
+                f"--upsampler-weights {path}: no such file; pass a SimFeatUp/FeatUp checkpoint"
+            )
+        upsampler |= {"name": path.name, "sha256": file_sha256(path)}
+    return {"clip": clip.as_dict(), "upsampler": upsampler}
 
 
 def load_model_parts(spec: ModelSpec) -> tuple[Backbone, torch.nn.Module | None]:

@@ -25,9 +25,15 @@ CLIP_STD = (68.501, 66.632, 70.323)
 
 def normalise(rgb: np.ndarray) -> Tensor:
     """(H, W, 3) RGB in 0..255 (uint8 or float) -> (3, H, W) float32 CLIP-normalised."""
-    x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    return normalise_chw(
+        torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)
+    )
+
+
+def normalise_chw(x: Tensor) -> Tensor:
+    """(3, H, W) float32 RGB in 0..255 -> (3, H, W) CLIP-normalised."""
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).view(3, 1, 1)
     return (x - mean) / std
 
 

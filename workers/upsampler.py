@@ -50,7 +50,7 @@ def adaptive_conv(source_padded: Tensor, kernel: Tensor) -> Tensor:
 
     Returns:
         (B, C, H, W) with out[b, c, h, w] = sum_{i, j} kernel[b, h, w, i, j] *
-        source_padded[b, c, h + i, w + j], accumulated one tap at a time (taps: (B, D, D, 1, H, W)).
+        source_padded[b, c, h + i, w + j], accumulated one tap at a time.
     """
     b, c, hp, wp = source_padded.shape
     kb, h, w, d, d2 = kernel.shape

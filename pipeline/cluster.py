@@ -1,0 +1,106 @@
+"""Where the job runs (SPEC 3.4): an embedded LocalCluster, or an existing scheduler."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from distributed import Client, LocalCluster
+
+from workers.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterRequest:
+    """--scheduler / --scheduler-file, else a LocalCluster of ``workers`` x ``threads``."""
+
+    scheduler: str | None = None
+    scheduler_file: Path | None = None
+    workers: int | None = None
+    threads_per_worker: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterInfo:
+    """What the job needs to know about the cluster it got."""
+
+    gpu_resources: bool  # workers advertise GPU=1: model tasks must request it
+    torch_threads: int  # intra-op threads per model task (0: leave the worker's setting)
+    total_threads: int
+    dashboard: str | None
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def local_cluster(request: ClusterRequest) -> tuple[LocalCluster, int]:
+    """One worker per GPU (GPU=1 each); else the measured CPU default: one worker of one
+    thread whose model uses every core (see README, "Performance")."""
+    gpus = _gpu_count()
+    cores = os.cpu_count() or 1
+    if gpus and request.workers is None:
+        cluster = LocalCluster(
+            n_workers=gpus, threads_per_worker=1, resources={"GPU": 1}, dashboard_address=":0"
+        )
+        return cluster, 0
+    workers = request.workers or 1
+    threads = request.threads_per_worker or 1
+    cluster = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=threads,
+        processes=True,
+        dashboard_address=":0",
+        resources={"GPU": 1} if gpus else None,
+    )
+    return cluster, max(1, cores // (workers * threads))
+
+
+@contextlib.contextmanager
+def connect(request: ClusterRequest) -> Iterator[tuple[Client, ClusterInfo]]:
+    """A Dask client for the request; closes what it started."""
+    if request.scheduler or request.scheduler_file:
+        where = request.scheduler or f"--scheduler-file {request.scheduler_file}"
+        if request.scheduler_file is not None and not Path(request.scheduler_file).is_file():
+            raise UserError(
+                f"--scheduler-file {request.scheduler_file}: no such file; "
+                "start `dask scheduler --scheduler-file F` first"
+            )
+        try:
+            client = Client(
+                request.scheduler,
+                scheduler_file=str(request.scheduler_file) if request.scheduler_file else None,
+                timeout="15s",
+            )
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise UserError(
+                f"could not reach the Dask scheduler at {where} ({type(exc).__name__}): "
+                "check the address and that the scheduler runs, "
+                "or drop --scheduler to use a local cluster"
+            ) from None
+        cluster = None
+        torch_threads = 0
+    else:
+        cluster, torch_threads = local_cluster(request)
+        client = Client(cluster)
+    try:
+        workers = client.scheduler_info()["workers"].values()
+        info = ClusterInfo(
+            gpu_resources=any("GPU" in w.get("resources", {}) for w in workers),
+            torch_threads=torch_threads,
+            total_threads=sum(w.get("nthreads", 1) for w in workers) or 1,
+            dashboard=client.dashboard_link,
+        )
+        yield client, info
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
