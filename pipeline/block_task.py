@@ -10,6 +10,8 @@ records the block as done. No task reads another's logits.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 import time
 
 import numpy as np
@@ -18,7 +20,7 @@ import torch
 from pipeline import store
 from pipeline.grids import Block, BlockGrid
 from pipeline.resample import resample_bilinear, resample_nearest
-from pipeline.scene import SceneInfo, read_window
+from pipeline.scene import SceneInfo, WindowReadError, read_window
 from workers.classes import ClassList
 from workers.model_cache import segmenter_for
 from workers.model_spec import ModelSpec
@@ -26,7 +28,11 @@ from workers.postprocess import labels_from_logits
 from workers.segmenter import normalise_chw
 from workers.sliding import Box, accumulate_logits
 
+log = logging.getLogger(__name__)
+
 NODATA = 255
+READ_ATTEMPTS = 4  # remote reads: a first try and three retries
+READ_BACKOFF_S = 1.0  # doubled after each failed try
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +57,26 @@ class BlockResult:
     seconds: float
 
 
+def read_with_retries(scene: SceneInfo, box: Box) -> tuple[np.ndarray, np.ndarray]:
+    """read_window with retries and exponential backoff for transient (remote) failures.
+
+    A local read that fails (corrupt tiles) fails at once; a remote one that keeps
+    failing raises the last WindowReadError, which names the window.
+    """
+    delay = float(os.environ.get("REATTN_BATCH_READ_BACKOFF", READ_BACKOFF_S))
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            return read_window(scene, box.y0, box.x0, *box.shape)
+        except WindowReadError as exc:
+            if not exc.remote or attempt == READ_ATTEMPTS:
+                raise
+            log.warning("read of %s failed (try %d/%d), retrying in %.0fs: %s",
+                        scene.uri, attempt, READ_ATTEMPTS, delay, exc.cause)  # fmt: skip
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
 def _local(box: Box, origin: Box) -> tuple[slice, slice]:
     return slice(box.y0 - origin.y0, box.y1 - origin.y0), slice(
         box.x0 - origin.x0, box.x1 - origin.x0
@@ -65,7 +91,7 @@ def model_input(job: JobSpec, block: Block) -> tuple[torch.Tensor, np.ndarray, n
     validity of the block's native output box).
     """
     read = block.read
-    rgb, valid = read_window(job.scene, read.y0, read.x0, *read.shape)
+    rgb, valid = read_with_retries(job.scene, read)
     native_valid = valid[_local(block.native, read)]
     image = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)
     grid = job.grid.model_grid
@@ -92,6 +118,7 @@ def run_block(job: JobSpec, index: int, queries: np.ndarray) -> BlockResult:
     """Compute and write block ``index``; returns what it did."""
     start = time.perf_counter()
     block = job.grid.block_at(index)
+    store.mark_block_started(job.store, index)
     if job.torch_threads and torch.get_num_threads() != job.torch_threads:
         torch.set_num_threads(job.torch_threads)  # Dask sets OMP_NUM_THREADS=1 in workers
     segmenter = segmenter_for(job.model, queries)

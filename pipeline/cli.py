@@ -325,6 +325,29 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("reattn-batch: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:  # unknown option, bad choice...: one line, not a usage dump
+        hint = (
+            f" (see `reattn-batch {exc.ctx.command_path.split(' ', 1)[-1]} --help`)"
+            if exc.ctx
+            else ""
+        )
+        click.echo(f"reattn-batch: error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"reattn-batch: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
+
+
+def _register_commands() -> None:
+    """Commands defined in their own modules (they import the shared options above)."""
+    from pipeline.cli_eval import eval_command
+    from pipeline.cli_job import job_group
+    from pipeline.cli_outputs import export_command, info_command
+
+    cli.add_command(eval_command)
+    cli.add_command(export_command)
+    cli.add_command(info_command)
+    cli.add_command(job_group)
+
+
+_register_commands()

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +35,33 @@ class ClusterInfo:
     torch_threads: int  # intra-op threads per model task (0: leave the worker's setting)
     total_threads: int
     dashboard: str | None
+    worker_memory_limit: int | None  # bytes, the smallest worker's limit (None: unlimited)
+
+
+CONNECT_TIMEOUT_ENV = "REATTN_BATCH_CONNECT_TIMEOUT"
+
+
+def connect_timeout() -> float:
+    """Seconds to wait for an existing scheduler: $REATTN_BATCH_CONNECT_TIMEOUT, default 15."""
+    text = os.environ.get(CONNECT_TIMEOUT_ENV, "").strip() or "15"
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise UserError(f"{CONNECT_TIMEOUT_ENV}={text!r}: expected a positive number of seconds")
+    return seconds
+
+
+TLS_ENV_HINT = (
+    "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT "
+    "and DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY"
+)
+
+
+def _is_tls_error(exc: BaseException) -> bool:
+    text = str(exc)
+    return "TLS" in text or "encryption required" in text
 
 
 def _gpu_count() -> int:
@@ -74,15 +102,26 @@ def connect(request: ClusterRequest) -> Iterator[tuple[Client, ClusterInfo]]:
                 f"--scheduler-file {request.scheduler_file}: no such file; "
                 "start `dask scheduler --scheduler-file F` first"
             )
+        timeout = connect_timeout()
         try:
             client = Client(
                 request.scheduler,
                 scheduler_file=str(request.scheduler_file) if request.scheduler_file else None,
-                timeout="15s",
+                timeout=f"{timeout}s",
             )
+        except (FileNotFoundError, ssl.SSLError, TypeError, RuntimeError) as exc:
+            if not isinstance(exc, OSError) and not _is_tls_error(exc):
+                raise
+            # distributed's words for a TLS set-up that cannot work: no certificates for
+            # a tls:// address, a tcp:// one while encryption is required, unreadable files
+            raise UserError(
+                f"cannot connect to the Dask scheduler at {where}: TLS set-up: {exc}; "
+                f"for tls:// set {TLS_ENV_HINT} (deploy/README.md, TLS)"
+            ) from None
         except (OSError, TimeoutError, ValueError) as exc:
             raise UserError(
-                f"could not reach the Dask scheduler at {where} ({type(exc).__name__}): "
+                f"could not reach the Dask scheduler at {where} within {timeout:g} s "
+                f"({type(exc).__name__}): "
                 "check the address and that the scheduler runs, "
                 "or drop --scheduler to use a local cluster"
             ) from None
@@ -97,6 +136,8 @@ def connect(request: ClusterRequest) -> Iterator[tuple[Client, ClusterInfo]]:
             gpu_resources=any("GPU" in w.get("resources", {}) for w in workers),
             torch_threads=torch_threads,
             total_threads=sum(w.get("nthreads", 1) for w in workers) or 1,
+            worker_memory_limit=min((w.get("memory_limit") or 0 for w in workers), default=0)
+            or None,
             dashboard=client.dashboard_link,
         )
         yield client, info

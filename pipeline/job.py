@@ -12,16 +12,18 @@ import dataclasses
 import hashlib
 import json
 import logging
+from contextlib import nullcontext
 from importlib.metadata import version
 from itertools import islice
 from pathlib import Path
 
-from distributed import as_completed
+from distributed import Client, as_completed
 
 from pipeline import store
 from pipeline.block_task import JobSpec, run_block
-from pipeline.cluster import ClusterRequest, connect
+from pipeline.cluster import ClusterInfo, ClusterRequest, connect
 from pipeline.grids import BlockGrid, ModelGrid
+from pipeline.memory import check_block_memory
 from pipeline.progress import JobProgress
 from pipeline.scene import SceneInfo, open_scene
 from workers.classes import ClassList
@@ -111,7 +113,30 @@ def plan(request: RunRequest) -> tuple[SceneInfo, BlockGrid, float]:
     return scene, grid, model_gsd
 
 
-def run_scene(request: RunRequest) -> RunSummary:
+def _block_result(future, grid: BlockGrid, out: str):
+    """A finished block's result; a failed block fails the job with one line that names
+    its window, leaving the store resumable (finished blocks keep their records)."""
+    try:
+        return future.result()
+    except UserError as exc:
+        raise UserError(f"{exc}; finished blocks are kept in {out}: rerun with --resume") from exc
+    except Exception as exc:
+        index = int(str(future.key).rsplit("-", 1)[-1])
+        box = grid.block_at(index).native
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise UserError(
+            f"block {index} (rows {box.y0}:{box.y1}, cols {box.x0}:{box.x1}) failed: "
+            f"{type(exc).__name__}: {reason}; finished blocks are kept in {out}: "
+            "fix the cause and rerun with --resume"
+        ) from exc
+
+
+def run_scene(
+    request: RunRequest, connection: tuple[Client, ClusterInfo] | None = None
+) -> RunSummary:
+    """Map one scene. ``connection``: an open ``(client, info)`` from ``cluster.connect`` to
+    reuse (a regional job connects once for all its scenes, so workers keep their model);
+    default: connect to ``request.cluster`` for this scene only."""
     scene, grid, model_gsd = plan(request)
     weights = describe_weights(request.model)
     fingerprint = run_fingerprint(scene, request, model_gsd, weights)
@@ -156,6 +181,13 @@ def run_scene(request: RunRequest) -> RunSummary:
         background_index=request.classes.background_index,
     )
     todo = [i for i in range(len(grid)) if i not in done]
+    in_flight = store.started_blocks(out) - done  # started by a run that stopped, unfinished
+    if request.resume:
+        log.info(
+            "resuming %s: %d of %d blocks done; recomputing %d that were in flight when the "
+            "last run stopped, computing %d never started",
+            out, len(done), len(grid), len(in_flight), len(todo) - len(in_flight),
+        )  # fmt: skip
     log.info(
         "scene %s: %dx%d px at %.3g -> model grid %dx%d at %.3g; %d blocks of %d px (%d to do), "
         "%d crops; out %s",
@@ -172,8 +204,14 @@ def run_scene(request: RunRequest) -> RunSummary:
         save_confidence=request.save_confidence,
     )
     crops = touched = 0
-    with connect(request.cluster) as (client, info):
+    connecting = connect(request.cluster) if connection is None else nullcontext(connection)
+    with connecting as (client, info):
         log.info("Dask dashboard: %s", info.dashboard)
+        need = check_block_memory(
+            grid, len(request.classes.queries), request.model.cfg.batch_size,
+            request.model.upsampler, info.worker_memory_limit,
+        )  # fmt: skip
+        log.info("block task memory estimate %.2f GiB", need.total / 2**30)
         resources = {"GPU": 1} if info.gpu_resources else None
         job = dataclasses.replace(job, torch_threads=info.torch_threads)
         queries = client.submit(
@@ -190,13 +228,12 @@ def run_scene(request: RunRequest) -> RunSummary:
                 queries,
                 resources=resources,
                 key=f"block-{fingerprint}-{index}",
-                retries=2,
             )
 
         running = as_completed([submit(i) for i in islice(pending, window)])
         with JobProgress(len(grid), done_blocks=len(done)) as progress:
             for future in running:
-                result = future.result()
+                result = _block_result(future, grid, out)
                 crops += result.crops
                 touched += result.crops_touching
                 progress.advance(result.pixels)
@@ -208,6 +245,8 @@ def run_scene(request: RunRequest) -> RunSummary:
         out,
         complete=True,
         blocks_computed_last_run=len(todo),
+        blocks_done_before_last_run=len(done),
+        blocks_recomputed_last_run=len(in_flight),  # in flight when the previous run stopped
         crops_run=crops,  # crops evaluated, halo duplicates included, all-nodata crops skipped
         crops_total=touched,  # crops the computed blocks touch
         megapixels_per_second=round(rate, 4),

@@ -507,25 +507,27 @@ def _build(
                 }
             ),
         )
-    group.create_array(
-        BLOCK_DONE,
-        shape=blocks,
-        chunks=(1, 1),  # one file per block: each task writes only its own record
-        dtype="uint8",
-        fill_value=0,
-        compressors=None,
-        chunk_key_encoding=_CHUNK_KEYS,
-        attributes={
-            "_ARRAY_DIMENSIONS": ["block_row", "block_col"],
-            "long_name": "1 once the block's data is written (completion record for --resume)",
-        },
-    )
+    for name, meaning in (
+        (BLOCK_STARTED, "1 once a task has started the block"),
+        (BLOCK_DONE, "1 once the block's data is written (completion record for --resume)"),
+    ):
+        group.create_array(
+            name,
+            shape=blocks,
+            chunks=(1, 1),  # one file per block: each task writes only its own record
+            dtype="uint8",
+            fill_value=0,
+            compressors=None,
+            chunk_key_encoding=_CHUNK_KEYS,
+            attributes={"_ARRAY_DIMENSIONS": ["block_row", "block_col"], "long_name": meaning},
+        )
     zarr.consolidate_metadata(str(root))
 
 
 # ----------------------------------------------------------------------------- write/read
 
 BLOCK_DONE = "block_done"
+BLOCK_STARTED = "block_started"
 
 # Per-process cache of opened arrays: (resolved store path, array name) ->
 # ((inode, mtime_ns) of the array's .zarray, array). The stamp notices a recreated store.
@@ -641,18 +643,36 @@ def update_attrs(path: str | os.PathLike, **attrs: Any) -> None:
 # ----------------------------------------------------------------------- completion records
 
 
-def mark_block_done(path: str | os.PathLike, index: int) -> None:
-    """Record block ``index`` (row-major) as done. Call only after its data is written:
-    the record is its own chunk file, written atomically, so a torn block has none."""
-    arr = _open_array(path, BLOCK_DONE)
+def _mark(path: str | os.PathLike, name: str, index: int) -> None:
+    arr = _open_array(path, name)
     row, col = divmod(index, arr.shape[1])
     arr[row, col] = 1
 
 
+def mark_block_started(path: str | os.PathLike, index: int) -> None:
+    """Record that a task started block ``index`` (row-major)."""
+    _mark(path, BLOCK_STARTED, index)
+
+
+def mark_block_done(path: str | os.PathLike, index: int) -> None:
+    """Record block ``index`` (row-major) as done. Call only after its data is written:
+    the record is its own chunk file, written atomically, so a torn block has none."""
+    _mark(path, BLOCK_DONE, index)
+
+
+def _records(path: str | os.PathLike, name: str) -> set[int]:
+    marks = zarr.open_array(str(Path(path) / name), mode="r", zarr_format=2)[...]
+    return {int(i) for i in np.flatnonzero(marks.reshape(-1))}
+
+
 def done_blocks(path: str | os.PathLike) -> set[int]:
     """Indices (row-major) of the blocks with a completion record."""
-    done = zarr.open_array(str(Path(path) / BLOCK_DONE), mode="r", zarr_format=2)[...]
-    return {int(i) for i in np.flatnonzero(done.reshape(-1))}
+    return _records(path, BLOCK_DONE)
+
+
+def started_blocks(path: str | os.PathLike) -> set[int]:
+    """Indices of the blocks a task has started (finished or not)."""
+    return _records(path, BLOCK_STARTED)
 
 
 # Attributes that decide the labels; a resumed run must match them all.

@@ -134,14 +134,19 @@ def _openai_cached(arch: str) -> bool:
     return False
 
 
-def _load_openai(clip_model: str) -> tuple[open_clip.CLIP, WeightsIdentity]:
-    arch = clip_model.removesuffix("-quickgelu")
+def require_openai_weights(arch: str) -> None:
+    """Fail at once, with one line, when OpenAI's weights are neither cached nor fetchable."""
     if not _openai_cached(arch) and not _hub_reachable():
         raise UserError(
             f"--clip-weights openai: OpenAI's {arch} weights are not cached and the model hub "
             "is unreachable (offline?): pass --clip-weights PATH "
             "(OpenAI's ViT-B-16.pt or a state dict)"
         )
+
+
+def _load_openai(clip_model: str) -> tuple[open_clip.CLIP, WeightsIdentity]:
+    arch = clip_model.removesuffix("-quickgelu")
+    require_openai_weights(arch)
     try:
         model = open_clip.create_model(arch, pretrained="openai", force_quick_gelu=True)
     except Exception as exc:  # hub clients raise many types when offline

@@ -265,3 +265,13 @@ def _corrupt(where: str, error: BaseException) -> UserError:
         f"{where}: not a readable checkpoint, the file is corrupt or truncated ({detail}); "
         "download it again or pass another file"
     )
+
+
+def looks_like_checkpoint(path: str | Path) -> bool:
+    """A cheap sniff: torch.save / torch.jit.save files are zip archives (or, in the
+    legacy format, a pickle starting with the PROTO opcode)."""
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"

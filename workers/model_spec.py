@@ -15,7 +15,14 @@ from pathlib import Path
 import open_clip
 import torch
 
-from workers.backbone import Backbone, WeightsIdentity, file_sha256, load_backbone
+from workers.backbone import (
+    Backbone,
+    WeightsIdentity,
+    file_sha256,
+    load_backbone,
+    require_openai_weights,
+)
+from workers.checkpoint import looks_like_checkpoint
 from workers.classes import ClassList
 from workers.config import MethodConfig
 from workers.errors import UserError
@@ -57,6 +64,7 @@ def describe_weights(spec: ModelSpec) -> dict[str, dict[str, object]]:
         clip = WeightsIdentity("random", clip_model, f"seed={spec.cfg.random_seed}", random=True)
     elif spec.clip_weights == "openai":
         arch = clip_model.removesuffix("-quickgelu")
+        require_openai_weights(arch)
         url = (open_clip.get_pretrained_cfg(arch, "openai") or {}).get("url", "")
         digest = next((part for part in url.split("/") if len(part) == 64), url)
         clip = WeightsIdentity("openai", arch, digest, random=False)
@@ -66,6 +74,11 @@ def describe_weights(spec: ModelSpec) -> dict[str, dict[str, object]]:
             raise UserError(
                 f"--clip-weights {path}: no such file; pass the path of OpenAI's ViT-B-16.pt "
                 "or a state dict, or 'openai' on a machine with internet"
+            )
+        if not looks_like_checkpoint(path):
+            raise UserError(
+                f"--clip-weights {path}: not a PyTorch checkpoint (neither a zip archive nor a "
+                "pickle); pass OpenAI's ViT-B-16.pt or a state dict saved with torch.save"
             )
         clip = WeightsIdentity("file", path.name, file_sha256(path), random=False)
     upsampler: dict[str, object] = {"kind": spec.upsampler}
