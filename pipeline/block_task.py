@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -77,41 +78,74 @@ def read_with_retries(scene: SceneInfo, box: Box) -> tuple[np.ndarray, np.ndarra
     raise AssertionError("unreachable")
 
 
-def _local(box: Box, origin: Box) -> tuple[slice, slice]:
-    return slice(box.y0 - origin.y0, box.y1 - origin.y0), slice(
-        box.x0 - origin.x0, box.x1 - origin.x0
-    )
+class BlockInput:
+    """A block's crop region on the model grid, read in horizontal strips on a background
+    thread so that the first crop rows run on the model while later rows are still being
+    read: I/O overlaps compute inside the one task of a block.
 
-
-def model_input(job: JobSpec, block: Block) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """Read the block's window once and put its crop region on the model grid.
-
-    Returns (pixels (3, h, w) normalised, valid (h, w) on the model grid, both with
-    [0, 0] at global model pixel (crop_box.y0, crop_box.x0); native_valid: the
-    validity of the block's native output box).
+    pixels: (3, h, w) CLIP-normalised, valid: (h, w) bool; [0, 0] is global model pixel
+    ``origin`` = (crop_box.y0, crop_box.x0). Strips of ``STRIP_ROWS`` model rows.
     """
-    read = block.read
-    rgb, valid = read_with_retries(job.scene, read)
-    native_valid = valid[_local(block.native, read)]
-    image = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)
-    grid = job.grid.model_grid
-    box = block.crop_box
-    if grid.is_native:
-        rows, cols = _local(box, read)
-        return normalise_chw(image[:, rows, cols]), valid[rows, cols], native_valid
-    span = ((box.y0, box.y1), (box.x0, box.x1))
-    origin = (read.y0, read.x0)
-    image = resample_bilinear(image, origin, grid.rows, grid.cols, *span, from_model=False)
-    valid = resample_nearest(valid, origin, grid.rows, grid.cols, *span, from_model=False)
-    return normalise_chw(image), valid, native_valid
+
+    STRIP_ROWS = 256
+
+    def __init__(self, job: JobSpec, block: Block) -> None:
+        self.job, self.block = job, block
+        box = block.crop_box
+        self.origin = (box.y0, box.x0)
+        self.pixels = torch.zeros((3, *box.shape), dtype=torch.float32)
+        self.valid = np.zeros(box.shape, dtype=bool)
+        edges = [*range(box.y0, box.y1, self.STRIP_ROWS), box.y1]
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="block-read")
+        self._strips = [
+            (y0, self._pool.submit(self._load, y0, y1))
+            for y0, y1 in zip(edges, edges[1:], strict=False)
+        ]
+
+    def _load(self, y0: int, y1: int) -> None:
+        """Read, resample (from global coordinates) and normalise model rows y0..y1."""
+        grid, box = self.job.grid.model_grid, self.block.crop_box
+        cols = (box.x0, box.x1)
+        if grid.is_native:
+            rgb, valid = read_with_retries(self.job.scene, Box(y0, box.x0, y1, box.x1))
+            image = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)
+        else:
+            r0, r1 = grid.rows.sources_for_targets(y0, y1, from_model=False)
+            c0, c1 = grid.cols.sources_for_targets(*cols, from_model=False)
+            rgb, valid = read_with_retries(self.job.scene, Box(r0, c0, r1, c1))
+            image = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)
+            span = ((y0, y1), cols)
+            image = resample_bilinear(
+                image, (r0, c0), grid.rows, grid.cols, *span, from_model=False
+            )
+            valid = resample_nearest(valid, (r0, c0), grid.rows, grid.cols, *span, from_model=False)
+        rows = slice(y0 - box.y0, y1 - box.y0)
+        self.pixels[:, rows] = normalise_chw(image)
+        self.valid[rows] = valid
+
+    def wait_rows(self, y1: int) -> None:
+        """Block until every strip starting above global model row ``y1`` is in."""
+        for y0, future in self._strips:
+            if y0 < y1:
+                future.result()  # re-raises a read failure
+
+    def crop_has_data(self, crop: Box) -> bool:
+        """Whether ``crop`` holds any valid pixel (waits for its rows first)."""
+        self.wait_rows(crop.y1)
+        oy, ox = self.origin
+        return bool(self.valid[crop.y0 - oy : crop.y1 - oy, crop.x0 - ox : crop.x1 - ox].any())
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _crop_has_data(valid: np.ndarray, origin: tuple[int, int], crop: Box) -> bool:
-    return bool(
-        valid[
-            crop.y0 - origin[0] : crop.y1 - origin[0], crop.x0 - origin[1] : crop.x1 - origin[1]
-        ].any()
-    )
+def native_valid(job: JobSpec, block: Block, block_input: BlockInput) -> np.ndarray:
+    """Validity of the block's native output box (nodata and alpha -> False)."""
+    if job.grid.model_grid.is_native:  # the crop region covers the block
+        box, (oy, ox) = block.native, block_input.origin
+        return block_input.valid[box.y0 - oy : box.y1 - oy, box.x0 - ox : box.x1 - ox]
+    _, valid = read_with_retries(job.scene, block.native)  # from GDAL's block cache
+    return valid
 
 
 def run_block(job: JobSpec, index: int, queries: np.ndarray) -> BlockResult:
@@ -122,13 +156,23 @@ def run_block(job: JobSpec, index: int, queries: np.ndarray) -> BlockResult:
     if job.torch_threads and torch.get_num_threads() != job.torch_threads:
         torch.set_num_threads(job.torch_threads)  # Dask sets OMP_NUM_THREADS=1 in workers
     segmenter = segmenter_for(job.model, queries)
-    pixels, valid, native_valid = model_input(job, block)
-    origin = (block.crop_box.y0, block.crop_box.x0)
     touching = job.grid.crops_touching(block.model)
-    crops = [c for c in touching if _crop_has_data(valid, origin, c)]
-    total, count = accumulate_logits(
-        segmenter, pixels.to(segmenter.device), origin, crops, block.model
-    )
+    block_input = BlockInput(job, block)
+    crops: list[Box] = []
+
+    def keep(crop: Box) -> bool:  # waits for the crop's rows; skips all-nodata crops
+        if block_input.crop_has_data(crop):
+            crops.append(crop)
+            return True
+        return False
+
+    try:
+        total, count = accumulate_logits(
+            segmenter, block_input.pixels, block_input.origin, touching, block.model, keep
+        )
+        valid_out = native_valid(job, block, block_input)
+    finally:
+        block_input.close()
     mean = total / count  # NaN where no crop ran (all-nodata surroundings)
     grid = job.grid.model_grid
     if not grid.is_native:
@@ -152,7 +196,7 @@ def run_block(job: JobSpec, index: int, queries: np.ndarray) -> BlockResult:
         job.classes.background_index,
     )
     labels = labels.cpu().numpy()
-    nodata = ~native_valid | torch.isnan(mean).any(dim=0).cpu().numpy()
+    nodata = ~valid_out | torch.isnan(mean).any(dim=0).cpu().numpy()
     labels[nodata] = NODATA
     conf = None
     if job.save_confidence:

@@ -131,15 +131,15 @@ def _block_result(future, grid: BlockGrid, out: str):
         ) from exc
 
 
-def run_scene(
-    request: RunRequest, connection: tuple[Client, ClusterInfo] | None = None
-) -> RunSummary:
-    """Map one scene. ``connection``: an open ``(client, info)`` from ``cluster.connect`` to
-    reuse (a regional job connects once for all its scenes, so workers keep their model);
-    default: connect to ``request.cluster`` for this scene only."""
-    scene, grid, model_gsd = plan(request)
-    weights = describe_weights(request.model)
-    fingerprint = run_fingerprint(scene, request, model_gsd, weights)
+def store_attrs(
+    request: RunRequest,
+    scene: SceneInfo,
+    grid: BlockGrid,
+    model_gsd: float,
+    weights: dict,
+    fingerprint: str,
+) -> dict:
+    """The store's group attributes: what was run, on what, with which weights."""
     attrs = {
         "software": "reattn-batch",
         "software_version": version("reattn-batch"),
@@ -162,48 +162,50 @@ def run_scene(
     }
     if attrs["random_weights"]:
         attrs["warning"] = "CLIP weights were RANDOM: these labels are for tests and mean nothing."
-    out = str(request.out)
-    done = store.prepare(
-        out,
-        store.StoreLayout(
-            height=scene.height,
-            width=scene.width,
-            transform=scene.transform,
-            crs_wkt=scene.crs_wkt,
-            chunk=ZARR_CHUNK,
-            with_confidence=request.save_confidence,
-        ),
-        attrs=attrs,
-        class_names=request.classes.names,
-        blocks=grid.counts,
-        overwrite=request.overwrite,
-        resume=request.resume,
-        background_index=request.classes.background_index,
-    )
-    todo = [i for i in range(len(grid)) if i not in done]
-    in_flight = store.started_blocks(out) - done  # started by a run that stopped, unfinished
-    if request.resume:
-        log.info(
-            "resuming %s: %d of %d blocks done; recomputing %d that were in flight when the "
-            "last run stopped, computing %d never started",
-            out, len(done), len(grid), len(in_flight), len(todo) - len(in_flight),
-        )  # fmt: skip
-    log.info(
-        "scene %s: %dx%d px at %.3g -> model grid %dx%d at %.3g; %d blocks of %d px (%d to do), "
-        "%d crops; out %s",
-        scene.uri, scene.width, scene.height, scene.gsd, grid.model_grid.shape[1],
-        grid.model_grid.shape[0], model_gsd, len(grid), request.block_size, len(todo),
-        len(grid.crops()), out,
-    )  # fmt: skip
-    job = JobSpec(
-        scene=scene,
-        model=request.model,
-        classes=request.classes,
-        grid=grid,
-        store=out,
-        save_confidence=request.save_confidence,
-    )
+    return attrs
+
+
+def _compute_blocks(client, info: ClusterInfo, job: JobSpec, todo: list[int], done: int, key: str):
+    """Submit the blocks through a bounded window; returns (crops run, crops touched, MP/s)."""
+    resources = {"GPU": 1} if info.gpu_resources else None
+    model = job.model
+    queries = client.submit(embed_queries, model, job.classes.queries, resources=resources)
+    pending = iter(todo)
+
+    def submit(index: int):
+        return client.submit(
+            run_block, job, index, queries, resources=resources, key=f"block-{key}-{index}"
+        )
+
+    window = max(2 * info.total_threads, 4)
+    running = as_completed([submit(i) for i in islice(pending, window)])
     crops = touched = 0
+    with JobProgress(len(job.grid), done_blocks=done) as progress:
+        for future in running:
+            result = _block_result(future, job.grid, job.store)
+            crops += result.crops
+            touched += result.crops_touching
+            progress.advance(result.pixels)
+            nxt = next(pending, None)
+            if nxt is not None:
+                running.add(submit(nxt))
+        return crops, touched, progress.megapixels_per_second
+
+
+def run_scene(
+    request: RunRequest, connection: tuple[Client, ClusterInfo] | None = None
+) -> RunSummary:
+    """Map one scene. ``connection``: an open ``(client, info)`` from ``cluster.connect`` to
+    reuse (regional jobs); by default the request's cluster is connected and closed here.
+
+    Order: plan and weight identities (cheap, fail fast), then the cluster and the memory
+    guard, and only then the store, so that bad input or an unreachable scheduler leave
+    nothing behind.
+    """
+    scene, grid, model_gsd = plan(request)
+    weights = describe_weights(request.model)
+    fingerprint = run_fingerprint(scene, request, model_gsd, weights)
+    out = str(Path(request.out).absolute())  # workers may run elsewhere
     connecting = connect(request.cluster) if connection is None else nullcontext(connection)
     with connecting as (client, info):
         log.info("Dask dashboard: %s", info.dashboard)
@@ -212,35 +214,48 @@ def run_scene(
             request.model.upsampler, info.worker_memory_limit,
         )  # fmt: skip
         log.info("block task memory estimate %.2f GiB", need.total / 2**30)
-        resources = {"GPU": 1} if info.gpu_resources else None
-        job = dataclasses.replace(job, torch_threads=info.torch_threads)
-        queries = client.submit(
-            embed_queries, request.model, request.classes.queries, resources=resources
+        done = store.prepare(
+            out,
+            store.StoreLayout(
+                height=scene.height,
+                width=scene.width,
+                transform=scene.transform,
+                crs_wkt=scene.crs_wkt,
+                chunk=ZARR_CHUNK,
+                with_confidence=request.save_confidence,
+            ),
+            attrs=store_attrs(request, scene, grid, model_gsd, weights, fingerprint),
+            class_names=request.classes.names,
+            blocks=grid.counts,
+            overwrite=request.overwrite,
+            resume=request.resume,
+            background_index=request.classes.background_index,
         )
-        window = max(2 * info.total_threads, 4)
-        pending = iter(todo)
-
-        def submit(index: int):
-            return client.submit(
-                run_block,
-                job,
-                index,
-                queries,
-                resources=resources,
-                key=f"block-{fingerprint}-{index}",
-            )
-
-        running = as_completed([submit(i) for i in islice(pending, window)])
-        with JobProgress(len(grid), done_blocks=len(done)) as progress:
-            for future in running:
-                result = _block_result(future, grid, out)
-                crops += result.crops
-                touched += result.crops_touching
-                progress.advance(result.pixels)
-                nxt = next(pending, None)
-                if nxt is not None:
-                    running.add(submit(nxt))
-            rate = progress.megapixels_per_second
+        todo = [i for i in range(len(grid)) if i not in done]
+        in_flight = store.started_blocks(out) - done  # started by a run that stopped, unfinished
+        if request.resume:
+            log.info(
+                "resuming %s: %d of %d blocks done; recomputing %d that were in flight when "
+                "the last run stopped, computing %d never started",
+                out, len(done), len(grid), len(in_flight), len(todo) - len(in_flight),
+            )  # fmt: skip
+        log.info(
+            "scene %s: %dx%d px at %.3g -> model grid %dx%d at %.3g; %d blocks of %d px "
+            "(%d to do), %d crops; out %s",
+            scene.uri, scene.width, scene.height, scene.gsd, grid.model_grid.shape[1],
+            grid.model_grid.shape[0], model_gsd, len(grid), request.block_size, len(todo),
+            len(grid.crops()), out,
+        )  # fmt: skip
+        job = JobSpec(
+            scene=scene,
+            model=request.model,
+            classes=request.classes,
+            grid=grid,
+            store=out,
+            save_confidence=request.save_confidence,
+            torch_threads=info.torch_threads,
+        )
+        crops, touched, rate = _compute_blocks(client, info, job, todo, len(done), fingerprint)
     store.update_attrs(
         out,
         complete=True,

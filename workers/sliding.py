@@ -11,7 +11,7 @@ what makes a block-by-block scene identical to a whole-scene pass.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -53,11 +53,6 @@ def crop_grid(height: int, width: int, crop: int, stride: int) -> list[Box]:
     return [Box(y, x, min(y + crop, height), min(x + crop, width)) for y in ys for x in xs]
 
 
-def _batches(items: Sequence[Box], size: int) -> Iterator[Sequence[Box]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 @torch.no_grad()
 def accumulate_logits(
     segmenter: CropSegmenter,
@@ -65,12 +60,15 @@ def accumulate_logits(
     origin: tuple[int, int],
     boxes: Sequence[Box],
     target: Box,
+    keep: Callable[[Box], bool] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sum crop logits over ``target``.
 
     pixels: (3, h, w) normalised window whose top-left pixel has global coordinates
     ``origin``; it must contain every box. boxes: crops in global coordinates, in
-    global order. target: the global region to accumulate.
+    global order. target: the global region to accumulate. keep: called for each crop,
+    in order, just before it joins a batch (it may wait for the crop's pixels to be
+    read); a crop for which it returns False is skipped.
     Returns (sum (Q, th, tw) float32, count (th, tw) float32) on the segmenter's device.
     """
     oy, ox = origin
@@ -78,9 +76,9 @@ def accumulate_logits(
     device = segmenter.device
     total = torch.zeros((q, *target.shape), dtype=torch.float32, device=device)
     count = torch.zeros(target.shape, dtype=torch.float32, device=device)
-    boxes = [b for b in boxes if b.intersects(target)]
     batch_size = segmenter.cfg.batch_size
-    for batch in _batches(boxes, batch_size):
+
+    def run(batch: list[Box]) -> None:
         crops = torch.stack(
             [pixels[:, b.y0 - oy : b.y1 - oy, b.x0 - ox : b.x1 - ox] for b in batch]
         )
@@ -94,6 +92,17 @@ def accumulate_logits(
             src = crop_logit[:, y0 - box.y0 : y1 - box.y0, x0 - box.x0 : x1 - box.x0]
             total[:, y0 - target.y0 : y1 - target.y0, x0 - target.x0 : x1 - target.x0] += src
             count[y0 - target.y0 : y1 - target.y0, x0 - target.x0 : x1 - target.x0] += 1
+
+    batch: list[Box] = []
+    for box in boxes:  # global order; batches are filled in that order
+        if not box.intersects(target) or (keep is not None and not keep(box)):
+            continue
+        batch.append(box)
+        if len(batch) == batch_size:
+            run(batch)
+            batch = []
+    if batch:
+        run(batch)
     return total, count
 
 
