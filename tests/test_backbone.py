@@ -83,6 +83,8 @@ def test_openai_weights_offline_fail_with_one_line_naming_the_fix(tmp_path):
             str(image),
             "--classes",
             "a",
+            "--upsampler",
+            "bilinear",
             "-o",
             str(tmp_path / "p.png"),
         ],
