@@ -124,3 +124,16 @@ def test_missing_or_unreadable_image(tmp_path, capsys, content):
         run_cli(["segment", path, "--classes", "a", *TINY, "-o", tmp_path / "p.png"])
     err = capsys.readouterr().err
     assert str(path) in err and ("no such file" in err or "not a readable image" in err)
+
+
+def test_image_too_small_for_simfeatup_is_one_clear_line(tmp_path, capsys):
+    ckpt = shared_file("weights/featup_clip_jbu_stack_cocostuff.ckpt")
+    image = tmp_path / "tiny.png"
+    cv2.imwrite(str(image), np.zeros((20, 30, 3), np.uint8))
+    upsampler = ["--upsampler", "jbu_stack", "--upsampler-weights", ckpt]
+    args = ["segment", image, "--classes", "a", "--clip-weights", "random", *upsampler,
+            "--resize", "none", "-o", tmp_path / "p.png"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        run_cli(args)
+    err = capsys.readouterr().err
+    assert "too small for SimFeatUp" in err and "--upsampler bilinear" in err

@@ -18,8 +18,10 @@ from torch import Tensor, nn
 from workers.backbone import Backbone
 from workers.config import MethodConfig
 from workers.encoder import encode_crops
+from workers.errors import UserError
 
 CLIP_MEAN = (122.771, 116.746, 104.094)  # on 0..255 RGB
+MIN_JBU_GRID = 3  # patches a side: jbu_one's radius-5 reflect padding at the first x2 step
 CLIP_STD = (68.501, 66.632, 70.323)
 
 
@@ -48,8 +50,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        from workers.errors import UserError
-
         raise UserError("--device cuda: no CUDA GPU is visible here; use --device cpu or auto")
     return torch.device(device)
 
@@ -99,6 +99,12 @@ class CropSegmenter:
         padded = (
             F.pad(crops, (left, right, top, bottom)) if any((left, right, top, bottom)) else crops
         )
+        patch = self.backbone.patch_size
+        if self.upsampler is not None and min(padded.shape[-2:]) < MIN_JBU_GRID * patch:
+            raise UserError(
+                f"a {h}x{w} px image is too small for SimFeatUp (its reflect padding needs at "
+                f"least {MIN_JBU_GRID * patch} px a side): use --upsampler bilinear"
+            )
         with self._autocast():
             dense = encode_crops(self.backbone, self.cfg, padded)
             cls = dense.cls.float()
