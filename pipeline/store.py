@@ -471,41 +471,31 @@ def _build(
         )
         sr[...] = 0
 
-    chunks = (layout.chunk, layout.chunk)
-    group.create_array(
-        LABELS,
-        shape=(layout.height, layout.width),
-        chunks=chunks,
-        dtype="uint8",
-        fill_value=NODATA,
-        compressors=COMPRESSOR,
-        chunk_key_encoding=_CHUNK_KEYS,
-        attributes=raster_attrs(
-            {
-                "long_name": "class label",
-                "flag_values": list(range(n)),
-                "flag_meanings": " ".join(_flag_meaning(c) for c in class_names),
-                "colormap": colormap,
-                "nodata": NODATA,
-            }
-        ),
-    )
-    if layout.with_confidence:
+    def raster(name: str, extra: dict[str, Any]) -> None:
         group.create_array(
-            CONFIDENCE,
+            name,
             shape=(layout.height, layout.width),
-            chunks=chunks,
+            chunks=(layout.chunk, layout.chunk),
             dtype="uint8",
             fill_value=NODATA,
             compressors=COMPRESSOR,
             chunk_key_encoding=_CHUNK_KEYS,
-            attributes=raster_attrs(
-                {
-                    "long_name": "confidence: max class probability x 254",
-                    "valid_range": [0, 254],
-                    "nodata": NODATA,
-                }
-            ),
+            attributes=raster_attrs({**extra, "nodata": NODATA}),
+        )
+
+    raster(
+        LABELS,
+        {
+            "long_name": "class label",
+            "flag_values": list(range(n)),
+            "flag_meanings": " ".join(_flag_meaning(c) for c in class_names),
+            "colormap": colormap,
+        },
+    )
+    if layout.with_confidence:
+        raster(
+            CONFIDENCE,
+            {"long_name": "confidence: max class probability x 254", "valid_range": [0, 254]},
         )
     for name, meaning in (
         (BLOCK_STARTED, "1 once a task has started the block"),

@@ -10,6 +10,32 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def koeln_window_tif(directory: Path, width: int, height: int, name: str = "koeln.tif") -> str:
+    """A width x height window (at col 50, row 100) of the real Koeln tile, written as a
+    tiled GeoTIFF into ``directory``; keeps scene-job tests fast."""
+    import rasterio
+    from rasterio.windows import Window
+
+    src = shared_file("rasters/oem_koeln_50.tif")
+    out = directory / name
+    with rasterio.open(src) as ds:
+        window = Window(50, 100, width, height)
+        profile = ds.profile | {
+            "width": width, "height": height, "transform": ds.window_transform(window),
+            "tiled": True, "blockxsize": 256, "blockysize": 256,
+        }  # fmt: skip
+        with rasterio.open(out, "w", **profile) as dst:
+            dst.write(ds.read(window=window))
+    return str(out)
+
+
+def labels_of(store):
+    """The `labels` array of an output store."""
+    import zarr
+
+    return zarr.open_group(str(store), mode="r")["labels"][:]
+
+
 def shared_file(relative: str) -> Path:
     """A file under ../shared/data, or skip the test with a reason."""
     path = SHARED_DATA / relative

@@ -9,10 +9,8 @@ import time
 
 import numpy as np
 import pytest
-import rasterio
 import zarr
 from distributed import Client
-from rasterio.windows import Window
 
 from pipeline.cli import main
 from tests.cluster_helpers import (
@@ -22,7 +20,7 @@ from tests.cluster_helpers import (
     recorded_tasks,
     register_by_value,
 )
-from tests.conftest import shared_file
+from tests.conftest import koeln_window_tif, labels_of
 from workers import model_cache
 
 CLASSES = ["--classes", "building,road,water,tree"]
@@ -32,24 +30,10 @@ def run_cli(*args: object) -> None:
     main(["run", *(str(a) for a in args)])
 
 
-def labels_of(store) -> np.ndarray:
-    return zarr.open_group(str(store), mode="r")["labels"][:]
-
-
 @pytest.fixture(scope="module")
 def koeln_small(tmp_path_factory) -> str:
-    """A 700 x 600 window of the real Koeln tile as a GeoTIFF: 2 x 2 blocks of 512."""
-    src = shared_file("rasters/oem_koeln_50.tif")
-    out = tmp_path_factory.mktemp("scene") / "koeln_small.tif"
-    with rasterio.open(src) as ds:
-        window = Window(50, 100, 700, 600)
-        profile = ds.profile | {
-            "width": 700, "height": 600, "transform": ds.window_transform(window),
-            "tiled": True, "blockxsize": 256, "blockysize": 256,
-        }  # fmt: skip
-        with rasterio.open(out, "w", **profile) as dst:
-            dst.write(ds.read(window=window))
-    return str(out)
+    """2 x 2 blocks of 512."""
+    return koeln_window_tif(tmp_path_factory.mktemp("scene"), 700, 600, "koeln_small.tif")
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,9 @@ import rasterio
 import xarray as xr
 import zarr
 from distributed import Client, LocalCluster
-from rasterio.windows import Window
 
 from pipeline.cli import main
-from tests.conftest import shared_file
+from tests.conftest import koeln_window_tif, labels_of, shared_file
 from workers import model_cache
 
 TINY = ["--clip-weights", "random", "--set", "clip_model=ViT-T-16-test", "--upsampler", "bilinear"]
@@ -27,24 +26,9 @@ def run_cli(*args: object) -> None:
     main(["run", *(str(a) for a in args)])
 
 
-def labels_of(store) -> np.ndarray:
-    return zarr.open_group(str(store), mode="r")["labels"][:]
-
-
 @pytest.fixture(scope="module")
 def koeln_crop(tmp_path_factory) -> str:
-    """A 700 x 900 window of the real Koeln tile as a GeoTIFF (keeps the tests fast)."""
-    src = shared_file("rasters/oem_koeln_50.tif")
-    out = tmp_path_factory.mktemp("scene") / "koeln.tif"
-    with rasterio.open(src) as ds:
-        window = Window(50, 100, 900, 700)
-        profile = ds.profile | {
-            "width": 900, "height": 700, "transform": ds.window_transform(window),
-            "tiled": True, "blockxsize": 256, "blockysize": 256,
-        }  # fmt: skip
-        with rasterio.open(out, "w", **profile) as dst:
-            dst.write(ds.read(window=window))
-    return str(out)
+    return koeln_window_tif(tmp_path_factory.mktemp("scene"), 900, 700)
 
 
 @pytest.mark.parametrize("gsd", [None, 0.8])

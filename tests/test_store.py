@@ -289,6 +289,8 @@ def test_confidence_only_when_requested(tmp_path):
         "x",
         "y",
         "spatial_ref",
+        "block_started",
+        "block_done",
     }
     assert "confidence" not in xr.open_zarr(plain).data_vars
 
