@@ -10,6 +10,7 @@ import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
+import dask
 from distributed import Client, LocalCluster
 
 from workers.errors import UserError
@@ -82,14 +83,24 @@ def local_cluster(request: ClusterRequest) -> tuple[LocalCluster, int]:
         return cluster, 0
     workers = request.workers or 1
     threads = request.threads_per_worker or 1
-    cluster = LocalCluster(
-        n_workers=workers,
-        threads_per_worker=threads,
-        processes=True,
-        dashboard_address=":0",
-        resources={"GPU": 1} if gpus else None,
-    )
-    return cluster, max(1, cores // (workers * threads))
+    torch_threads = max(1, cores // (workers * threads))
+    # Dask's worker defaults suit pandas, not a model: MALLOC_TRIM_THRESHOLD_=65536 roughly
+    # halved model throughput on CPU (benchmarks/pipeline_efficiency.py), and
+    # OMP_NUM_THREADS=1 would pin torch to one core. Both are read at process start.
+    environ = "distributed.nanny.pre-spawn-environ"
+    with dask.config.set({
+        f"{environ}.MALLOC_TRIM_THRESHOLD_": None,
+        f"{environ}.OMP_NUM_THREADS": torch_threads,
+        f"{environ}.MKL_NUM_THREADS": torch_threads,
+    }):  # fmt: skip
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=threads,
+            processes=True,
+            dashboard_address=":0",
+            resources={"GPU": 1} if gpus else None,
+        )
+    return cluster, torch_threads
 
 
 @contextlib.contextmanager
