@@ -306,7 +306,7 @@ def run(
     )
     summary = run_scene(request)
     log.info(
-        "done: %s (%d blocks, %d computed, %d already done, %d crops, %.2f MP/s)",
+        "done: %s (%d blocks, %d computed, %d already done, %d crops, %.3g MP/s)",
         summary.out, summary.blocks, summary.computed, summary.skipped, summary.crops,
         summary.megapixels_per_second,
     )  # fmt: skip

@@ -61,7 +61,7 @@ class JobProgress:
     def advance(self, pixels: int) -> None:
         self.done += 1
         self.pixels += pixels
-        rate = f"{self.megapixels_per_second:.2f} MP/s"
+        rate = f"{self.megapixels_per_second:.3g} MP/s"
         if self._progress is not None:
             self._progress.update(self._task, completed=self.done, rate=rate)
             return
