@@ -88,41 +88,44 @@ def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def build_model_spec(
-    method: str | None,
-    clip_weights: str,
-    upsampler: str,
-    upsampler_weights: Path | None,
-    prob_thd: float | None,
-    config_file: Path | None,
-    sets: tuple[str, ...],
-    device: str,
-):
+def build_model_spec(model: dict[str, Any]):
+    """The ModelSpec of the ``model_options`` values (``model``: their keyword dict)."""
     from workers.config import load_config
     from workers.model_spec import ModelSpec
 
-    cfg = load_config(config_file, sets, overrides={"method": method, "prob_thd": prob_thd})
+    overrides = {"method": model["method"], "prob_thd": model["prob_thd"]}
+    cfg = load_config(model["config_file"], model["sets"], overrides=overrides)
+    weights = model["upsampler_weights"]
     return ModelSpec(
-        clip_weights=clip_weights,
-        upsampler=upsampler,
-        upsampler_weights=str(upsampler_weights) if upsampler_weights else None,
+        clip_weights=model["clip_weights"],
+        upsampler=model["upsampler"],
+        upsampler_weights=str(weights) if weights else None,
         cfg=cfg,
-        device=device,
+        device=model["device"],
     )
 
 
-def build_classes(
-    classes: str | None, classes_file: Path | None, no_background: bool, prob_thd: float
-):
+def build_classes(model: dict[str, Any], prob_thd: float):
+    """The final class list of the ``model_options`` values; prob_thd needs a background."""
     from workers.classes import parse_classes
 
-    class_list = parse_classes(classes, classes_file, add_background=not no_background)
+    add_background = not model["no_background"]
+    class_list = parse_classes(model["classes"], model["classes_file"], add_background)
     if prob_thd > 0 and class_list.background_index is None:
         raise UserError(
             f"prob_thd {prob_thd} needs a background class, and --no-background left none: "
             "drop --no-background, name a class 'background', or pass --prob-thd 0"
         )
     return class_list
+
+
+def parse_resize(resize: str) -> int | None:
+    """--resize: a long side in px, or None for 'none'."""
+    if resize == "none":
+        return None
+    if not (resize.isdigit() and int(resize) > 0):
+        raise UserError(f"--resize {resize!r}: pass a long side in pixels (e.g. 448) or 'none'")
+    return int(resize)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -165,24 +168,12 @@ def segment(
     """Segment one image (PNG, JPEG, TIFF) into the given classes."""
     from pipeline.segment_image import segment_file
 
-    if resize != "none" and not (resize.isdigit() and int(resize) > 0):
-        raise UserError(f"--resize {resize!r}: pass a long side in pixels (e.g. 448) or 'none'")
-    spec = build_model_spec(
-        model["method"],
-        model["clip_weights"],
-        model["upsampler"],
-        model["upsampler_weights"],
-        model["prob_thd"],
-        model["config_file"],
-        model["sets"],
-        model["device"],
-    )
-    classes = build_classes(
-        model["classes"], model["classes_file"], model["no_background"], spec.cfg.prob_thd
-    )
+    long_side = parse_resize(resize)
+    spec = build_model_spec(model)
+    classes = build_classes(model, spec.cfg.prob_thd)
     if output is None and save_logits is None:
         raise UserError("nothing to write: pass -o PRED.png and/or --save-logits LOGITS.npy")
-    result = segment_file(image, spec, classes, None if resize == "none" else int(resize))
+    result = segment_file(image, spec, classes, long_side)
     if save_logits is not None:
         import numpy as np
 
@@ -282,13 +273,8 @@ def run(
 
     if overwrite and resume:
         raise UserError("pass --overwrite (start again) or --resume (finish), not both")
-    spec = build_model_spec(
-        model["method"], model["clip_weights"], model["upsampler"], model["upsampler_weights"],
-        model["prob_thd"], model["config_file"], model["sets"], model["device"],
-    )  # fmt: skip
-    classes = build_classes(
-        model["classes"], model["classes_file"], model["no_background"], spec.cfg.prob_thd
-    )
+    spec = build_model_spec(model)
+    classes = build_classes(model, spec.cfg.prob_thd)
     request = RunRequest(
         scene=scene,
         model=spec,

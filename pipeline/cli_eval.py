@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
-from pipeline.cli import build_classes, build_model_spec, model_options
+from pipeline.cli import build_classes, build_model_spec, model_options, parse_resize
+from workers.config import read_yaml
 from workers.errors import UserError
 
 log = logging.getLogger("reattn_batch")
@@ -34,7 +34,7 @@ def _explicit_keys(model: dict[str, Any]) -> set[str]:
 
     keys = {parse_set_option(item)[0] for item in model["sets"]}
     if model["config_file"] is not None:
-        data = yaml.safe_load(Path(model["config_file"]).read_text()) or {}
+        data = read_yaml(model["config_file"], "--config") or {}
         keys |= set(data)
     if model["method"] is not None:
         keys.add("method")
@@ -60,13 +60,7 @@ def load_grid(path: Path, base_spec) -> list:
     from pipeline.evaluate import Setting
     from workers.config import build_config
 
-    try:
-        rows = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"--grid {path}: no such file") from None
-    except (OSError, yaml.YAMLError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"--grid {path}: not readable YAML ({first})") from None
+    rows = read_yaml(path, "--grid")
     if not isinstance(rows, list) or not rows:
         raise UserError(f"--grid {path}: expected a non-empty list of settings")
     settings, seen = [], set()
@@ -165,19 +159,13 @@ def eval_command(
     from pipeline.evaluate import ImageTask, LabelRules, Setting, run_settings
     from workers.model_spec import describe_weights
 
-    if resize != "none" and not (resize.isdigit() and int(resize) > 0):
-        raise UserError(f"--resize {resize!r}: pass a long side in pixels (e.g. 448) or 'none'")
+    long_side = parse_resize(resize)
     preset = load_preset(dataset) if dataset else None
-    spec = build_model_spec(
-        model["method"], model["clip_weights"], model["upsampler"], model["upsampler_weights"],
-        model["prob_thd"], model["config_file"], model["sets"], model["device"],
-    )  # fmt: skip
+    spec = build_model_spec(model)
     if preset is not None:
         spec = _with_preset(spec, preset, model)
     if model["classes"] is not None or model["classes_file"] is not None:
-        classes = build_classes(
-            model["classes"], model["classes_file"], model["no_background"], spec.cfg.prob_thd
-        )
+        classes = build_classes(model, spec.cfg.prob_thd)
         if preset is not None and len(classes.synonyms) != preset.num_classes:
             raise UserError(
                 f"{len(classes.synonyms)} classes (background rule applied) but {preset.name} "
@@ -201,7 +189,6 @@ def eval_command(
     weights = describe_weights(spec)  # fails early, one line, on missing weight files
     if weights["clip"].get("random"):
         log.warning("eval with RANDOM CLIP weights: the figures are NOT accuracy")
-    long_side = None if resize == "none" else int(resize)
     log.info(
         "eval %s: %d images, %d classes, %d setting(s), long side %s",
         preset.name if preset else "images", len(samples), rules.num_classes, len(settings),

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from PIL import Image
 
 from workers.classes import ClassList, build_class_list
-from workers.config import CONFIG_DIR, build_config, load_config
+from workers.config import CONFIG_DIR, build_config, load_config, read_yaml
 from workers.errors import UserError
 
 DATASETS_DIR = CONFIG_DIR / "datasets"
@@ -136,11 +135,7 @@ def load_preset(name: str) -> DatasetPreset:
     """Read and validate a preset; errors name the file and the key."""
     path = find_preset(name)
     where = f"dataset preset {path}"
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{where}: not readable YAML ({first})") from None
+    raw = read_yaml(path, "dataset preset")
     if not isinstance(raw, dict):
         raise UserError(f"{where}: expected a mapping of key: value")
     unknown = sorted(set(raw) - set(_REQUIRED) - set(_OPTIONAL))

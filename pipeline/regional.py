@@ -46,6 +46,7 @@ from pipeline import store
 from pipeline.cluster import ClusterInfo, ClusterRequest, connect
 from pipeline.job import RunRequest, default_out, plan, run_fingerprint, run_scene
 from workers.classes import ClassList, build_class_list, parse_classes
+from workers.config import read_yaml
 from workers.errors import UserError
 from workers.model_spec import ModelSpec, describe_weights
 
@@ -175,15 +176,7 @@ class JobSpecFile:
     def load(cls, path: str | os.PathLike) -> JobSpecFile:
         """Read and validate ``path``; a UserError names the key at fault."""
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"job spec {path}: no such file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"job spec {path}: not readable ({exc})") from None
-        except yaml.YAMLError as exc:
-            first = " ".join(str(exc).split()) or type(exc).__name__
-            raise UserError(f"job spec {path}: not valid YAML ({first})") from None
+        data = read_yaml(path, "job spec")
         r = _Reader(path)
         if not isinstance(data, dict):
             raise UserError(f"job spec {path}: expected a mapping of {', '.join(_TOP_KEYS)}")

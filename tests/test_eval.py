@@ -39,6 +39,13 @@ ROOT = Path(__file__).resolve().parents[1]
 LABELLED = SHARED_DATA / "labelled"
 
 
+# the model_options of a tiny random model, as the CLI hands them to build_model_spec
+MODEL_FLAGS = {
+    "method": None, "clip_weights": "random", "upsampler": "bilinear", "upsampler_weights": None,
+    "prob_thd": None, "config_file": None, "sets": (), "device": "cpu",
+}  # fmt: skip
+
+
 def run_eval(*args: object) -> None:
     main(["eval", *(str(a) for a in args)])
 
@@ -179,10 +186,7 @@ def test_preset_config_yields_to_what_the_user_sets():
 
     def resolved(**model):
         model = {"method": None, "prob_thd": None, "config_file": None, "sets": ()} | model
-        spec = build_model_spec(
-            model["method"], "random", "bilinear", None, model["prob_thd"], None, model["sets"],
-            "cpu",
-        )  # fmt: skip
+        spec = build_model_spec(MODEL_FLAGS | model)
         return _with_preset(spec, xbd, model).cfg
 
     assert (resolved().lambda_cls, resolved().prob_thd) == (0.0, 0.0)
@@ -228,7 +232,7 @@ def test_split_file_lists_the_images(tmp_path):
 
 
 def test_shipped_ablation_grid_is_valid():
-    spec = build_model_spec(None, "random", "bilinear", None, None, None, (), "cpu")
+    spec = build_model_spec(MODEL_FLAGS)
     settings = load_grid(ROOT / "configs/ablations/reattn_components.yaml", spec)
     switches = [(s.spec.cfg.patch_patch, s.spec.cfg.cls_row, s.spec.cfg.cls_col) for s in settings]
     assert [s.name for s in settings] == ["base", "P-P", "CLS", "CLS-Patch", "all"]
@@ -243,7 +247,7 @@ def test_shipped_ablation_grid_is_valid():
 
 
 def test_a_bad_grid_row_names_the_setting_and_key(tmp_path):
-    spec = build_model_spec(None, "random", "bilinear", None, None, None, (), "cpu")
+    spec = build_model_spec(MODEL_FLAGS)
     path = tmp_path / "g.yaml"
     path.write_text("- {name: ok, config: {alpha: 0.5}}\n- {name: bad, config: {cls_col: maybe}}\n")
     with pytest.raises(UserError, match=r"'cls_col'.*setting 2 \(bad\)"):
@@ -251,7 +255,7 @@ def test_a_bad_grid_row_names_the_setting_and_key(tmp_path):
 
 
 def test_task_inputs_pickle():
-    spec = build_model_spec(None, "random", "bilinear", None, None, None, (), "cpu")
+    spec = build_model_spec(MODEL_FLAGS)
     task = ImageTask(load_preset("loveda").class_list(), LabelRules(7, True), 448, True)
     sample = Sample("a", Path("a.png"), Path("b.png"))
     for obj in (task, Setting("s", spec, {}, {}), sample):

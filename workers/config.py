@@ -171,14 +171,21 @@ def build_config(values: Mapping[str, Any], source: str) -> MethodConfig:
     return cfg
 
 
-def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+def read_yaml(path: str | Path, what: str) -> Any:
+    """Parse a YAML file; a missing or unreadable file is a UserError naming ``what``
+    (e.g. "--config") and the path. Every YAML the project reads comes through here."""
+    path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{what} {path}: no such file") from None
-    except (OSError, yaml.YAMLError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        first = " ".join(str(exc).split()) or type(exc).__name__
         raise UserError(f"{what} {path}: not readable YAML ({first})") from None
+
+
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    data = read_yaml(path, what)
     if data is None:
         return {}
     if not isinstance(data, dict):
