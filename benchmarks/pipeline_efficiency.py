@@ -135,7 +135,6 @@ PROFILE_TARGETS = (
     ("resample mask (nearest)", "pipeline.block_task", "resample_nearest"),
     ("normalise", "pipeline.block_task", "normalise_chw"),
     ("wait for pixel rows", "pipeline.block_task", "BlockInput.wait_rows"),
-    ("model_input", "pipeline.block_task", "model_input"),
     ("stack crops, pad, sum logits", "pipeline.block_task", "accumulate_logits"),
     ("labels (softmax, argmax)", "pipeline.block_task", "labels_from_logits"),
     ("write labels (zarr)", "pipeline.store", "write_block"),
