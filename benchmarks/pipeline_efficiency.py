@@ -1,9 +1,9 @@
-"""Efficiency of the scene job (`pipeline.job.run_scene`) against the model alone.
+"""Efficiency of the scene job (`pipeline.run.spine.run_scene`) against the model alone.
 
 Five figures, each printed with its settings (and written with ``--json OUT``):
 
 1. Scene vs model-only time (target ratio >= 0.9). The script opens ONE cluster the
-   way the job does (``pipeline.cluster.connect``: the embedded LocalCluster's layout,
+   way the job does (``pipeline.run.cluster.connect``: the embedded LocalCluster's layout,
    ``--workers/--threads-per-worker``, or ``--scheduler ADDR``), warms it up (every
    worker loads the model and runs one batch, and a small scene goes through the whole
    job), and hands that connection to ``run_scene`` for every scene. So the scene time,
@@ -87,10 +87,13 @@ import torch
 from rasterio.windows import Window
 
 from pipeline import store
-from pipeline.block_task import JobSpec, run_block
-from pipeline.cluster import ClusterRequest, connect
-from pipeline.grids import BlockGrid, ModelGrid
-from pipeline.job import RunRequest, plan, run_scene
+from pipeline.blocks.task import BlockTask, run_block
+from pipeline.grid.grids import BlockGrid, ModelGrid
+from pipeline.run.cluster import connect
+from pipeline.run.plan import plan
+from pipeline.run.request import SceneRequest
+from pipeline.run.spine import run_scene
+from pipeline.settings import ClusterSettings, SceneSettings
 from workers.classes import parse_classes
 from workers.config import METHODS, load_config
 from workers.errors import UserError
@@ -128,17 +131,17 @@ DEFAULTS = {
 # What the block profile times inside run_block: (label, module, attribute). A missing
 # attribute is skipped, so the profile follows the block task as it changes.
 PROFILE_TARGETS = (
-    ("model cache lookup", "pipeline.block_task", "segmenter_for"),
-    ("started record (zarr)", "pipeline.store", "mark_block_started"),
-    ("read window (GDAL)", "pipeline.block_task", "read_window"),
-    ("resample image to model grid", "pipeline.block_task", "resample_bilinear"),
-    ("resample mask (nearest)", "pipeline.block_task", "resample_nearest"),
-    ("normalise", "pipeline.block_task", "normalise_chw"),
-    ("wait for pixel rows", "pipeline.block_task", "BlockInput.wait_rows"),
-    ("stack crops, pad, sum logits", "pipeline.block_task", "accumulate_logits"),
-    ("labels (softmax, argmax)", "pipeline.block_task", "labels_from_logits"),
-    ("write labels (zarr)", "pipeline.store", "write_block"),
-    ("done record (zarr)", "pipeline.store", "mark_block_done"),
+    ("model cache lookup", "pipeline.blocks.task", "segmenter_for"),
+    ("started record (zarr)", "pipeline.blocks.task", "store.mark_block_started"),
+    ("read window (GDAL)", "pipeline.blocks.reading", "read_window"),
+    ("resample image to model grid", "pipeline.grid.resample", "Resampler.bilinear"),
+    ("resample mask (nearest)", "pipeline.grid.resample", "Resampler.nearest"),
+    ("normalise", "pipeline.blocks.reading", "normalise_chw"),
+    ("wait for pixel rows", "pipeline.blocks.reading", "BlockInput.wait_rows"),
+    ("stack crops, pad, sum logits", "pipeline.blocks.task", "accumulate_logits"),
+    ("labels (softmax, argmax)", "pipeline.blocks.task", "labels_from_logits"),
+    ("write labels (zarr)", "pipeline.blocks.task", "store.write_block"),
+    ("done record (zarr)", "pipeline.blocks.task", "store.mark_block_done"),
 )
 MODEL_LABEL = "model (crop_logits)"
 
@@ -510,7 +513,7 @@ class _Timers:
         return timed
 
 
-def _profile_block(job: JobSpec, index: int, queries: np.ndarray) -> dict[str, Any]:
+def _profile_block(job: BlockTask, index: int, queries: np.ndarray) -> dict[str, Any]:
     """run_block(index) once plain, then once with its callees wrapped in timers."""
     seg = segmenter_for(job.model, queries)
     device = seg.device
@@ -684,11 +687,11 @@ class Bench:
             pure=False,
         )
 
-    def run_scene(self, request: RunRequest) -> Any:
+    def run_scene(self, request: SceneRequest) -> Any:
         if self.pass_connection:
             return run_scene(request, connection=(self.client, self.info))
         address = self.client.scheduler.address
-        cluster = ClusterRequest(scheduler=address)
+        cluster = ClusterSettings(scheduler=address)
         return run_scene(dataclasses.replace(request, cluster=cluster))
 
     def model_only(self, calls: int) -> dict[str, Any]:
@@ -716,12 +719,12 @@ class Bench:
 
 
 def measure_scene(
-    bench: Bench, request: RunRequest, mosaic: dict[str, Any], mp: float, interval: float
+    bench: Bench, request: SceneRequest, mosaic: dict[str, Any], mp: float, interval: float
 ) -> dict[str, Any]:
     """One scene through run_scene, bracketed by the model alone on the same crops."""
     cfg = bench.spec.cfg
     device = resolve_device(bench.spec.device)
-    _, grid, _ = plan(request)
+    grid = plan(request).grid
     per_block = [len(grid.crops_touching(b.model)) for b in grid.blocks()]
     first = bench.model_only(math.ceil(sum(per_block) / cfg.batch_size) // 2)
     if device.type == "cuda":
@@ -1002,15 +1005,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 flush=True,
             )
 
-        def request(path: str, out: Path) -> RunRequest:
-            return RunRequest(
+        def request(path: str, out: Path) -> SceneRequest:
+            return SceneRequest(
                 scene=path,
                 model=spec,
                 classes=classes,
                 out=out,
-                gsd=args.gsd,
-                block_size=block_size,
-                cluster=ClusterRequest(
+                settings=SceneSettings(gsd=args.gsd, block_size=block_size),
+                cluster=ClusterSettings(
                     scheduler=args.scheduler,
                     workers=args.workers,
                     threads_per_worker=args.threads_per_worker,
@@ -1079,8 +1081,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         profile = None
         if not args.no_profile:
             mp = sizes[-1]
-            scene_info, grid, _ = plan(request(mosaics[mp]["path"], workdir))
-            job = JobSpec(
+            layout = plan(request(mosaics[mp]["path"], workdir))
+            scene_info, grid = layout.scene, layout.grid
+            job = BlockTask(
                 scene=scene_info,
                 model=spec,
                 classes=classes,

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.cli import build_model_spec, cli, main
-from pipeline.cli_eval import _with_preset, eval_command, load_grid
-from pipeline.datasets import (
+from pipeline.cli import main
+from pipeline.cli.options import build_model_spec
+from pipeline.eval.datasets import (
     Sample,
     available,
     load_preset,
@@ -26,13 +26,11 @@ from pipeline.datasets import (
     read_label,
     reduce_zero_label,
 )
-from pipeline.evaluate import ImageTask, LabelRules, Setting
-from pipeline.metrics import confusion_matrix, per_class_iou, summarise
+from pipeline.eval.metrics import confusion_matrix, per_class_iou, summarise
+from pipeline.eval.runner import ImageTask, LabelRules, Setting
+from pipeline.eval.settings import load_grid, with_preset
 from tests.conftest import SHARED_DATA, shared_file
 from workers.errors import UserError
-
-if "eval" not in cli.commands:  # until pipeline/cli.py registers it
-    cli.add_command(eval_command)
 
 TINY = ["--clip-weights", "random", "--set", "clip_model=ViT-T-16-test", "--upsampler", "bilinear"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,7 +185,7 @@ def test_preset_config_yields_to_what_the_user_sets():
     def resolved(**model):
         model = {"method": None, "prob_thd": None, "config_file": None, "sets": ()} | model
         spec = build_model_spec(MODEL_FLAGS | model)
-        return _with_preset(spec, xbd, model).cfg
+        return with_preset(spec, xbd, model).cfg
 
     assert (resolved().lambda_cls, resolved().prob_thd) == (0.0, 0.0)
     assert resolved(sets=("lambda_cls=-0.3",)).lambda_cls == -0.3

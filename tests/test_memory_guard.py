@@ -6,10 +6,12 @@ import pytest
 from distributed import LocalCluster
 
 from pipeline.cli import main
-from pipeline.grids import BlockGrid, ModelGrid
-from pipeline.memory import FLOAT, MODEL_BYTES, check_block_memory, estimate_block_memory
+from pipeline.grid.grids import BlockGrid, ModelGrid
+from pipeline.run.guard import FLOAT, MODEL_BYTES, check_block_memory, estimate_block_memory
 from tests.conftest import koeln_window_tif
 from workers.errors import UserError
+
+BILINEAR = {"batch": 8, "upsampler": "bilinear"}
 
 
 def grid(block: int, size: int = 20000) -> BlockGrid:
@@ -18,31 +20,39 @@ def grid(block: int, size: int = 20000) -> BlockGrid:
 
 def test_estimate_scales_with_queries_and_block_area():
     small, big = (
-        estimate_block_memory(grid(1024), 10, 8, "bilinear"),
-        estimate_block_memory(grid(2048), 10, 8, "bilinear"),
+        estimate_block_memory(grid(1024), queries=10, **BILINEAR),
+        estimate_block_memory(grid(2048), queries=10, **BILINEAR),
     )
     assert small.model == big.model == int(MODEL_BYTES)
     # logits: Q x 4 bytes x (2 model-region + 2 native) pixels; an interior-free first block
     assert big.logits > 3.5 * small.logits
-    more = estimate_block_memory(grid(2048), 40, 8, "bilinear")
+    more = estimate_block_memory(grid(2048), queries=40, **BILINEAR)
     assert more.logits == pytest.approx(4 * big.logits)
     assert (
-        estimate_block_memory(grid(2048), 10, 8, "jbu_one").crops
+        estimate_block_memory(grid(2048), queries=10, batch=8, upsampler="jbu_one").crops
         == big.crops + 3 * 8 * 512 * 224 * 224 * FLOAT
     )
 
 
 def test_refusal_suggests_a_block_size_that_fits():
-    need_2048 = estimate_block_memory(grid(2048), 100, 8, "bilinear").total
-    need_1536 = estimate_block_memory(grid(1536), 100, 8, "bilinear").total
-    need_1024 = estimate_block_memory(grid(1024), 100, 8, "bilinear").total
+    need_2048 = estimate_block_memory(grid(2048), queries=100, **BILINEAR).total
+    need_1536 = estimate_block_memory(grid(1536), queries=100, **BILINEAR).total
+    need_1024 = estimate_block_memory(grid(1024), queries=100, **BILINEAR).total
     limit = int((need_1024 + need_1536) / 2 / 0.8)  # fits 1024, not 1536
     with pytest.raises(UserError, match="--block-size 1024"):
-        check_block_memory(grid(2048), 100, 8, "bilinear", limit)
-    assert check_block_memory(grid(1024), 100, 8, "bilinear", limit).total == need_1024
-    assert check_block_memory(grid(2048), 100, 8, "bilinear", None).total == need_2048  # unlimited
+        check_block_memory(grid(2048), queries=100, **BILINEAR, worker_limit=limit)
+    assert (
+        check_block_memory(grid(1024), queries=100, **BILINEAR, worker_limit=limit).total
+        == need_1024
+    )
+    assert (
+        check_block_memory(grid(2048), queries=100, **BILINEAR, worker_limit=None).total
+        == need_2048
+    )  # unlimited
     with pytest.raises(UserError, match="fewer classes"):
-        check_block_memory(grid(2048), 100, 8, "bilinear", int(MODEL_BYTES))  # nothing fits
+        check_block_memory(
+            grid(2048), queries=100, **BILINEAR, worker_limit=int(MODEL_BYTES)
+        )  # nothing fits
 
 
 def test_run_refuses_before_creating_the_store(tmp_path, capsys):

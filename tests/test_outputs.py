@@ -13,14 +13,21 @@ import zarr
 from affine import Affine
 from PIL import Image
 from rasterio.crs import CRS
+from rio_cogeo.cogeo import cog_validate
 
-from pipeline import export
-from pipeline.cli import cli, main
-from pipeline.cli_outputs import export_command, info_command
-from pipeline.store import StoreLayout, class_palette, create_store, mark_block_done, write_block
-
-cli.add_command(export_command)
-cli.add_command(info_command)
+from pipeline.cli import main
+from pipeline.outputs import quicklook
+from pipeline.outputs.cog import export_cog
+from pipeline.outputs.info import store_info
+from pipeline.store import (
+    StoreLayout,
+    class_palette,
+    create_store,
+    mark_block_done,
+    open_store,
+    write_block,
+)
+from workers.errors import UserError
 
 CLASSES = ["background", "building", "road", "water"]
 H, W = 1100, 1300  # rows, cols
@@ -75,7 +82,9 @@ def labelled_store(tmp_path_factory):
     """A 1100 x 1300 EPSG:25832 store with two of its four blocks written and recorded."""
     path = tmp_path_factory.mktemp("store") / "scene.labels.zarr"
     layout = StoreLayout(H, W, TRANSFORM, CRS.from_epsg(25832).to_wkt(), chunk=512)
-    create_store(path, layout, attrs(), False, CLASSES, background_index=0, blocks=(2, 2))
+    create_store(
+        path, layout, attrs=attrs(), class_names=CLASSES, background_index=0, blocks=(2, 2)
+    )
     labels = expected_labels()
     for index, (r0, c0) in enumerate([(0, 0), (0, BLOCK)]):
         block = labels[r0 : r0 + BLOCK, c0 : c0 + BLOCK]
@@ -86,7 +95,9 @@ def labelled_store(tmp_path_factory):
 
 def small_store(path, crs_wkt, transform=Affine(2.0, 0, 1000, 0, -2.0, 5000)):
     """A 200 x 300 store: class 1 in the left half, class 0 in the right."""
-    create_store(path, StoreLayout(200, 300, transform, crs_wkt), attrs(False), False, CLASSES)
+    create_store(
+        path, StoreLayout(200, 300, transform, crs_wkt), attrs=attrs(False), class_names=CLASSES
+    )
     labels = np.zeros((200, 300), np.uint8)
     labels[:, :150] = 1
     write_block(path, 0, 0, labels)
@@ -139,7 +150,7 @@ def test_cog_is_tiled_compressed_with_mode_overviews_in_cog_layout(cog):
         assert ds.overviews(1) == [2, 4]
         assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
         assert ds.tags()["OVERVIEW_RESAMPLING"] == "MODE"
-    assert export.cog_problems(cog) == []
+    assert cog_validate(str(cog), quiet=True)[:2] == (True, [])
     with rasterio.open(cog, overview_level=0) as ov:
         assert (ov.height, ov.width) == (550, 650)
         half = ov.read(1)
@@ -154,14 +165,14 @@ def test_cog_is_tiled_compressed_with_mode_overviews_in_cog_layout(cog):
 def test_cog_options_and_a_store_without_crs(tmp_path):
     store_path = small_store(tmp_path / "nocrs.zarr", None, Affine.identity())
     out = tmp_path / "nocrs.tif"
-    export.export_cog(store_path, out, resampling="nearest", compress="zstd")
+    export_cog(store_path, out, resampling="nearest", compress="zstd")
     with rasterio.open(out) as ds:
         assert ds.crs is None
         assert ds.compression == rasterio.enums.Compression.zstd
         assert ds.overviews(1) == []  # fits in one tile
         assert ds.tags()["OVERVIEW_RESAMPLING"] == "NEAREST"
         assert (ds.read(1)[:, :150] == 1).all() and (ds.read(1)[:, 150:] == 0).all()
-    assert export.cog_problems(out) == []
+    assert cog_validate(str(out), quiet=True)[:2] == (True, [])
 
 
 # ----------------------------------------------------------------------------- quicklook
@@ -169,8 +180,8 @@ def test_cog_options_and_a_store_without_crs(tmp_path):
 
 def test_quicklook_size_map_colours_and_legend(labelled_store, tmp_path):
     out = tmp_path / "quick.png"
-    size = export.export_quicklook(labelled_store, out, max_size=400)
-    map_h, map_w = export.quicklook_shape(H, W, 400)
+    size = quicklook.export_quicklook(labelled_store, out, max_size=400)
+    map_h, map_w = quicklook.quicklook_shape(H, W, 400)
     assert (map_h, map_w) == (338, 400)
     image = np.asarray(Image.open(out).convert("RGB"))
     assert size == (image.shape[1], image.shape[0])
@@ -183,20 +194,20 @@ def test_quicklook_size_map_colours_and_legend(labelled_store, tmp_path):
     assert at(750, 400) == PALETTE[2]
     assert at(250, 1200) == PALETTE[3]
     assert at(200, 800) == PALETTE[0]
-    assert at(1070, 650) == export.NODATA_QUICKLOOK  # unwritten
-    assert at(990, 150) == export.NODATA_QUICKLOOK  # nodata inside a written block
-    counts = export._decimate(export.open_store(labelled_store), map_h, map_w)[1]
+    assert at(1070, 650) == quicklook.NODATA_QUICKLOOK  # unwritten
+    assert at(990, 150) == quicklook.NODATA_QUICKLOOK  # nodata inside a written block
+    counts = quicklook._decimate(open_store(labelled_store), map_h, map_w)[1]
     assert [counts[c] for c in range(4)] == [COUNTS[c] for c in range(4)]  # legend shares
     assert counts[255] == NODATA_PX
     legend = image[:, map_w:].reshape(-1, 3)
     legend_colours = {tuple(c) for c in np.unique(legend, axis=0)}
-    assert set(PALETTE) | {export.NODATA_QUICKLOOK} <= legend_colours
+    assert set(PALETTE) | {quicklook.NODATA_QUICKLOOK} <= legend_colours
 
 
 def test_quicklook_cli_refuses_to_overwrite(labelled_store, tmp_path):
     out = tmp_path / "q.png"
     main(["export", str(labelled_store), "--quicklook", str(out), "--max-size", "64"])
-    assert max(export.quicklook_shape(H, W, 64)) == 64
+    assert max(quicklook.quicklook_shape(H, W, 64)) == 64
     before = out.read_bytes()
     assert cli_exit(["export", labelled_store, "--quicklook", out]) == 2
     assert out.read_bytes() == before
@@ -223,12 +234,12 @@ def test_decimate_mode_matches_a_brute_force_mode(tmp_path, monkeypatch):
     labels[:20, :30] = 255  # whole cells of nodata
     path = tmp_path / "rand.zarr"
     layout = StoreLayout(90, 130, TRANSFORM, None, chunk=16)
-    create_store(path, layout, attrs(False), False, CLASSES)
+    create_store(path, layout, attrs=attrs(False), class_names=CLASSES)
     write_block(path, 0, 0, labels)
-    ls = export.open_store(path)
-    monkeypatch.setattr(export, "WINDOW", 16)  # many windows, cells across chunk edges
+    ls = open_store(path)
+    monkeypatch.setattr(quicklook, "WINDOW", 16)  # many windows, cells across chunk edges
     for out_h, out_w in [(7, 11), (23, 34), (45, 65), (90, 130)]:
-        got = export.decimate_mode(ls, out_h, out_w)
+        got = quicklook.decimate_mode(ls, out_h, out_w)
         assert np.array_equal(got, brute_mode(labels, out_h, out_w)), (out_h, out_w)
 
 
@@ -236,7 +247,7 @@ def test_decimate_mode_matches_a_brute_force_mode(tmp_path, monkeypatch):
 
 
 def test_info_hectares_percent_progress_and_json(labelled_store, capsys):
-    info = export.store_info(labelled_store)
+    info = store_info(labelled_store)
     assert info["area_available"] and info["pixel_area_m2"] == 0.25
     assert info["pixels"] == {"total": H * W, "valid": VALID, "nodata": NODATA_PX}
     for c, name in enumerate(CLASSES):
@@ -269,7 +280,7 @@ def test_info_hectares_percent_progress_and_json(labelled_store, capsys):
 )
 def test_info_without_metric_crs_reports_pixels_not_hectares(tmp_path, crs_wkt, why):
     transform = Affine(0.001, 0, 7.0, 0, -0.001, 51.0) if crs_wkt else Affine.identity()
-    info = export.store_info(small_store(tmp_path / "s.zarr", crs_wkt, transform))
+    info = store_info(small_store(tmp_path / "s.zarr", crs_wkt, transform))
     assert info["area_available"] is False and why in info["area_note"]
     assert [c["pixels"] for c in info["classes"]] == [150 * 200, 150 * 200, 0, 0]
     assert all(c["hectares"] is None for c in info["classes"])
@@ -278,7 +289,7 @@ def test_info_without_metric_crs_reports_pixels_not_hectares(tmp_path, crs_wkt, 
 
 def test_info_in_feet_converts_to_hectares(tmp_path):
     crs = CRS.from_epsg(2263)  # NY Long Island, US survey feet
-    info = export.store_info(small_store(tmp_path / "ft.zarr", crs.to_wkt()))
+    info = store_info(small_store(tmp_path / "ft.zarr", crs.to_wkt()))
     foot = 1200 / 3937
     assert info["pixel_area_m2"] == pytest.approx(4 * foot**2)
     assert info["classes"][1]["hectares"] == pytest.approx(30_000 * 4 * foot**2 / 10_000)
@@ -315,5 +326,5 @@ def test_existing_cog_is_kept_without_overwrite_and_replaced_with_it(
     main(["export", str(labelled_store), "--cog", str(out), "--overwrite"])
     with rasterio.open(out) as ds:
         assert np.array_equal(ds.read(1), expected_labels())
-    with pytest.raises(export.UserError, match="already exists"):
-        export.export_cog(labelled_store, out)
+    with pytest.raises(UserError, match="already exists"):
+        export_cog(labelled_store, out)

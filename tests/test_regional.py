@@ -1,4 +1,4 @@
-"""`reattn-batch job run SPEC.yaml`: scheduled regional jobs (pipeline/regional.py).
+"""`reattn-batch job run SPEC.yaml`: scheduled regional jobs (pipeline/regional/).
 
 Three small scenes, one of them broken: the job maps the two good ones, records the broken
 one as failed and exits 1; a second run skips the finished stores without starting a
@@ -18,13 +18,12 @@ import zarr
 from pyproj import Transformer
 from rasterio.windows import Window
 
-from pipeline import regional, store
-from pipeline.cli import cli, main
-from pipeline.cli_job import job_group
-from pipeline.regional import JobSpecFile
+from pipeline import store
+from pipeline.cli import main
+from pipeline.regional import runner
+from pipeline.regional.spec import RegionalJob
 from tests.conftest import shared_file
-
-cli.add_command(job_group)  # until pipeline/cli.py registers it
+from workers.errors import UserError
 
 SPEC = """\
 name: test-region
@@ -146,7 +145,7 @@ def test_job_maps_skips_and_resumes_and_records_the_broken_scene(tmp_path, monke
         raise AssertionError("nothing to compute, yet the job connected to a cluster")
 
     with monkeypatch.context() as m:
-        m.setattr(regional, "connect", no_cluster)
+        m.setattr(runner, "connect", no_cluster)
         assert _job("run", spec, "--summary", tmp_path / "again.json") == 1
     again = json.loads((tmp_path / "again.json").read_text())
     assert again["counts"] == {"done": 0, "resumed": 0, "skipped": 2, "failed": 1}
@@ -213,7 +212,7 @@ def test_url_file_list_and_class_synonyms(tmp_path):
         "output_root: out\n"
         "cluster: {scheduler_file: dask/scheduler.json}\n"
     )
-    job = JobSpecFile.load(spec)
+    job = RegionalJob.load(spec)
     assert job.name == "job"
     assert job.scenes == (
         "/vsicurl/https://example.org/cogs/a.tif",
@@ -232,8 +231,8 @@ def test_url_file_list_and_class_synonyms(tmp_path):
     spec.write_text(
         spec.read_text().replace("url_file: lists/scenes.txt", "list: [x/a.tif, y/a.tif]")
     )
-    with pytest.raises(regional.UserError, match="scenes.list.*both write a.labels.zarr"):
-        JobSpecFile.load(spec)
+    with pytest.raises(UserError, match="scenes.list.*both write a.labels.zarr"):
+        RegionalJob.load(spec)
 
 
 def test_the_example_spec_is_valid(tmp_path):
@@ -243,8 +242,8 @@ def test_the_example_spec_is_valid(tmp_path):
     text = example.read_text().replace("/data/region/cogs/*.tif", str(tmp_path / "cogs/*.tif"))
     spec = tmp_path / "example.yaml"
     spec.write_text(text)
-    job = JobSpecFile.load(spec)
+    job = RegionalJob.load(spec)
     assert job.classes.names == ["background", "building", "road", "water", "tree"]
     assert job.model.cfg.method == "reattnclip" and job.model.upsampler == "jbu_one"
     assert job.scenes == (str(tmp_path / "cogs" / "t1.tif"),)
-    assert job.output_root == Path("/data/region/labels") and job.block_size == 2048
+    assert job.output_root == Path("/data/region/labels") and job.settings.block_size == 2048

@@ -1,4 +1,4 @@
-"""pipeline.scene: opening scenes and windowed reads, with real files and real readers."""
+"""pipeline/scene/: opening scenes and windowed reads, with real files and real readers."""
 
 from __future__ import annotations
 
@@ -477,7 +477,7 @@ def test_http_cog_through_vsicurl():
     url = f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
     try:
         remote = open_scene(url)
-        assert remote.uri == "/vsicurl/" + url and remote.identity.startswith(remote.uri)
+        assert remote.path == "/vsicurl/" + url and remote.identity.startswith(remote.path)
         local = open_scene(str(path))
         assert (remote.height, remote.width, remote.bands) == (local.height, local.width, (1, 2, 3))
         assert remote.internal_mask and remote.transform == local.transform

@@ -1,0 +1,73 @@
+"""Bounded submission of a run's block tasks (SPEC 3.4): at most a window of tasks is on
+the scheduler at a time (``as_completed``), so a region of 100k blocks does not flood it.
+The text embeddings are computed once, by a task of their own, and handed to every block."""
+
+from __future__ import annotations
+
+import dataclasses
+from itertools import islice
+
+from distributed import as_completed
+
+from pipeline.blocks.task import BlockTask, run_block
+from pipeline.grid.grids import BlockGrid
+from pipeline.run.cluster import ClusterInfo
+from pipeline.run.progress import RunProgress
+from workers.errors import UserError
+from workers.model_cache import embed_queries
+
+
+@dataclasses.dataclass(frozen=True)
+class Computed:
+    """What the submitted blocks did: crops run, crops they touch, MP/s."""
+
+    crops: int
+    crops_touching: int
+    megapixels_per_second: float
+
+
+def block_result(future, grid: BlockGrid, out: str):
+    """A finished block's result; a failed block fails the run with one line that names
+    its window, leaving the store resumable (finished blocks keep their records)."""
+    try:
+        return future.result()
+    except UserError as exc:
+        raise UserError(f"{exc}; finished blocks are kept in {out}: rerun with --resume") from exc
+    except Exception as exc:
+        index = int(str(future.key).rsplit("-", 1)[-1])
+        box = grid.block_at(index).native
+        reason = str(exc).splitlines()[0] if str(exc) else ""
+        raise UserError(
+            f"block {index} (rows {box.y0}:{box.y1}, cols {box.x0}:{box.x1}) failed: "
+            f"{type(exc).__name__}: {reason}; finished blocks are kept in {out}: "
+            "fix the cause and rerun with --resume"
+        ) from exc
+
+
+def submit_blocks(
+    client, info: ClusterInfo, task: BlockTask, *, todo: list[int], done: int, key: str
+) -> Computed:
+    """Run blocks ``todo`` through a bounded window; ``done`` blocks are already finished;
+    ``key`` makes the task keys of this run its own."""
+    resources = {"GPU": 1} if info.gpu_resources else None
+    queries = client.submit(embed_queries, task.model, task.classes.queries, resources=resources)
+    pending = iter(todo)
+
+    def submit(index: int):
+        return client.submit(
+            run_block, task, index, queries, resources=resources, key=f"block-{key}-{index}"
+        )
+
+    window = max(2 * info.total_threads, 4)
+    running = as_completed([submit(i) for i in islice(pending, window)])
+    crops = touched = 0
+    with RunProgress(len(task.grid), done_blocks=done) as progress:
+        for future in running:
+            result = block_result(future, task.grid, task.store)
+            crops += result.crops
+            touched += result.crops_touching
+            progress.advance(result.pixels)
+            nxt = next(pending, None)
+            if nxt is not None:
+                running.add(submit(nxt))
+        return Computed(crops, touched, progress.megapixels_per_second)

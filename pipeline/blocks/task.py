@@ -1,0 +1,112 @@
+"""The block task: one Dask task per output block (SPEC 3.1).
+
+It reads its native window plus halo, resamples it to the model grid (from global
+coordinates), runs the global crops that touch its model region in fixed-size
+batches on the worker's cached model, averages their logits, resamples them back to
+its native box, post-processes, writes its own region of the store and only then
+records the block as done. No task reads another's logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import torch
+
+from pipeline import store
+from pipeline.blocks.reading import BlockInput, native_valid
+from pipeline.grid.grids import BlockGrid
+from pipeline.scene import SceneInfo
+from pipeline.store import NODATA
+from workers.classes import ClassList
+from workers.model_cache import segmenter_for
+from workers.model_spec import ModelSpec
+from workers.postprocess import labels_from_logits
+from workers.sliding import Box, accumulate_logits
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockTask:
+    """The payload every block task of a run gets besides its index; small and picklable."""
+
+    scene: SceneInfo
+    model: ModelSpec
+    classes: ClassList
+    grid: BlockGrid
+    store: str  # absolute path of the label store (workers may run elsewhere)
+    save_confidence: bool
+    torch_threads: int = 0  # intra-op threads for the model (0: leave the worker's setting)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockResult:
+    index: int
+    pixels: int  # native pixels in the block
+    crops: int  # crops run (all-nodata crops skipped)
+    crops_touching: int  # crops touching the block's model region
+    seconds: float
+
+
+def run_block(task: BlockTask, index: int, queries: np.ndarray) -> BlockResult:
+    """Compute and write block ``index``; returns what it did."""
+    start = time.perf_counter()
+    block = task.grid.block_at(index)
+    store.mark_block_started(task.store, index)
+    if task.torch_threads and torch.get_num_threads() != task.torch_threads:
+        torch.set_num_threads(task.torch_threads)  # Dask sets OMP_NUM_THREADS=1 in workers
+    segmenter = segmenter_for(task.model, queries)
+    touching = task.grid.crops_touching(block.model)
+    block_input = BlockInput(task, block)
+    crops: list[Box] = []
+
+    def keep(crop: Box) -> bool:  # waits for the crop's rows; skips all-nodata crops
+        if block_input.crop_has_data(crop):
+            crops.append(crop)
+            return True
+        return False
+
+    try:
+        total, count = accumulate_logits(
+            segmenter, block_input.pixels, block_input.origin, touching, block.model, keep
+        )
+        valid_out = native_valid(task, block, block_input)
+    finally:
+        block_input.close()
+    mean = total / count  # NaN where no crop ran (all-nodata surroundings)
+    grid = task.grid.model_grid
+    if not grid.is_native:
+        native = block.native
+        mean = grid.to_native.bilinear(
+            mean,
+            origin=(block.model.y0, block.model.x0),
+            target_rows=(native.y0, native.y1),
+            target_cols=(native.x0, native.x1),
+        )
+    cfg = task.model.cfg
+    labels, confidence = labels_from_logits(
+        mean,
+        task.classes.query_class,
+        len(task.classes.synonyms),
+        cfg.logit_scale,
+        cfg.prob_thd,
+        task.classes.background_index,
+    )
+    labels = labels.cpu().numpy()
+    nodata = ~valid_out | torch.isnan(mean).any(dim=0).cpu().numpy()
+    labels[nodata] = NODATA
+    conf = None
+    if task.save_confidence:
+        conf = np.floor(confidence.cpu().numpy() * 254 + 0.5).astype(np.uint8)
+        conf[nodata] = NODATA
+    store.write_block(task.store, block.native.y0, block.native.x0, labels, conf)
+    store.mark_block_done(task.store, index)
+    height, width = block.native.shape
+    return BlockResult(
+        index=index,
+        pixels=height * width,
+        crops=len(crops),
+        crops_touching=len(touching),
+        seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,82 @@
+"""The `reattn-batch` command line: the group, the entry point and the list of commands.
+
+Each command lives in its own module here and uses only ``options.py`` (the shared
+options); a UserError anywhere becomes one line on stderr and exit status 2
+(``--debug`` shows the traceback). Adding a command is one line in :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from pipeline.cli.eval import eval_command
+from pipeline.cli.export import export_command
+from pipeline.cli.info import info_command
+from pipeline.cli.job import job_group
+from pipeline.cli.run import run_command
+from pipeline.cli.segment import segment_command
+from workers.errors import UserError
+
+#: Every command of `reattn-batch`, in --help order.
+COMMANDS: tuple[click.Command, ...] = (
+    segment_command,
+    run_command,
+    job_group,
+    eval_command,
+    export_command,
+    info_command,
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.option("-v", "--verbose", is_flag=True, help="Log more.")
+@click.version_option(package_name="reattn-batch")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
+    """Training-free open-vocabulary mapping of remote-sensing imagery with ReAttnCLIP."""
+    ctx.obj = {"debug": debug}
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not verbose:  # Dask's own chatter only with -v (read when distributed is imported)
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+
+
+for _command in COMMANDS:
+    cli.add_command(_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: UserError -> one line on stderr, exit status 2."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="reattn-batch", standalone_mode=False)
+    except UserError as exc:
+        if debug:
+            raise
+        click.echo(f"reattn-batch: error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("reattn-batch: aborted", err=True)
+        sys.exit(130)
+    except click.UsageError as exc:  # unknown option, bad choice...: one line, not a usage dump
+        hint = (
+            f" (see `reattn-batch {exc.ctx.command_path.split(' ', 1)[-1]} --help`)"
+            if exc.ctx
+            else ""
+        )
+        click.echo(f"reattn-batch: error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"reattn-batch: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+
+
+__all__ = ["COMMANDS", "cli", "main"]

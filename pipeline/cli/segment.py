@@ -1,0 +1,56 @@
+"""`reattn-batch segment`: one image into the given classes."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline.cli.options import (
+    build_classes,
+    build_model_spec,
+    model_options,
+    parse_resize,
+    resize_option,
+)
+from workers.errors import UserError
+
+log = logging.getLogger("reattn_batch")
+
+
+@click.command("segment")
+@click.argument("image", type=click.Path(path_type=Path))
+@model_options
+@resize_option
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="uint8 label PNG at the input size."
+)
+@click.option(
+    "--save-logits",
+    type=click.Path(path_type=Path),
+    help="float32 .npy (Q, H, W): mean raw crop logits at the input size.",
+)
+def segment_command(
+    image: Path, resize: str, output: Path | None, save_logits: Path | None, **model: Any
+) -> None:
+    """Segment one image (PNG, JPEG, TIFF) into the given classes."""
+    from pipeline.image.segment import segment_file
+
+    long_side = parse_resize(resize)
+    spec = build_model_spec(model)
+    classes = build_classes(model, spec.cfg.prob_thd)
+    if output is None and save_logits is None:
+        raise UserError("nothing to write: pass -o PRED.png and/or --save-logits LOGITS.npy")
+    result = segment_file(image, spec, classes, long_side)
+    if save_logits is not None:
+        import numpy as np
+
+        np.save(save_logits, result.logits)
+        log.info("wrote logits %s %s", save_logits, result.logits.shape)
+    if output is not None:
+        from pipeline.image.io import write_label_png
+
+        write_label_png(output, result.labels)
+        log.info("wrote labels %s", output)

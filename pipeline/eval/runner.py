@@ -1,0 +1,290 @@
+"""`eval`: a model setting over a labelled dataset -> one confusion matrix (SPEC 4).
+
+Per image: read RGB (OpenCV, as mmcv) and label (Pillow, as mmseg; reduce_zero_label),
+resize the long side to 448 exactly as mmcv's imrescale, crops 224/112, mean logits
+bilinearly back to the image size (``segment_array``), labels, and a (C + 1, C)
+count matrix (pipeline.eval.metrics) that is summed over the dataset.
+
+Two ways to run the images of one setting:
+- local: the segmenter is built once and reused for every image; the next image and
+  label are read in a thread while the current one runs;
+- Dask (``--scheduler``): one task per image on the workers' cached model
+  (workers.model_cache), the text embeddings computed once by a task of their own;
+  tasks return the image's counts (and its prediction when it is to be saved, written
+  here). Submission is bounded, so a dataset of any size does not flood the scheduler.
+Image and label paths must be readable by the workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.eval.datasets import Sample, read_label
+from pipeline.eval.metrics import confusion_matrix
+from pipeline.image.io import read_rgb, write_label_png
+from pipeline.image.segment import segment_array
+from workers.classes import ClassList
+from workers.errors import UserError
+from workers.model_spec import ModelSpec, build_segmenter
+from workers.postprocess import labels_from_logits
+from workers.segmenter import CropSegmenter
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelRules:
+    """How ground truth is read and scored."""
+
+    num_classes: int
+    reduce_zero_label: bool = False
+    ignore_index: int = 255
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One model setting of a run (a grid row, or the single setting)."""
+
+    name: str
+    spec: ModelSpec
+    overrides: dict  # the config keys this setting changes (grid rows), for the record
+    reported: dict  # dataset key -> mIoU (percent) the paper reports for this row
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageTask:
+    """What one image's evaluation needs besides the model; small and picklable."""
+
+    classes: ClassList
+    rules: LabelRules
+    long_side: int | None
+    want_prediction: bool
+    torch_threads: int = 0
+
+
+@dataclasses.dataclass
+class SettingResult:
+    """counts: (C + 1, C) int64 summed over ``images`` images; seconds: wall time."""
+
+    setting: Setting
+    counts: np.ndarray
+    images: int
+    seconds: float
+
+
+def load_sample(sample: Sample, rules: LabelRules) -> tuple[np.ndarray, np.ndarray]:
+    """-> (rgb (H, W, 3) uint8, truth (h, w) uint8 after reduce_zero_label)."""
+    return read_rgb(sample.image), read_label(sample.label, rules.reduce_zero_label)
+
+
+@torch.no_grad()
+def predict(
+    segmenter: CropSegmenter,
+    classes: ClassList,
+    rgb: np.ndarray,
+    label_shape: tuple[int, int],
+    long_side: int | None,
+) -> np.ndarray:
+    """(H, W, 3) uint8 -> (h, w) uint8 class indices at the label's size.
+
+    ``segment_array`` resizes the logits to the image size; where a label's size
+    differs (not in the reference protocol, which needs them equal), the image-size
+    logits are resized again, bilinearly with align_corners=False, to the label size.
+    """
+    result = segment_array(segmenter, classes, rgb, long_side)
+    if result.labels.shape == tuple(label_shape):
+        return result.labels
+    logits = F.interpolate(
+        torch.from_numpy(result.logits)[None], size=label_shape, mode="bilinear",
+        align_corners=False,
+    )[0]  # fmt: skip
+    cfg = segmenter.cfg
+    labels, _ = labels_from_logits(
+        logits, classes.query_class, len(classes.synonyms), cfg.logit_scale, cfg.prob_thd,
+        classes.background_index,
+    )  # fmt: skip
+    return labels.numpy()
+
+
+def score_image(
+    segmenter: CropSegmenter, task: ImageTask, rgb: np.ndarray, truth: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """-> (counts (C + 1, C) int64, prediction (h, w) uint8)."""
+    pred = predict(segmenter, task.classes, rgb, truth.shape, task.long_side)
+    rules = task.rules
+    return confusion_matrix(truth, pred, rules.num_classes, rules.ignore_index), pred
+
+
+def image_task(
+    spec: ModelSpec, queries: np.ndarray, task: ImageTask, sample: Sample
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Dask task: one image on this worker's cached model -> (counts, prediction or None)."""
+    from workers.model_cache import segmenter_for
+
+    if task.torch_threads and torch.get_num_threads() != task.torch_threads:
+        torch.set_num_threads(task.torch_threads)  # Dask sets OMP_NUM_THREADS=1 in workers
+    segmenter = segmenter_for(spec, queries)
+    rgb, truth = load_sample(sample, task.rules)
+    counts, pred = score_image(segmenter, task, rgb, truth)
+    return counts, (pred if task.want_prediction else None)
+
+
+def _prefetched(samples: list[Sample], rules: LabelRules) -> Iterator[tuple[Sample, tuple]]:
+    """Yield (sample, (rgb, truth)) with the next pair already being read in a thread."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eval-read") as pool:
+        future = pool.submit(load_sample, samples[0], rules) if samples else None
+        for i, sample in enumerate(samples):
+            loaded = future.result()
+            if i + 1 < len(samples):
+                future = pool.submit(load_sample, samples[i + 1], rules)
+            yield sample, loaded
+
+
+OnImage = Callable[[Sample, np.ndarray | None], None]
+
+
+def run_local(
+    setting: Setting, samples: list[Sample], task: ImageTask, on_image: OnImage
+) -> np.ndarray:
+    """All images in this process with one segmenter -> summed (C + 1, C) counts."""
+    segmenter = build_segmenter(setting.spec, task.classes)
+    c = task.rules.num_classes
+    total = np.zeros((c + 1, c), dtype=np.int64)
+    for sample, (rgb, truth) in _prefetched(samples, task.rules):
+        counts, pred = score_image(segmenter, task, rgb, truth)
+        total += counts
+        on_image(sample, pred if task.want_prediction else None)
+    return total
+
+
+def run_dask(
+    setting: Setting, samples: list[Sample], task: ImageTask, on_image: OnImage, client, info
+) -> np.ndarray:
+    """One task per image on a connected Dask cluster -> summed (C + 1, C) counts."""
+    from distributed import as_completed
+
+    from workers.model_cache import embed_queries
+
+    c = task.rules.num_classes
+    total = np.zeros((c + 1, c), dtype=np.int64)
+    resources = {"GPU": 1} if info.gpu_resources else None
+    task = dataclasses.replace(task, torch_threads=info.torch_threads)
+    spec = setting.spec
+    run = uuid.uuid4().hex[:12]  # keys unique to this run: a shared scheduler may hold others
+    queries = client.submit(
+        embed_queries, spec, task.classes.queries, resources=resources,
+        key=f"eval-queries-{run}",
+    )  # fmt: skip
+    owner: dict[str, Sample] = {}
+
+    def submit(index: int, sample: Sample):
+        future = client.submit(
+            image_task, spec, queries, task, sample, resources=resources,
+            key=f"eval-{run}-{index}",
+        )  # fmt: skip
+        owner[future.key] = sample
+        return future
+
+    pending = enumerate(samples)
+    window = max(2 * info.total_threads, 4)
+    running = as_completed([submit(i, s) for i, s in islice(pending, window)])
+    for future in running:
+        sample = owner.pop(future.key)
+        try:
+            counts, pred = future.result()
+        except UserError:
+            raise
+        except Exception as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else ""
+            raise UserError(
+                f"{sample.image}: evaluation failed on a worker: {type(exc).__name__}: {reason}"
+            ) from exc
+        total += counts
+        on_image(sample, pred)
+        for i, s in islice(pending, 1):
+            running.add(submit(i, s))
+    return total
+
+
+class _Progress:
+    """A log line every ``interval`` seconds and at the end."""
+
+    def __init__(self, name: str, total: int, interval: float = 10.0) -> None:
+        self.name, self.total, self.done = name, total, 0
+        self.start = self.last = time.monotonic()
+        self.interval = interval
+
+    def step(self) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if now - self.last >= self.interval or self.done == self.total:
+            self.last = now
+            per_image = (now - self.start) / self.done
+            log.info("%s: %d/%d images, %.2f s/image", self.name, self.done, self.total, per_image)
+
+
+def prediction_path(save_dir: Path, sample: Sample) -> Path:
+    """Where a sample's prediction PNG goes: <save_dir>/<relative stem>.png."""
+    return save_dir / f"{sample.name}.png"
+
+
+def run_setting(
+    setting: Setting,
+    samples: list[Sample],
+    task: ImageTask,
+    save_dir: Path | None = None,
+    dask: tuple | None = None,
+) -> SettingResult:
+    """Evaluate one setting over ``samples``: locally, or on ``dask`` = (client, ClusterInfo)."""
+    task = dataclasses.replace(task, want_prediction=save_dir is not None)
+    progress = _Progress(setting.name, len(samples))
+    start = time.perf_counter()
+
+    def on_image(sample: Sample, pred: np.ndarray | None) -> None:
+        if save_dir is not None and pred is not None:
+            path = prediction_path(save_dir, sample)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_label_png(path, pred)
+        progress.step()
+
+    if dask is None:
+        counts = run_local(setting, samples, task, on_image)
+    else:
+        counts = run_dask(setting, samples, task, on_image, *dask)
+    return SettingResult(setting, counts, len(samples), time.perf_counter() - start)
+
+
+def run_settings(
+    settings: list[Setting],
+    samples: list[Sample],
+    task: ImageTask,
+    save_dir: Path | None = None,
+    cluster=None,
+) -> list[SettingResult]:
+    """Every setting in turn; ``cluster`` (a pipeline.settings.ClusterSettings) runs the
+    images on Dask, connected once. With several settings, predictions go to
+    <save_dir>/<setting name>/."""
+
+    def where(setting: Setting) -> Path | None:
+        if save_dir is None:
+            return None
+        return save_dir / setting.name if len(settings) > 1 else save_dir
+
+    if cluster is None:
+        return [run_setting(s, samples, task, where(s)) for s in settings]
+    from pipeline.run.cluster import connect
+
+    with connect(cluster) as (client, info):
+        log.info("Dask dashboard: %s", info.dashboard)
+        return [run_setting(s, samples, task, where(s), (client, info)) for s in settings]

@@ -1,0 +1,71 @@
+"""`segment`: one image through the model, as SegEarth-OV's protocol does it (SPEC 2.7, 4).
+
+read -> optional mmcv-exact resize of the long side -> normalise -> sliding crops ->
+mean logits -> bilinear back to the input size -> labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.image.io import read_rgb, resize_long_side
+from workers.classes import ClassList
+from workers.model_spec import ModelSpec, build_segmenter
+from workers.postprocess import labels_from_logits
+from workers.segmenter import CropSegmenter, normalise
+from workers.sliding import slide_inference
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Segmentation:
+    """logits: (Q, H, W) float32 mean raw crop logits; labels: (H, W) uint8; H, W = input size."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+
+
+def segment_array(
+    segmenter: CropSegmenter, classes: ClassList, rgb: np.ndarray, long_side: int | None
+) -> Segmentation:
+    """(H, W, 3) uint8 RGB -> Segmentation at the input size."""
+    height, width = rgb.shape[:2]
+    model_input = resize_long_side(rgb, long_side) if long_side else rgb
+    logits = slide_inference(segmenter, normalise(model_input))
+    if logits.shape[-2:] != (height, width):
+        logits = F.interpolate(logits[None], size=(height, width), mode="bilinear")[0]
+    cfg = segmenter.cfg
+    labels, _ = labels_from_logits(
+        logits,
+        classes.query_class,
+        len(classes.synonyms),
+        cfg.logit_scale,
+        cfg.prob_thd,
+        classes.background_index,
+    )
+    return Segmentation(logits=logits.cpu().numpy().astype(np.float32), labels=labels.cpu().numpy())
+
+
+@torch.no_grad()
+def segment_file(
+    path: Path, spec: ModelSpec, classes: ClassList, long_side: int | None
+) -> Segmentation:
+    rgb = read_rgb(path)
+    segmenter = build_segmenter(spec, classes)
+    log.info(
+        "segmenting %s (%dx%d) with %s on %s, %d queries",
+        path,
+        rgb.shape[1],
+        rgb.shape[0],
+        spec.cfg.method,
+        segmenter.device,
+        segmenter.num_queries,
+    )
+    return segment_array(segmenter, classes, rgb, long_side)

@@ -1,0 +1,11 @@
+"""Outputs for people (SPEC 3.3, "Export"), each a module of its own, reading the store
+through ``pipeline.store.open_store``:
+
+    files.py       refusing to overwrite, atomic replacement, chunk-aligned windows
+    cog.py         Cloud-Optimised GeoTIFF with palette and mode overviews
+    quicklook.py   PNG colour map with a legend
+    info.py        per-class areas and the store's facts
+
+A new export format is a module here plus one entry in ``pipeline/cli/export.py``'s
+``EXPORTS``.
+"""

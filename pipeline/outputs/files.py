@@ -1,0 +1,47 @@
+"""What every output file shares: refusing to overwrite, atomic replacement through a
+temporary sibling, and streaming a store in windows aligned to its chunks."""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from workers.errors import UserError
+
+TILE = 512  # COG tile edge
+WINDOW = 2048  # edge of the windows read from the store (a multiple of TILE)
+
+
+def check_output(path: str | os.PathLike, overwrite: bool, what: str) -> Path:
+    """A writable output path; an existing one only with ``overwrite`` (UserError otherwise)."""
+    out = Path(path)
+    if out.is_dir():
+        raise UserError(f"{what} {out} is a folder; pass a file path")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise UserError(f"{what} {out} already exists; pass --overwrite to replace it")
+    parent = out.absolute().parent
+    if not parent.is_dir():
+        raise UserError(f"{what} {out}: the folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {out}: the folder {parent} is not writable")
+    return out
+
+
+def temp_sibling(out: Path, suffix: str) -> Path:
+    return out.absolute().parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
+
+
+def windows(height: int, width: int, step: int) -> Iterator[tuple[int, int, int, int]]:
+    """(row0, col0, h, w) of the step x step windows covering the array, row-major."""
+    for r0 in range(0, height, step):
+        for c0 in range(0, width, step):
+            yield r0, c0, min(step, height - r0), min(step, width - c0)
+
+
+def window_step(chunk: int, window: int | None = None) -> int:
+    """A window edge aligned to both the COG tiles and the store's chunks, about WINDOW."""
+    unit = math.lcm(TILE, chunk)
+    return unit * max(1, (window or WINDOW) // unit)

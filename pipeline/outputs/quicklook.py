@@ -1,0 +1,173 @@
+"""`export --quicklook`: a colour PNG of the labels with a legend.
+
+A block-wise mode decimation (nodata ignored unless a cell has no valid pixel, as GDAL's
+``mode`` does) to at most ``max_size`` pixels on the long side, coloured with the store's
+palette, with a legend to the right; read in windows, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from pipeline.outputs.files import WINDOW, check_output, temp_sibling, window_step, windows
+from pipeline.store import NODATA, LabelStore, open_store
+from workers.errors import UserError
+
+NODATA_QUICKLOOK = (224, 224, 224)  # light grey: nodata / not yet written
+
+
+def quicklook_shape(height: int, width: int, max_size: int = 1024) -> tuple[int, int]:
+    """(rows, cols) of the quicklook's map: the long side scaled to at most ``max_size``."""
+    if max_size < 1:
+        raise UserError(f"quicklook size {max_size}: must be at least 1 pixel")
+    scale = min(1.0, max_size / max(height, width))
+    return max(1, min(max_size, round(height * scale))), max(1, min(max_size, round(width * scale)))
+
+
+def _cell_starts(n: int, m: int) -> np.ndarray:
+    """First source index of each of m output cells over n source pixels (m + 1 entries)."""
+    # source pixel i falls in cell floor(i * m / n); cell j starts at ceil(j * n / m).
+    return np.array([-(-j * n // m) for j in range(m + 1)], dtype=np.int64)
+
+
+def decimate_mode(ls: LabelStore, out_h: int, out_w: int) -> np.ndarray:
+    """The labels reduced to (out_h, out_w) by the most common value of each cell.
+
+    Cells are the source pixels i with floor(i * out / n) equal; nodata counts only where a
+    cell has no valid pixel (GDAL's ``mode``); ties go to the smaller class index. Read in
+    windows of whole cells, so memory stays bounded for any scene.
+    """
+    return _decimate(ls, out_h, out_w)[0]
+
+
+def _decimate(ls: LabelStore, out_h: int, out_w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(decimate_mode's labels, (256,) exact full-resolution count of every label value)."""
+    height, width = ls.height, ls.width
+    totals = np.zeros(256, np.int64)
+    if (out_h, out_w) == (height, width):
+        out = np.empty((height, width), np.uint8)
+        for r0, c0, h, w in windows(height, width, window_step(ls.chunk, WINDOW)):
+            block = np.asarray(ls.labels[r0 : r0 + h, c0 : c0 + w])
+            out[r0 : r0 + h, c0 : c0 + w] = block
+            totals += np.bincount(block.ravel(), minlength=256)
+        return out, totals
+    rows, cols = _cell_starts(height, out_h), _cell_starts(width, out_w)
+    row_of = np.repeat(np.arange(out_h), np.diff(rows))
+    col_of = np.repeat(np.arange(out_w), np.diff(cols))
+    n_values = 256
+    # Cells per window: about WINDOW^2 source pixels, at most 2^22 count bins.
+    per_side = max(1, int(math.sqrt((1 << 22) / n_values)))
+    step_r = max(1, min(int(WINDOW * out_h / height), per_side))
+    step_c = max(1, min(int(WINDOW * out_w / width), per_side))
+    out = np.empty((out_h, out_w), np.uint8)
+    for i0 in range(0, out_h, step_r):
+        i1 = min(out_h, i0 + step_r)
+        r0, r1 = int(rows[i0]), int(rows[i1])
+        for j0 in range(0, out_w, step_c):
+            j1 = min(out_w, j0 + step_c)
+            c0, c1 = int(cols[j0]), int(cols[j1])
+            block = np.asarray(ls.labels[r0:r1, c0:c1])
+            local = (row_of[r0:r1, None] - i0) * (j1 - j0) + (col_of[None, c0:c1] - j0)
+            n_cells = (i1 - i0) * (j1 - j0)
+            counts = np.bincount(
+                (local * n_values + block).ravel(), minlength=n_cells * n_values
+            ).reshape(n_cells, n_values)
+            totals += counts.sum(axis=0)
+            valid = counts[:, :NODATA].sum(axis=1) > 0
+            counts[valid, NODATA] = 0  # nodata wins only in a cell without valid pixels
+            out[i0:i1, j0:j1] = counts.argmax(axis=1).astype(np.uint8).reshape(i1 - i0, j1 - j0)
+    return out, totals
+
+
+def colourise(labels: np.ndarray, colormap: dict[int, tuple]) -> np.ndarray:
+    """(h, w) uint8 labels -> (h, w, 3) uint8 RGB; nodata and unknown values light grey."""
+    lut = np.tile(np.array(NODATA_QUICKLOOK, np.uint8), (256, 1))
+    for index, rgba in colormap.items():
+        if index != NODATA:
+            lut[index] = rgba[:3]
+    return lut[labels]
+
+
+def _legend_entries(
+    ls: LabelStore, counts: np.ndarray
+) -> list[tuple[tuple[int, int, int] | None, str]]:
+    """(swatch colour, text) rows of the legend: each class with its share of the valid
+    pixels (``counts``: full-resolution count of every label value), then nodata if any."""
+    valid = int(counts[:NODATA].sum())
+    rows: list[tuple[tuple[int, int, int] | None, str]] = []
+    for c, name in enumerate(ls.class_names):
+        share = f"  {100 * counts[c] / valid:.1f}%" if valid else ""
+        rows.append((tuple(ls.colormap[c][:3]), f"{c} {name}{share}"))
+    if counts[NODATA]:
+        rows.append((NODATA_QUICKLOOK, "nodata / not written"))
+    return rows
+
+
+def export_quicklook(
+    store_path: str | os.PathLike,
+    out_png: str | os.PathLike,
+    max_size: int = 1024,
+    overwrite: bool = False,
+) -> tuple[int, int]:
+    """Write a colour PNG of the labels with a legend; returns the PNG's (width, height).
+
+    The map is the block-wise mode of the labels at most ``max_size`` pixels on its long
+    side (``quicklook_shape``), drawn at the top left in the store's class colours with
+    nodata light grey; the legend (a colour swatch and name per class, with its share of
+    the valid pixels, counted at full resolution) is to its right on white.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    ls = open_store(store_path)
+    out = check_output(out_png, overwrite, "quicklook")
+    out_h, out_w = quicklook_shape(ls.height, ls.width, max_size)
+    labels, counts = _decimate(ls, out_h, out_w)
+    rgb = colourise(labels, ls.colormap)
+
+    # Text scaled with the map (Pillow's built-in font, no font files needed).
+    font = ImageFont.load_default(size=max(11, min(20, max(out_h, out_w) // 60)))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    entries = _legend_entries(ls, counts)
+    title = "classes"
+    lines: list[tuple[tuple[int, int, int] | None, str, tuple[int, int, int]]] = [
+        (None, title, (0, 0, 0))
+    ]
+    lines += [(colour, text, (0, 0, 0)) for colour, text in entries]
+    if ls.attrs.get("random_weights"):
+        lines.append((None, "RANDOM WEIGHTS: not a real map", (200, 0, 0)))
+    if not ls.attrs.get("complete"):
+        lines.append((None, "incomplete run", (200, 0, 0)))
+    pad, gap = 8, 6
+    swatch = getattr(font, "size", 11) + 2
+    line_h = max(swatch, *(probe.textbbox((0, 0), t, font=font)[3] for _, t, _ in lines)) + 4
+    text_w = max(probe.textbbox((0, 0), t, font=font)[2] for _, t, _ in lines)
+    legend_w = pad + swatch + gap + text_w + pad
+    legend_h = pad + line_h * len(lines) + pad
+
+    canvas = Image.new("RGB", (out_w + legend_w, max(out_h, legend_h)), (255, 255, 255))
+    canvas.paste(Image.fromarray(rgb, "RGB"), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x0, y = out_w + pad, pad
+    for colour, text, ink in lines:
+        tx = x0
+        if colour is not None:
+            top = y + (line_h - swatch) // 2
+            draw.rectangle(
+                (x0, top, x0 + swatch - 1, top + swatch - 1), fill=colour, outline=(0, 0, 0)
+            )
+            tx = x0 + swatch + gap
+        draw.text((tx, y + 2), text, fill=ink, font=font)
+        y += line_h
+
+    tmp = temp_sibling(out, ".png")
+    try:
+        canvas.save(tmp, format="PNG", optimize=True)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise UserError(f"cannot write the quicklook {out} ({exc.strerror or exc})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return canvas.size

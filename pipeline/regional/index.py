@@ -1,0 +1,133 @@
+"""A regional job's index: one entry per scene (status, message, blocks, crops, seconds,
+run fingerprint, footprint in EPSG:4326) in ``index.json`` and ``index.geojson``, rewritten
+atomically after every scene, so cron or Airflow never read a torn file."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline import store
+
+if TYPE_CHECKING:
+    from pipeline.regional.spec import RegionalJob
+
+#: What happened to a scene in this run (``pending``: not reached yet, index only).
+STATUSES = ("done", "resumed", "skipped", "failed")
+INDEX_JSON = "index.json"
+INDEX_GEOJSON = "index.geojson"
+#: Points along the footprint's outline before reprojection (edges curve in EPSG:4326).
+FOOTPRINT_POINTS = 32
+
+
+def footprint(
+    transform: Any, height: int, width: int, crs_wkt: str | None
+) -> dict[str, Any] | None:
+    """The scene's outline as a GeoJSON geometry in EPSG:4326 (lon, lat), or None without
+    a CRS; odc-geo densifies the edges before reprojection so they follow the true outline."""
+    if not crs_wkt:
+        return None
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+
+    box = GeoBox((height, width), Affine(*transform[:6]), crs_wkt)
+    return json.loads(json.dumps(box.footprint("epsg:4326", npoints=FOOTPRINT_POINTS).json))
+
+
+def _bbox(geom: dict[str, Any] | None) -> list[float] | None:
+    if geom is None:
+        return None
+    from odc.geo.geom import Geometry
+
+    return [float(v) for v in Geometry(geom, "epsg:4326").boundingbox]
+
+
+def store_facts(path: Path) -> dict[str, Any]:
+    """What an existing store says about itself (nothing when there is none)."""
+    if not (path / ".zgroup").exists():
+        return {}
+    attrs = store.read_attrs(path)
+    facts: dict[str, Any] = {
+        "complete": bool(attrs.get("complete")),
+        "run_fingerprint": attrs.get("run_fingerprint"),
+    }
+    with contextlib.suppress(Exception):  # an old or damaged store: no block counts
+        rows, cols = store.block_grid(path)
+        facts["blocks"] = rows * cols
+        facts["blocks_done"] = len(store.done_blocks(path))
+    shape = attrs.get("spatial:shape")
+    transform = attrs.get("spatial:transform")
+    if shape and transform:
+        facts["footprint"] = footprint(transform, shape[0], shape[1], attrs.get("proj:wkt2"))
+    return facts
+
+
+@dataclasses.dataclass
+class SceneEntry:
+    """One scene's line in the index and the summary."""
+
+    uri: str
+    store: str
+    status: str = "pending"
+    message: str | None = None
+    blocks: int | None = None  # blocks in the store
+    blocks_done: int | None = None  # blocks with a completion record after this run
+    computed: int = 0  # blocks computed in this run
+    crops: int = 0  # crops run in this run
+    seconds: float = 0.0
+    run_fingerprint: str | None = None
+    complete: bool = False
+    footprint: dict[str, Any] | None = None
+
+    def record(self) -> dict[str, Any]:
+        """For index.json and summary.json: everything but the geometry, plus its bbox."""
+        out = dataclasses.asdict(self)
+        out["bbox"] = _bbox(out.pop("footprint"))
+        return out
+
+    def feature(self) -> dict[str, Any]:
+        props = dataclasses.asdict(self)
+        geometry = props.pop("footprint")
+        return {"type": "Feature", "geometry": geometry, "properties": props}
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write atomically: a reader (cron, Airflow) never sees a torn file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def counts(entries: list[SceneEntry]) -> dict[str, int]:
+    counts = dict.fromkeys(STATUSES, 0)
+    for entry in entries:
+        counts[entry.status] = counts.get(entry.status, 0) + 1
+    return counts
+
+
+def write_index(job: RegionalJob, entries: list[SceneEntry]) -> Path:
+    root = job.output_root
+    head = {"job": job.name, "spec": str(job.path), "updated": now()}
+    write_json(
+        root / INDEX_JSON,
+        {
+            **head,
+            "output_root": str(root),
+            "counts": counts(entries),
+            "scenes": [e.record() for e in entries],
+        },
+    )
+    write_json(
+        root / INDEX_GEOJSON,
+        {"type": "FeatureCollection", **head, "features": [e.feature() for e in entries]},
+    )
+    return root / INDEX_JSON

@@ -1,0 +1,286 @@
+"""A regional job's spec file (YAML; example in ``configs/jobs/example_region.yaml``).
+
+It names the scenes (a list, a glob, or a file of URIs), the classes, the model, the run
+settings, an output root and the cluster. Its ``model:``, ``run:`` and ``cluster:``
+sections are the run settings schema of ``pipeline.settings``; every error names the spec
+file and the dotted key. Relative paths (scenes, files, output root, weights, scheduler
+file) are relative to the spec file's folder, so a job does not depend on the working
+directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, StrictBool, StrictInt, ValidationError, model_validator
+
+from pipeline.run.request import SceneRequest, default_out
+from pipeline.settings import (
+    CLIP_WEIGHT_NAMES,
+    ClusterSettings,
+    ModelSettings,
+    SceneSettings,
+    Settings,
+    require_background,
+    settings_error,
+)
+from workers.classes import ClassList, build_class_list, parse_classes
+from workers.config import read_yaml
+from workers.errors import UserError
+from workers.model_spec import ModelSpec
+
+
+class ScenesSection(Settings):
+    """Exactly one of ``list``, ``glob``, ``url_file``."""
+
+    items: list[str] | None = Field(None, alias="list")
+    glob: str | None = None
+    url_file: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ScenesSection:
+        if sum(v is not None for v in (self.items, self.glob, self.url_file)) != 1:
+            raise ValueError("give exactly one of list, glob, url_file")
+        return self
+
+
+class LocalClusterSection(Settings):
+    workers: StrictInt | None = Field(None, ge=1)
+    threads_per_worker: StrictInt | None = Field(None, ge=1)
+
+
+class ClusterSection(Settings):
+    """At most one of ``local``, ``scheduler``, ``scheduler_file`` (default: local)."""
+
+    local: LocalClusterSection | None = None
+    scheduler: str | None = None
+    scheduler_file: str | None = None
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> ClusterSection:
+        if sum(v is not None for v in (self.local, self.scheduler, self.scheduler_file)) > 1:
+            raise ValueError("give one of local, scheduler, scheduler_file, not several")
+        return self
+
+
+ClassItem = str | list[str]
+
+
+class JobFile(Settings):
+    """The YAML file as written; :meth:`RegionalJob.load` resolves it."""
+
+    name: str | None = None
+    scenes: ScenesSection
+    classes: str | list[ClassItem] | None = None
+    classes_file: str | None = None
+    no_background: StrictBool = False
+    model: ModelSettings = ModelSettings()
+    run: SceneSettings = SceneSettings()
+    output_root: str
+    cluster: ClusterSection = ClusterSection()
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionalJob:
+    """A validated regional job: its scenes and one model, class list and settings for all."""
+
+    path: Path
+    name: str
+    scenes: tuple[str, ...]
+    model: ModelSpec
+    classes: ClassList
+    output_root: Path
+    cluster: ClusterSettings
+    settings: SceneSettings
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> RegionalJob:
+        """Read and validate ``path``; a UserError names the key at fault."""
+        path = Path(path)
+        data = read_yaml(path, "job spec")
+        if not isinstance(data, dict):
+            raise UserError(f"job spec {path}: expected a mapping of {', '.join(_top_keys())}")
+        try:
+            raw = JobFile.model_validate(data)
+        except ValidationError as exc:
+            raise settings_error(exc, _key_namer(path), JobFile) from None
+        spec = _Resolver(path)
+        output_root = spec.local("output_root", raw.output_root).absolute()
+        model = spec.model(raw.model)
+        return cls(
+            path=path.absolute(),
+            name=raw.name.strip() if raw.name and raw.name.strip() else path.stem,
+            scenes=spec.scenes(raw.scenes, output_root),
+            model=model,
+            classes=spec.classes(raw, model.cfg.prob_thd),
+            output_root=output_root,
+            cluster=spec.cluster(raw.cluster),
+            settings=raw.run,
+        )
+
+    def store_for(self, scene: str) -> Path:
+        """``<output_root>/<scene stem>.labels.zarr``."""
+        return self.output_root / default_out(scene).name
+
+    def request(self, scene: str, resume: bool = False) -> SceneRequest:
+        return SceneRequest(
+            scene=scene,
+            model=self.model,
+            classes=self.classes,
+            out=self.store_for(scene),
+            settings=self.settings,
+            cluster=self.cluster,
+            resume=resume,
+        )
+
+
+def _top_keys() -> list[str]:
+    return list(JobFile.model_fields)
+
+
+def _key_namer(path: Path):
+    """loc -> "job spec F: 'model.method'" (pydantic's union-member parts left out)."""
+
+    def name(loc: tuple) -> str:
+        parts = [
+            "list" if p == "items" else str(p)
+            for p in loc
+            if isinstance(p, str) and not any(c in p for c in "[](),") and p not in _TYPE_PARTS
+        ]
+        return f"job spec {path}: '{'.'.join(parts)}'"
+
+    return name
+
+
+_TYPE_PARTS = {"str", "int", "float", "bool", "list", "dict", "function-after"}
+
+
+class _Resolver:
+    """Turns the file's values into paths, scenes, classes; errors name the key."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.base = path.absolute().parent
+
+    def error(self, key: str, why: str) -> UserError:
+        return UserError(f"job spec {self.path}: '{key}': {why}")
+
+    def local(self, key: str, value: str | Path, base: Path | None = None) -> Path:
+        """A local path; relative paths are relative to the spec file's folder."""
+        if not str(value).strip():
+            raise self.error(key, "expected a non-empty path")
+        path = Path(str(value).strip()).expanduser()
+        return path if path.is_absolute() else (base or self.base) / path
+
+    def uri(self, value: str, base: Path) -> str:
+        """A scene: URLs and GDAL /vsi paths as written; local paths made absolute."""
+        value = value.strip()
+        if value.startswith("zarr://"):
+            rest = value[len("zarr://") :]
+            return value if "://" in rest else "zarr://" + str(self.local("scenes", rest, base))
+        if "://" in value or value.startswith("/vsi"):
+            return value
+        return str(self.local("scenes", value, base))
+
+    def model(self, model: ModelSettings) -> ModelSpec:
+        changes: dict[str, Any] = {}
+        if model.clip_weights not in CLIP_WEIGHT_NAMES:
+            changes["clip_weights"] = str(self.local("model.clip_weights", model.clip_weights))
+        if model.upsampler_weights is not None:
+            changes["upsampler_weights"] = self.local(
+                "model.upsampler_weights", model.upsampler_weights
+            )
+        if isinstance(model.config, Path):
+            changes["config"] = self.local("model.config", model.config)
+        try:
+            return model.model_copy(update=changes).model_spec()
+        except UserError as exc:
+            key = "model.config" if model.config is not None else "model"
+            raise self.error(key, str(exc)) from None
+
+    def classes(self, raw: JobFile, prob_thd: float) -> ClassList:
+        if raw.classes is not None and raw.classes_file is not None:
+            raise self.error("classes", "give either 'classes' or 'classes_file', not both")
+        key = "classes_file" if raw.classes_file is not None else "classes"
+        add_background = not raw.no_background
+        try:
+            if raw.classes_file is not None:
+                path = self.local(key, raw.classes_file)
+                class_list = parse_classes(None, path, add_background)
+            elif isinstance(raw.classes, str):
+                class_list = parse_classes(raw.classes, None, add_background)
+            elif raw.classes:
+                groups = [
+                    [s.strip() for s in (item.split("/") if isinstance(item, str) else item)]
+                    for item in raw.classes
+                ]
+                class_list = build_class_list(groups, add_background)
+            else:
+                raise self.error(
+                    key,
+                    'required: "building,road/street,water" or a list of classes '
+                    "(or synonym lists)",
+                )
+        except UserError as exc:
+            if str(exc).startswith("job spec "):
+                raise
+            raise self.error(key, str(exc)) from None
+        fix = "drop no_background, name a class 'background', or set model.prob_thd: 0"
+        try:
+            require_background(class_list, prob_thd, fix)
+        except UserError as exc:
+            raise self.error("no_background", str(exc)) from None
+        return class_list
+
+    def cluster(self, cluster: ClusterSection) -> ClusterSettings:
+        if cluster.scheduler is not None:
+            return ClusterSettings(scheduler=cluster.scheduler.strip())
+        if cluster.scheduler_file is not None:
+            path = self.local("cluster.scheduler_file", cluster.scheduler_file)
+            return ClusterSettings(scheduler_file=path)
+        local = cluster.local or LocalClusterSection()
+        return ClusterSettings(workers=local.workers, threads_per_worker=local.threads_per_worker)
+
+    def scenes(self, scenes: ScenesSection, output_root: Path) -> tuple[str, ...]:
+        if scenes.items is not None:
+            key = "scenes.list"
+            uris = [self.uri(s, self.base) for s in scenes.items if s.strip()]
+        elif scenes.glob is not None:
+            key = "scenes.glob"
+            pattern = str(self.local(key, scenes.glob))
+            root = output_root.resolve()
+            uris = [
+                str(Path(p).absolute())
+                for p in sorted(glob.glob(pattern, recursive=True))
+                if root not in Path(p).resolve().parents  # never the job's own outputs
+            ]
+            if not uris:
+                raise self.error(key, f"{pattern!r} matched no scenes; check the pattern")
+        else:
+            key = "scenes.url_file"
+            url_file = self.local(key, scenes.url_file)
+            try:
+                lines = url_file.read_text().splitlines()
+            except OSError as exc:
+                raise self.error(key, f"cannot read {url_file} ({exc.strerror or exc})") from None
+            texts = [line.strip() for line in lines]
+            folder = url_file.absolute().parent
+            uris = [self.uri(t, folder) for t in texts if t and not t.startswith("#")]
+        uris = list(dict.fromkeys(uris))  # the same scene twice is mapped once
+        if not uris:
+            raise self.error(key, "names no scenes")
+        stores: dict[str, str] = {}
+        for uri in uris:
+            name = default_out(uri).name
+            if name in stores:
+                raise self.error(
+                    key,
+                    f"{stores[name]} and {uri} would both write {name} in the output root; "
+                    "rename one of them or map them in separate jobs",
+                )
+            stores[name] = uri
+        return tuple(uris)

@@ -1,0 +1,149 @@
+"""Where a run runs (SPEC 3.4): an embedded LocalCluster, or an existing scheduler."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import dask
+from distributed import Client, LocalCluster
+
+from pipeline.settings import ClusterSettings
+from workers.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterInfo:
+    """What the job needs to know about the cluster it got."""
+
+    gpu_resources: bool  # workers advertise GPU=1: model tasks must request it
+    torch_threads: int  # intra-op threads per model task (0: leave the worker's setting)
+    total_threads: int
+    dashboard: str | None
+    worker_memory_limit: int | None  # bytes, the smallest worker's limit (None: unlimited)
+
+
+CONNECT_TIMEOUT_ENV = "REATTN_BATCH_CONNECT_TIMEOUT"
+
+
+def connect_timeout() -> float:
+    """Seconds to wait for an existing scheduler: $REATTN_BATCH_CONNECT_TIMEOUT, default 15."""
+    text = os.environ.get(CONNECT_TIMEOUT_ENV, "").strip() or "15"
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise UserError(f"{CONNECT_TIMEOUT_ENV}={text!r}: expected a positive number of seconds")
+    return seconds
+
+
+TLS_ENV_HINT = (
+    "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT "
+    "and DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY"
+)
+
+
+def _is_tls_error(exc: BaseException) -> bool:
+    text = str(exc)
+    return "TLS" in text or "encryption required" in text
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def local_cluster(request: ClusterSettings) -> tuple[LocalCluster, int]:
+    """One worker per GPU (GPU=1 each); else the measured CPU default: one worker of one
+    thread whose model uses every core (see README, "Performance")."""
+    gpus = _gpu_count()
+    cores = os.cpu_count() or 1
+    if gpus and request.workers is None:
+        cluster = LocalCluster(
+            n_workers=gpus, threads_per_worker=1, resources={"GPU": 1}, dashboard_address=":0"
+        )
+        return cluster, 0
+    workers = request.workers or 1
+    threads = request.threads_per_worker or 1
+    torch_threads = max(1, cores // (workers * threads))
+    # Dask's worker defaults suit pandas, not a model: MALLOC_TRIM_THRESHOLD_=65536 roughly
+    # halved model throughput on CPU (benchmarks/pipeline_efficiency.py), and
+    # OMP_NUM_THREADS=1 would pin torch to one core. Both are read at process start.
+    environ = "distributed.nanny.pre-spawn-environ"
+    with dask.config.set({
+        f"{environ}.MALLOC_TRIM_THRESHOLD_": None,
+        f"{environ}.OMP_NUM_THREADS": torch_threads,
+        f"{environ}.MKL_NUM_THREADS": torch_threads,
+    }):  # fmt: skip
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=threads,
+            processes=True,
+            dashboard_address=":0",
+            resources={"GPU": 1} if gpus else None,
+        )
+    return cluster, torch_threads
+
+
+@contextlib.contextmanager
+def connect(request: ClusterSettings) -> Iterator[tuple[Client, ClusterInfo]]:
+    """A Dask client for the request; closes what it started."""
+    if request.scheduler or request.scheduler_file:
+        where = request.scheduler or f"--scheduler-file {request.scheduler_file}"
+        if request.scheduler_file is not None and not Path(request.scheduler_file).is_file():
+            raise UserError(
+                f"--scheduler-file {request.scheduler_file}: no such file; "
+                "start `dask scheduler --scheduler-file F` first"
+            )
+        timeout = connect_timeout()
+        try:
+            client = Client(
+                request.scheduler,
+                scheduler_file=str(request.scheduler_file) if request.scheduler_file else None,
+                timeout=f"{timeout}s",
+            )
+        except (FileNotFoundError, ssl.SSLError, TypeError, RuntimeError) as exc:
+            if not isinstance(exc, OSError) and not _is_tls_error(exc):
+                raise
+            # distributed's words for a TLS set-up that cannot work: no certificates for
+            # a tls:// address, a tcp:// one while encryption is required, unreadable files
+            raise UserError(
+                f"cannot connect to the Dask scheduler at {where}: TLS set-up: {exc}; "
+                f"for tls:// set {TLS_ENV_HINT} (deploy/README.md, TLS)"
+            ) from None
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise UserError(
+                f"could not reach the Dask scheduler at {where} within {timeout:g} s "
+                f"({type(exc).__name__}): "
+                "check the address and that the scheduler runs, "
+                "or drop --scheduler to use a local cluster"
+            ) from None
+        cluster = None
+        torch_threads = 0
+    else:
+        cluster, torch_threads = local_cluster(request)
+        client = Client(cluster)
+    try:
+        workers = client.scheduler_info()["workers"].values()
+        info = ClusterInfo(
+            gpu_resources=any("GPU" in w.get("resources", {}) for w in workers),
+            torch_threads=torch_threads,
+            total_threads=sum(w.get("nthreads", 1) for w in workers) or 1,
+            worker_memory_limit=min((w.get("memory_limit") or 0 for w in workers), default=0)
+            or None,
+            dashboard=client.dashboard_link,
+        )
+        yield client, info
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

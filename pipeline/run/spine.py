@@ -1,0 +1,117 @@
+"""`run`: one scene, any size, into one georeferenced label Zarr store (SPEC 3).
+
+The spine, top-down, each step in its own module:
+
+    plan      open the scene (metadata only) and lay out the grids     run/plan.py
+    identify  weight identities and the run fingerprint                 run/fingerprint.py
+    connect   an embedded LocalCluster or an existing scheduler         run/cluster.py
+    guard     refuse a block size whose task would not fit a worker     run/guard.py
+    store     create the store, or reopen it for --resume               store/resume.py
+    submit    one task per block, a bounded window at a time            blocks/submit.py
+    summary   mark the store complete, record the counters              run/summary.py
+
+Plan and identify are cheap and fail fast; the store is created only once the cluster is
+reachable and the guard has passed, so bad input or an unreachable scheduler leave
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from pathlib import Path
+
+from distributed import Client
+
+from pipeline import store
+from pipeline.blocks.submit import submit_blocks
+from pipeline.blocks.task import BlockTask
+from pipeline.run.cluster import ClusterInfo, connect
+from pipeline.run.fingerprint import RUN_KEYS, run_attrs, run_fingerprint
+from pipeline.run.guard import check_block_memory
+from pipeline.run.plan import plan
+from pipeline.run.request import SceneRequest
+from pipeline.run.summary import RunSummary, finish
+from workers.model_spec import describe_weights
+
+log = logging.getLogger(__name__)
+
+
+def run_scene(
+    request: SceneRequest, connection: tuple[Client, ClusterInfo] | None = None
+) -> RunSummary:
+    """Map one scene. ``connection``: an open ``(client, info)`` from ``connect`` to reuse
+    (regional jobs); by default the request's cluster is connected and closed here."""
+    layout = plan(request)
+    scene, grid = layout.scene, layout.grid
+    weights = describe_weights(request.model)
+    fingerprint = run_fingerprint(request, layout, weights)
+    out = str(Path(request.out).absolute())  # workers may run elsewhere
+    connecting = connect(request.cluster) if connection is None else nullcontext(connection)
+    with connecting as (client, info):
+        log.info("Dask dashboard: %s", info.dashboard)
+        need = check_block_memory(
+            grid,
+            queries=len(request.classes.queries),
+            batch=request.model.cfg.batch_size,
+            upsampler=request.model.upsampler,
+            worker_limit=info.worker_memory_limit,
+        )
+        log.info("block task memory estimate %.2f GiB", need.total / 2**30)
+        done = store.prepare(
+            out,
+            store.StoreLayout(
+                height=scene.height,
+                width=scene.width,
+                transform=scene.transform,
+                crs_wkt=scene.crs_wkt,
+                with_confidence=request.settings.save_confidence,
+            ),
+            attrs=run_attrs(request, layout, weights, fingerprint),
+            class_names=request.classes.names,
+            blocks=grid.counts,
+            overwrite=request.overwrite,
+            resume=request.resume,
+            background_index=request.classes.background_index,
+            run_keys=RUN_KEYS,
+        )
+        todo = [i for i in range(len(grid)) if i not in done]
+        in_flight = store.started_blocks(out) - done  # started by a run that stopped, unfinished
+        if request.resume:
+            log.info(
+                "resuming %s: %d of %d blocks done; recomputing %d that were in flight when "
+                "the last run stopped, computing %d never started",
+                out, len(done), len(grid), len(in_flight), len(todo) - len(in_flight),
+            )  # fmt: skip
+        log.info(
+            "scene %s: %dx%d px at %.3g -> model grid %dx%d at %.3g; %d blocks of %d px "
+            "(%d to do), %d crops; out %s",
+            scene.path, scene.width, scene.height, scene.gsd, grid.model_grid.shape[1],
+            grid.model_grid.shape[0], layout.model_gsd, len(grid), grid.block, len(todo),
+            len(grid.crops()), out,
+        )  # fmt: skip
+        task = BlockTask(
+            scene=scene,
+            model=request.model,
+            classes=request.classes,
+            grid=grid,
+            store=out,
+            save_confidence=request.settings.save_confidence,
+            torch_threads=info.torch_threads,
+        )
+        computed = submit_blocks(client, info, task, todo=todo, done=len(done), key=fingerprint)
+    finish(
+        out,
+        todo=len(todo),
+        done=len(done),
+        in_flight=len(in_flight),
+        computed=computed,
+    )
+    return RunSummary(
+        out=request.out,
+        blocks=len(grid),
+        computed=len(todo),
+        skipped=len(done),
+        crops=computed.crops,
+        megapixels_per_second=computed.megapixels_per_second,
+    )

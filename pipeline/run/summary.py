@@ -1,0 +1,33 @@
+"""Last step of a run: the store marked complete with its counters, and the summary."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from pipeline import store
+from pipeline.blocks.submit import Computed
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    out: Path
+    blocks: int
+    computed: int
+    skipped: int
+    crops: int
+    megapixels_per_second: float
+
+
+def finish(out: str, *, todo: int, done: int, in_flight: int, computed: Computed) -> None:
+    """Mark the store complete and record this run's counters in it."""
+    store.update_attrs(
+        out,
+        complete=True,
+        blocks_computed_last_run=todo,
+        blocks_done_before_last_run=done,
+        blocks_recomputed_last_run=in_flight,  # in flight when the previous run stopped
+        crops_run=computed.crops,  # crops evaluated, halo duplicates included, all-nodata skipped
+        crops_total=computed.crops_touching,  # crops the computed blocks touch
+        megapixels_per_second=round(computed.megapixels_per_second, 4),
+    )

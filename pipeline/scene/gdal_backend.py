@@ -1,0 +1,124 @@
+"""GeoTIFF/COG (anything GDAL opens) through rasterio: metadata and windowed reads."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+
+import numpy as np
+
+from pipeline.scene.handles import cached, handle_key
+from pipeline.scene.info import SceneInfo
+from pipeline.scene.policy import choose_bands, pixel_size, unique_bands, valid_mask
+from pipeline.scene.uri import error_text, gdal_env, is_remote
+from workers.errors import UserError
+
+
+def open_dataset(uri: str, path: str, bands: tuple[int, ...] | None) -> SceneInfo:
+    import rasterio
+    from rasterio.enums import MaskFlags
+    from rasterio.errors import RasterioError
+
+    try:
+        with gdal_env(path), warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            ds = rasterio.open(path)
+    except RasterioError as exc:
+        text = error_text(exc)
+        if is_remote(path):
+            raise UserError(
+                f"{uri}: could not open it ({text}); check the URL and, for s3, credentials"
+            ) from None
+        raise UserError(
+            f"{uri}: not a raster GDAL can read ({text}); pass a GeoTIFF/COG or a .zarr store"
+        ) from None
+    with ds:
+        count = ds.count
+        if count < 1:
+            hint = (
+                f" (it has subdatasets: {', '.join(ds.subdatasets[:5])})" if ds.subdatasets else ""
+            )
+            raise UserError(
+                f"{uri}: the scene has no bands{hint}; pass a raster with 1, 3 or 4 bands"
+            )
+        interp = [ci.name for ci in ds.colorinterp]
+        chosen, mask_band = choose_bands(uri, count, bands, interp)
+        dtypes = {ds.dtypes[b - 1] for b in chosen}
+        if len(dtypes) != 1:
+            raise UserError(f"{uri}: bands {chosen} have different types {sorted(dtypes)}")
+        dtype = dtypes.pop()
+        if np.dtype(dtype).kind not in "uif":
+            raise UserError(f"{uri}: {dtype} pixels are not supported; pass integer or float data")
+        nodata = ds.nodatavals[chosen[0] - 1]
+        flags = ds.mask_flag_enums[chosen[0] - 1]
+        internal = (
+            mask_band is None
+            and MaskFlags.per_dataset in flags
+            and MaskFlags.alpha not in flags
+            and MaskFlags.nodata not in flags
+        )
+        transform = ds.transform
+        crs_wkt = ds.crs.to_wkt() if ds.crs else None
+        if is_remote(path):
+            meta = repr(
+                (ds.width, ds.height, ds.count, ds.dtypes, tuple(transform), crs_wkt,
+                 ds.block_shapes, ds.overviews(1), ds.nodatavals, ds.compression)
+            )  # fmt: skip
+            identity = f"{path}|meta-sha256={hashlib.sha256(meta.encode()).hexdigest()[:16]}"
+        else:
+            st = os.stat(path)
+            real = os.path.realpath(path)  # the same file through any symlink
+            identity = f"{real}|size={st.st_size}|mtime_ns={st.st_mtime_ns}"
+        return SceneInfo(
+            height=ds.height,
+            width=ds.width,
+            transform=transform,
+            crs_wkt=crs_wkt,
+            gsd=pixel_size(uri, transform),
+            bands=chosen,
+            mask_band=mask_band,
+            nodata=None if nodata is None else float(nodata),
+            dtype=str(dtype),
+            stretch=None,
+            identity=identity,
+            path=path,
+            variable=None,
+            internal_mask=internal,
+        )
+
+
+def handle(scene: SceneInfo):
+    import rasterio
+
+    def opener():
+        with gdal_env(scene.path), warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            return rasterio.open(scene.path)
+
+    return cached(handle_key(scene), opener)
+
+
+def read(scene: SceneInfo, r0: int, r1: int, c0: int, c1: int, out_shape=None):
+    """(values (k, h, w), valid (h, w)) of the distinct bands, window or decimated read."""
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window
+
+    ds = handle(scene)
+    unique, _ = unique_bands(scene)
+    indexes = unique + ([scene.mask_band] if scene.mask_band else [])
+    window = Window(c0, r0, c1 - c0, r1 - r0)
+    shape = None if out_shape is None else (len(indexes), *out_shape)
+    with gdal_env(scene.path):
+        values = ds.read(
+            indexes=indexes, window=window, out_shape=shape, resampling=Resampling.nearest
+        )
+        mask = None
+        if scene.mask_band:
+            values, mask = values[:-1], values[-1]
+        elif scene.internal_mask:
+            mshape = None if out_shape is None else tuple(out_shape)
+            mask = ds.read_masks(
+                unique[0], window=window, out_shape=mshape, resampling=Resampling.nearest
+            )
+    return values, valid_mask(scene, values, mask)

@@ -1,0 +1,68 @@
+"""What a task needs to read a scene (:class:`SceneInfo`), and the error of a failed read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from affine import Affine
+
+from pipeline.scene.uri import error_text, is_remote
+from workers.errors import UserError
+
+
+@dataclass
+class SceneInfo:
+    """What a task needs to read a scene: cheap, picklable, no open handles."""
+
+    height: int
+    width: int
+    transform: Affine
+    crs_wkt: str | None
+    gsd: float
+    bands: tuple[int, ...]
+    mask_band: int | None
+    nodata: float | None
+    dtype: str
+    stretch: tuple[float, float] | None
+    identity: str
+    #: What the reader opens: an absolute local path or a GDAL /vsi path (not the user's text).
+    path: str
+    variable: str | None = None
+    #: GDAL reports a per-dataset mask band (internal or .msk mask) that is not alpha.
+    internal_mask: bool = False
+
+    @property
+    def is_zarr(self) -> bool:
+        return self.variable is not None
+
+
+class WindowReadError(UserError):
+    """Reading a window failed (corrupt tiles, a failed remote request).
+
+    ``window`` is ``((row0, row1), (col0, col1))`` in native pixels. Remote reads
+    (``remote`` is True) are worth retrying; otherwise the job fails with this message.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        window: tuple[tuple[int, int], tuple[int, int]],
+        cause: BaseException | str,
+    ) -> None:
+        (r0, r1), (c0, c1) = window
+        self.path = path
+        self.window = ((int(r0), int(r1)), (int(c0), int(c1)))
+        detail = error_text(cause) if isinstance(cause, BaseException) else str(cause)
+        #: The failure as text (GDAL's exception objects do not survive pickling).
+        self.cause = detail
+        super().__init__(
+            f"{path}: could not read rows {r0}:{r1}, cols {c0}:{c1} ({detail}); the file may be "
+            "corrupt or a remote read failed: retry, or check the file (gdalinfo -checksum)"
+        )
+
+    @property
+    def remote(self) -> bool:
+        return is_remote(self.path)
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.window, self.cause))

@@ -1,0 +1,81 @@
+"""Where a scene lives: a user's location -> what a reader opens, and GDAL's settings for
+remote files (SPEC 3.2).
+
+``http(s)://`` becomes ``/vsicurl/...``, ``s3://`` ``/vsis3/...``, ``gs://`` ``/vsigs/...``;
+``zarr://PATH``, ``*.zarr`` and folders holding Zarr metadata are Zarr stores; local paths
+become absolute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+#: GDAL options for remote (``/vsi*``) files, set at open and around every read unless
+#: the environment sets them (timeouts turn a stalled server into a retryable error).
+REMOTE_GDAL_OPTIONS = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_HTTP_MAX_RETRY": "3",
+    "GDAL_HTTP_RETRY_DELAY": "1",
+    "GDAL_HTTP_CONNECTTIMEOUT": "30",
+    "GDAL_HTTP_TIMEOUT": "300",
+}
+
+
+ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray", ".zmetadata", ".zattrs")
+
+
+def resolve_uri(uri: str) -> tuple[str, str]:
+    """``uri`` -> (kind, path): kind "zarr" or "gdal"; path as the reader opens it.
+
+    Local paths become absolute; ``http(s)://`` -> ``/vsicurl/...``; ``s3://`` ->
+    ``/vsis3/...``; ``gs://`` -> ``/vsigs/...``; ``zarr://PATH`` and ``*.zarr`` -> Zarr.
+    """
+    uri = str(uri)
+    if uri.startswith("zarr://"):
+        rest = uri[len("zarr://") :]
+        return "zarr", rest if "://" in rest else local_path(rest)
+    is_url = "://" in uri
+    if uri.rstrip("/").endswith(".zarr"):
+        return "zarr", uri if is_url else local_path(uri)
+    if uri.startswith(("http://", "https://")):
+        return "gdal", "/vsicurl/" + uri
+    for scheme, prefix in (("s3://", "/vsis3/"), ("gs://", "/vsigs/")):
+        if uri.startswith(scheme):
+            return "gdal", prefix + uri[len(scheme) :]
+    if uri.startswith("/vsi") or is_url:
+        return "gdal", uri
+    path = local_path(uri)
+    if Path(path).is_dir() and any((Path(path) / m).exists() for m in ZARR_MARKERS):
+        return "zarr", path
+    return "gdal", path
+
+
+def local_path(path: str) -> str:
+    return str(Path(path).expanduser().absolute())
+
+
+def is_remote(path: str) -> bool:
+    return (path.startswith("/vsi") and not path.startswith("/vsimem/")) or "://" in path
+
+
+def gdal_env(path: str):
+    if is_remote(path):
+        import rasterio
+
+        return rasterio.Env(**{k: v for k, v in REMOTE_GDAL_OPTIONS.items() if k not in os.environ})
+    return contextlib.nullcontext()
+
+
+def error_text(exc: BaseException) -> str:
+    """One line from an exception, preferring GDAL's own message behind rasterio's."""
+    texts = []
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen and len(texts) < 4:
+        seen.add(id(exc))
+        text = " ".join(str(exc).split())
+        if text and "See previous exception" not in text:
+            texts.append(text)
+        exc = exc.__cause__ or exc.__context__
+    return texts[0] if texts else "unknown error"

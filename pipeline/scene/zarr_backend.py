@@ -1,0 +1,145 @@
+"""A Zarr scene through xarray/rioxarray: the variable named by ``variable`` or the only
+3-D (band, y, x) (or 2-D (y, x)) data variable; CRS and transform from its CF grid mapping."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from affine import Affine
+
+from pipeline.scene.handles import cached, handle_key
+from pipeline.scene.info import SceneInfo
+from pipeline.scene.policy import choose_bands, pixel_size, unique_bands, valid_mask
+from pipeline.scene.uri import ZARR_MARKERS, error_text
+from workers.errors import UserError
+
+log = logging.getLogger("pipeline.scene")
+
+
+def open_xarray(path: str):
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+    import xarray as xr
+
+    return xr.open_dataset(
+        path,
+        engine="zarr",
+        chunks=None,  # lazy backend arrays: no Dask graph inside a Dask task, no caching
+        cache=False,
+        mask_and_scale=False,  # keep the stored dtype; nodata comes from _FillValue
+        decode_coords="all",  # grid_mapping variables become coordinates (CRS survives)
+    )
+
+
+def image_variable(uri: str, ds: Any, variable: str | None) -> Any:
+    names = [str(n) for n in ds.data_vars]
+    if variable is not None:
+        if variable not in ds.data_vars:
+            raise UserError(
+                f"{uri} has no variable {variable!r}; its variables are: "
+                f"{', '.join(names) or 'none'}; pass --variable NAME"
+            )
+        return ds[variable]
+    candidates = [n for n in names if ds[n].ndim == 3] or [n for n in names if ds[n].ndim == 2]
+    if len(candidates) != 1:
+        raise UserError(
+            f"{uri}: cannot tell which variable is the image (variables: "
+            f"{', '.join(names) or 'none'}); pass --variable NAME"
+        )
+    return ds[candidates[0]]
+
+
+def image_dims(uri: str, da: Any) -> tuple[str | None, str, str]:
+    """(band_dim or None, y_dim, x_dim) of a 2-D or 3-D variable."""
+    if da.ndim not in (2, 3):
+        raise UserError(
+            f"{uri}: variable {da.name!r} has dims {da.dims}; need (band, y, x) or (y, x)"
+        )
+    try:
+        y_dim, x_dim = da.rio.y_dim, da.rio.x_dim
+    except Exception:
+        y_dim, x_dim = da.dims[-2], da.dims[-1]
+    rest = [d for d in da.dims if d not in (y_dim, x_dim)]
+    return (rest[0] if rest else None), str(y_dim), str(x_dim)
+
+
+def open_dataset(
+    uri: str, path: str, bands: tuple[int, ...] | None, variable: str | None
+) -> SceneInfo:
+    try:
+        ds = open_xarray(path)
+    except Exception as exc:
+        raise UserError(
+            f"{uri}: not a readable Zarr store ({error_text(exc)}); pass a Zarr store "
+            "with a (band, y, x) variable"
+        ) from None
+    with ds, warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)  # rioxarray's Affine use
+        da = image_variable(uri, ds, variable)
+        band_dim, y_dim, x_dim = image_dims(uri, da)
+        count = da.sizes[band_dim] if band_dim else 1
+        chosen, mask_band = choose_bands(uri, count, bands, None)
+        dtype = np.dtype(da.dtype)
+        if dtype.kind not in "uif":
+            raise UserError(f"{uri}: {dtype} pixels are not supported; pass integer or float data")
+        crs = da.rio.crs
+        try:
+            transform = da.rio.transform()
+        except Exception:
+            log.warning("%s: no geotransform in the Zarr store; using pixel coordinates", uri)
+            transform = Affine.identity()
+        nodata = da.rio.nodata
+        identity = store_identity(path, str(da.name))
+        return SceneInfo(
+            height=int(da.sizes[y_dim]),
+            width=int(da.sizes[x_dim]),
+            transform=transform,
+            crs_wkt=crs.to_wkt() if crs else None,
+            gsd=pixel_size(uri, transform),
+            bands=chosen,
+            mask_band=mask_band,
+            nodata=None if nodata is None else float(nodata),
+            dtype=str(dtype),
+            stretch=None,
+            identity=identity,
+            path=path,
+            variable=str(da.name),
+        )
+
+
+def store_identity(path: str, variable: str) -> str:
+    """Path + size/mtime of the store's and the variable's metadata files (chunks not walked)."""
+    if "://" in path:
+        return f"{path}|{variable}"
+    parts = [path, variable]
+    for folder in (Path(path), Path(path) / variable):
+        for marker in ZARR_MARKERS:
+            meta = folder / marker
+            if meta.is_file():
+                st = meta.stat()
+                parts.append(f"{meta.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}")
+    return "|".join(parts)
+
+
+def handle(scene: SceneInfo):
+    def opener():
+        ds = open_xarray(scene.path)
+        da = ds[scene.variable]
+        return (ds, da, *image_dims(scene.path, da))
+
+    return cached(handle_key(scene), opener)
+
+
+def read(scene: SceneInfo, r0: int, r1: int, c0: int, c1: int, step: int = 1):
+    _, da, band_dim, y_dim, x_dim = handle(scene)
+    unique, _ = unique_bands(scene)
+    sel = {y_dim: slice(r0, r1, step), x_dim: slice(c0, c1, step)}
+    if band_dim is not None:
+        sel[band_dim] = [b - 1 for b in unique]
+        values = da.isel(sel).transpose(band_dim, y_dim, x_dim).values
+    else:
+        values = da.isel(sel).transpose(y_dim, x_dim).values[None]
+    return values, valid_mask(scene, values, None)

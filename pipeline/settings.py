@@ -1,0 +1,207 @@
+"""Run settings: ONE schema for the command line, job spec files and the run fingerprint.
+
+Every default and every allowed value of a run setting is defined here once (the method
+and upsampler lists come from ``workers``, which owns them); the CLI takes its option
+defaults and choices from these models, job spec files validate their ``model:``,
+``run:`` and ``cluster:`` sections with them, and the run fingerprint hashes
+:data:`FINGERPRINTED` fields of :class:`SceneSettings`.
+
+Errors (``settings_error``) name the key and where it came from: the flag
+(``--block-size``) or the file and dotted key (``job spec F: 'run.block_size'``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+)
+
+from pipeline.store.layout import CHUNK
+from workers.config import METHODS
+from workers.errors import UserError
+from workers.upsampler import UPSAMPLER_KINDS
+
+#: Default output block edge in native pixels (a multiple of the Zarr chunk).
+DEFAULT_BLOCK_SIZE = 2048
+DEVICES = ("auto", "cpu", "cuda")
+CLIP_WEIGHT_NAMES = ("openai", "random")  # besides a file path
+
+
+class Settings(BaseModel):
+    """Base of every settings model: unknown keys are refused, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _comma_list(value: Any) -> Any:
+    """ "3,2,1" -> ["3", "2", "1"] (a flag or a YAML string); lists pass through."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",")]
+    return value
+
+
+class ModelSettings(Settings):
+    """Which model: the ``model:`` section of a job spec, the model flags of the CLI."""
+
+    method: Literal[METHODS] | None = None  # None: configs/method.yaml's
+    clip_weights: str = Field("openai", min_length=1)  # openai | random | a file path
+    upsampler: Literal[UPSAMPLER_KINDS] = "jbu_one"
+    upsampler_weights: Path | None = None
+    prob_thd: float | None = Field(None, ge=0.0, le=1.0)
+    device: Literal[DEVICES] = "auto"
+    #: method.yaml overrides: a YAML file, or (job specs) a mapping of config keys.
+    config: Path | dict[str, Any] | None = None
+
+    def model_spec(self, sets: Sequence[str] = ()):
+        """The workers' ModelSpec: method.yaml, then ``config``, method/prob_thd, ``sets``."""
+        from workers.config import load_config
+        from workers.model_spec import ModelSpec
+
+        overrides = dict(self.config) if isinstance(self.config, dict) else {}
+        overrides |= {"method": self.method, "prob_thd": self.prob_thd}
+        config_file = self.config if isinstance(self.config, Path) else None
+        cfg = load_config(config_file, sets, overrides=overrides)
+        return ModelSpec(
+            clip_weights=self.clip_weights,
+            upsampler=self.upsampler,
+            upsampler_weights=str(self.upsampler_weights) if self.upsampler_weights else None,
+            cfg=cfg,
+            device=self.device,
+        )
+
+
+class SceneSettings(Settings):
+    """How a scene is mapped: the ``run:`` section of a job spec, the `run` flags."""
+
+    gsd: float | None = Field(None, gt=0.0)  # model pixel size in CRS units (None: native)
+    block_size: StrictInt = DEFAULT_BLOCK_SIZE
+    bands: tuple[StrictInt, ...] | None = None  # 1-based source bands used as R, G, B
+    stretch: tuple[float, float] | None = None  # LO, HI to 0..255 for non-uint8 data
+    variable: str | None = None  # the (band, y, x) array of a Zarr scene
+    save_confidence: StrictBool = False
+
+    _split_bands = field_validator("bands", "stretch", mode="before")(_comma_list)
+
+    @field_validator("bands", mode="before")
+    @classmethod
+    def _band_numbers(cls, value: Any) -> Any:
+        if isinstance(value, list):  # numbers from a flag arrive as text
+            return [int(v) if isinstance(v, str) and v.lstrip("-").isdigit() else v for v in value]
+        return value
+
+    @field_validator("block_size")
+    @classmethod
+    def _block_size(cls, value: int) -> int:
+        if value <= 0 or value % CHUNK:
+            raise ValueError(f"must be a positive multiple of {CHUNK}")
+        return value
+
+    @field_validator("bands")
+    @classmethod
+    def _bands(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None and (len(value) not in (1, 3) or min(value) < 1):
+            raise ValueError("give 3 bands (R,G,B) or 1 (grey), 1-based, e.g. 3,2,1")
+        return value
+
+    @field_validator("stretch")
+    @classmethod
+    def _stretch(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None:
+            lo, hi = value
+            if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+                raise ValueError("needs finite LO < HI, e.g. 0,3000")
+        return value
+
+
+#: SceneSettings fields that decide the labels (the rest do not enter the fingerprint).
+FINGERPRINTED = ("bands", "stretch", "variable", "block_size")
+
+
+class ClusterSettings(Settings):
+    """Where it runs: an existing scheduler, else an embedded LocalCluster."""
+
+    scheduler: str | None = None
+    scheduler_file: Path | None = None
+    workers: StrictInt | None = Field(None, ge=1)  # LocalCluster (default: one per GPU, else 1)
+    threads_per_worker: StrictInt | None = Field(None, ge=1)
+
+
+def settings_error(
+    exc: ValidationError, name: Callable[[tuple], str], root: type[BaseModel] | None = None
+) -> UserError:
+    """The first error of ``exc`` as one line; ``name(loc)`` says where the key came from;
+    with the ``root`` model, an unknown key's message lists the known keys there."""
+    first = exc.errors()[0]
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        known = _known_keys(root, first["loc"][:-1]) if root else []
+        msg = "unknown key" + (f"; known keys here: {', '.join(known)}" if known else "")
+    elif first["type"] == "missing":
+        msg = "is required"
+    loc = tuple(part for part in first["loc"] if not isinstance(part, int))
+    value = first.get("input")
+    shown = "" if first["type"] in ("extra_forbidden", "missing") else f" (got {value!r})"
+    return UserError(f"{name(loc)}: {msg}{shown}")
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names (aliases where set) of the settings model reached by ``loc``."""
+    from typing import get_args
+
+    for part in loc:
+        field = model.model_fields.get(part) or next(
+            (f for f in model.model_fields.values() if f.alias == part), None
+        )
+        if field is None:
+            return []
+        candidates = (field.annotation, *get_args(field.annotation))
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def flag_name(loc: tuple) -> str:
+    """A settings key as its command-line flag: ('block_size',) -> --block-size."""
+    return "--" + str(loc[-1]).replace("_", "-") if loc else "settings"
+
+
+def from_flags(model: type[Settings], values: dict[str, Any]) -> Any:
+    """Validate flag values (None: not given) into ``model``; errors name the flag."""
+    given = {k: v for k, v in values.items() if v is not None}
+    try:
+        return model(**given)
+    except ValidationError as exc:
+        raise settings_error(exc, flag_name) from None
+
+
+def option_default(model: type[Settings], key: str) -> Any:
+    """The default of ``key`` (for the CLI's --help)."""
+    return model.model_fields[key].default
+
+
+def option_choices(model: type[Settings], key: str) -> list[str]:
+    """The allowed values of a Literal field ``key`` (for the CLI's choices)."""
+    from typing import get_args
+
+    annotation = model.model_fields[key].annotation
+    literal = next(a for a in (annotation, *get_args(annotation)) if get_args(a) and a is not None)
+    return [str(v) for v in get_args(literal)]
+
+
+def require_background(classes, prob_thd: float, fix: str) -> None:
+    """prob_thd > 0 sends uncertain pixels to the background class, so there must be one."""
+    if prob_thd > 0 and classes.background_index is None:
+        raise UserError(f"prob_thd {prob_thd} needs a background class and none is left: {fix}")

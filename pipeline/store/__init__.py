@@ -1,0 +1,63 @@
+"""The output label store: one Zarr group per scene (SPEC 3.3, 3.5). The layout is
+described in ``layout.py``.
+
+    layout.py    names, chunking, compressor, NODATA, StoreLayout
+    georef.py    CF grid mapping (rioxarray), pixel centres, proj:/spatial: attrs
+    palette.py   class colours, colour map and flag attributes
+    attrs.py     JSON-clean group attributes, read and update
+    create.py    create_store: every array and attribute, no label data
+    arrays.py    write_block (from any number of processes), open_labels
+    records.py   per-block completion records
+    resume.py    prepare: create, or reopen for --resume
+    reader.py    LabelStore: a store opened for outputs
+"""
+
+from pipeline.store.arrays import open_labels, write_block
+from pipeline.store.attrs import jsonable, read_attrs, update_attrs
+from pipeline.store.create import create_store
+from pipeline.store.layout import (
+    BLOCK_DONE,
+    BLOCK_STARTED,
+    CHUNK,
+    CONFIDENCE,
+    GRID_MAPPING,
+    LABELS,
+    NODATA,
+    StoreLayout,
+)
+from pipeline.store.palette import class_palette
+from pipeline.store.reader import LabelStore, open_store
+from pipeline.store.records import (
+    block_grid,
+    done_blocks,
+    mark_block_done,
+    mark_block_started,
+    started_blocks,
+)
+from pipeline.store.resume import prepare
+
+__all__ = [
+    "BLOCK_DONE",
+    "BLOCK_STARTED",
+    "CHUNK",
+    "CONFIDENCE",
+    "GRID_MAPPING",
+    "LABELS",
+    "NODATA",
+    "LabelStore",
+    "StoreLayout",
+    "block_grid",
+    "class_palette",
+    "create_store",
+    "done_blocks",
+    "jsonable",
+    "mark_block_done",
+    "mark_block_started",
+    "open_labels",
+    "open_store",
+    "prepare",
+    "read_attrs",
+    "started_blocks",
+    "update_attrs",
+    "write_block",
+]

@@ -1,0 +1,105 @@
+"""The store's arrays: opened once per process, and the block writes of the tasks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from pipeline.store.layout import CONFIDENCE, LABELS
+from workers.errors import UserError
+
+# Per-process cache of opened arrays: (resolved store path, array name) ->
+# ((inode, mtime_ns) of the array's .zarray, array). The stamp notices a recreated store.
+_ARRAYS: dict[tuple[str, str], tuple[tuple[int, int], zarr.Array]] = {}
+
+
+def open_array(path: str | os.PathLike, name: str, mode: str = "r+") -> zarr.Array:
+    root = Path(path).resolve()
+    meta = root / name / ".zarray"
+    try:
+        st = meta.stat()
+    except FileNotFoundError:
+        if not (root / ".zgroup").exists():
+            raise UserError(
+                f"{root} is not a label store (no .zgroup); create it first or check the path"
+            ) from None
+        raise KeyError(f"{root} has no '{name}' array") from None
+    stamp = (st.st_ino, st.st_mtime_ns)
+    key = (str(root), name)
+    hit = _ARRAYS.get(key)
+    if hit is not None and hit[0] == stamp and (mode == "r" or not hit[1].read_only):
+        return hit[1]
+    arr = zarr.open_array(store=str(root), path=name, mode=mode, zarr_format=2)
+    _ARRAYS[key] = (stamp, arr)
+    return arr
+
+
+def forget_arrays(path: Path) -> None:
+    key = str(path.resolve())
+    for cache_key in [k for k in _ARRAYS if k[0] == key]:
+        del _ARRAYS[cache_key]
+
+
+def _check_region(arr: zarr.Array, row0: int, col0: int, h: int, w: int) -> None:
+    height, width = arr.shape
+    ch, cw = arr.chunks
+    if row0 < 0 or col0 < 0 or row0 + h > height or col0 + w > width:
+        raise ValueError(
+            f"block rows {row0}:{row0 + h}, cols {col0}:{col0 + w} outside the store "
+            f"({height} x {width})"
+        )
+    if row0 % ch or col0 % cw:
+        raise ValueError(f"block origin ({row0}, {col0}) is not on the {ch} x {cw} chunk grid")
+    if (h % ch and row0 + h != height) or (w % cw and col0 + w != width):
+        raise ValueError(
+            f"block ({row0}, {col0}) of {h} x {w} does not end on a chunk boundary or the "
+            f"scene edge (chunks {ch} x {cw}, store {height} x {width})"
+        )
+
+
+def write_block(
+    path: str | os.PathLike,
+    row0: int,
+    col0: int,
+    labels: np.ndarray,
+    confidence: np.ndarray | None = None,
+) -> None:
+    """Write one native-pixel block into an existing store.
+
+    row0, col0: the block's upper-left pixel; must lie on the chunk grid.
+    labels: (h, w) uint8 class indices, 255 = nodata; h and w are multiples of the chunk
+        edge unless the block ends at the scene edge.
+    confidence: (h, w) uint8 (max prob x 254), required exactly when the store has a
+        ``confidence`` array.
+
+    Safe to call concurrently from several processes for disjoint blocks: each block owns
+    whole chunks, and every chunk file is written atomically (temp file + rename).
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.dtype != np.uint8:
+        raise ValueError(f"labels must be a 2-D uint8 array, got {labels.dtype} {labels.shape}")
+    h, w = labels.shape
+    arr = open_array(path, LABELS)
+    _check_region(arr, row0, col0, h, w)
+    has_conf = (Path(path) / CONFIDENCE / ".zarray").exists()
+    if confidence is not None:
+        confidence = np.asarray(confidence)
+        if not has_conf:
+            raise ValueError(f"{path} has no confidence array; create it with with_confidence")
+        if confidence.shape != labels.shape or confidence.dtype != np.uint8:
+            raise ValueError(
+                f"confidence must be uint8 of shape {labels.shape}, "
+                f"got {confidence.dtype} {confidence.shape}"
+            )
+        open_array(path, CONFIDENCE)[row0 : row0 + h, col0 : col0 + w] = confidence
+    elif has_conf:
+        raise ValueError(f"{path} has a confidence array: pass the block's confidence too")
+    arr[row0 : row0 + h, col0 : col0 + w] = labels
+
+
+def open_labels(path: str | os.PathLike) -> zarr.Array:
+    """The store's ``labels`` array, (height, width) uint8, read-only."""
+    return open_array(path, LABELS, mode="r")

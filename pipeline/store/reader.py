@@ -1,0 +1,120 @@
+"""Reading a finished (or partial) label store for outputs: :class:`LabelStore` holds its
+attributes, labels array, class names, colours, transform and CRS, checked once."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from affine import Affine
+
+from pipeline.store.arrays import open_labels
+from pipeline.store.attrs import read_attrs
+from pipeline.store.layout import GRID_MAPPING, LABELS, NODATA
+from pipeline.store.palette import class_palette
+from workers.errors import UserError
+
+
+@dataclass(frozen=True)
+class LabelStore:
+    """What the exports need from a label store, read and checked once."""
+
+    path: Path
+    attrs: dict[str, Any]
+    labels: zarr.Array
+    class_names: list[str]
+    colormap: dict[int, tuple[int, int, int, int]]  # class index (and 255) -> RGBA
+    transform: Affine
+    crs_wkt: str | None
+
+    @property
+    def height(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.labels.shape[1])
+
+    @property
+    def chunk(self) -> int:
+        return int(self.labels.chunks[0])
+
+
+def open_store(path: str | os.PathLike) -> LabelStore:
+    """Open a reattn-batch label store read-only; a UserError (one line) if it is not one."""
+    root = Path(path)
+    if not root.exists():
+        raise UserError(
+            f"{root}: no such label store; pass the .zarr folder `reattn-batch run` wrote"
+        )
+    if not root.is_dir() or not (root / ".zgroup").is_file():
+        raise UserError(
+            f"{root} is not a label store (not a Zarr format-2 group); "
+            "pass the .zarr folder `reattn-batch run` wrote"
+        )
+    attrs = read_attrs(root)
+    names = attrs.get("class_names")
+    if not isinstance(names, list) or not names or not (root / LABELS / ".zarray").is_file():
+        raise UserError(
+            f"{root} is a Zarr group but not a reattn-batch label store "
+            "(no 'labels' array or 'class_names' attribute)"
+        )
+    labels = open_labels(root)
+    if labels.ndim != 2 or labels.dtype != np.uint8:
+        raise UserError(
+            f"{root}: 'labels' is {labels.dtype} {labels.shape}, not a 2-D uint8 label map; "
+            "the store is damaged or not a reattn-batch store"
+        )
+    return LabelStore(
+        path=root,
+        attrs=attrs,
+        labels=labels,
+        class_names=[str(n) for n in names],
+        colormap=_colormap(labels, attrs, len(names)),
+        transform=_transform(attrs),
+        crs_wkt=_crs_wkt(root, attrs),
+    )
+
+
+def _colormap(labels: zarr.Array, attrs: dict[str, Any], n: int) -> dict[int, tuple]:
+    """The labels' ``colormap`` attribute as {index: RGBA}; the default palette if absent."""
+    raw = labels.attrs.get("colormap")
+    out: dict[int, tuple[int, int, int, int]] = {}
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            try:
+                index = int(key)
+                rgba = tuple(int(v) for v in value)
+            except (TypeError, ValueError):
+                continue
+            if 0 <= index <= 255 and len(rgba) in (3, 4):
+                out[index] = (*rgba[:3], rgba[3] if len(rgba) == 4 else 255)
+    if any(c not in out for c in range(n)):
+        background = (attrs.get("classes") or {}).get("background_index", 0)
+        palette = class_palette(n, background)
+        for c in range(n):
+            out.setdefault(c, (*palette[c], 255))
+    out.setdefault(NODATA, (0, 0, 0, 0))
+    return out
+
+
+def _transform(attrs: dict[str, Any]) -> Affine:
+    coeffs = attrs.get("spatial:transform")
+    if not isinstance(coeffs, list) or len(coeffs) != 6:
+        return Affine.identity()
+    return Affine(*(float(v) for v in coeffs))
+
+
+def _crs_wkt(root: Path, attrs: dict[str, Any]) -> str | None:
+    """The scene's CRS: the verbatim WKT of the CF grid mapping, else ``proj:wkt2``."""
+    if (root / GRID_MAPPING / ".zarray").is_file():
+        sr = zarr.open_array(str(root / GRID_MAPPING), mode="r", zarr_format=2)
+        wkt = sr.attrs.get("crs_wkt") or sr.attrs.get("spatial_ref")
+        if wkt:
+            return str(wkt)
+    wkt = attrs.get("proj:wkt2")
+    return str(wkt) if wkt else None
