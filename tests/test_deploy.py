@@ -344,6 +344,9 @@ def test_dockerfiles_install_the_project_and_run_reattn_batch(flavour):
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     assert lines[0].startswith(("FROM", "ARG"))
     assert any(re.match(r"COPY .*pyproject\.toml", ln) for ln in lines)
+    # a regular install (configs ship in the package), not an editable one
+    assert any(re.match(r"RUN pip install \.( |$)", ln) for ln in lines)
+    assert "pip install -e" not in text
     (entrypoint,) = [ln for ln in lines if ln.startswith("ENTRYPOINT")]
     assert json.loads(entrypoint.removeprefix("ENTRYPOINT")) == ["reattn-batch"]
     users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]

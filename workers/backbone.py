@@ -23,13 +23,14 @@ import open_clip
 import torch
 from torch import nn
 
+from workers.config import CONFIG_DIR
 from workers.errors import UserError
 
 log = logging.getLogger(__name__)
 
 # Small architectures of ours (e.g. ViT-T-16-test: ViT-B/16's shape with 12 blocks of
 # width 64) for fast tests and benchmarks, selectable with --set clip_model=NAME.
-MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"
+MODEL_CONFIGS = CONFIG_DIR / "models"
 open_clip.add_model_config(MODEL_CONFIGS)
 
 RANDOM_WARNING = (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ import yaml
 
 from workers.errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+#: The ``configs`` package (shipped in the wheel), found through importlib.resources.
+CONFIG_DIR = Path(str(files("configs")))
 DEFAULTS_FILE = CONFIG_DIR / "method.yaml"
 
 METHODS = ("vanilla", "maskclip", "sclip", "clearclip", "segearth-ov", "reattnclip")
