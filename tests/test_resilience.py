@@ -25,6 +25,12 @@ CLASSES = ["--classes", "building,road,water,tree"]
 BLOCKS = 9  # 1500 x 1500 px in blocks of 512
 
 
+def resume(mosaic, store) -> None:
+    """`run --resume` of the mosaic into ``store`` with the test's settings (blocks of 512)."""
+    main(["run", str(mosaic), *CLASSES, *TINY, "--block-size", "512", "--out", str(store),
+          "--resume"])  # fmt: skip
+
+
 def labels_of(store) -> np.ndarray:
     return zarr.open_group(str(store), mode="r")["labels"][:]
 
@@ -61,19 +67,7 @@ def test_resume_redoes_only_blocks_without_a_record(mosaic, clean, tmp_path):
     labels[512:1024, 0:512] = 7
     (store / "block_done" / "1" / "0").unlink()
     (store / "block_done" / "2" / "2").unlink()
-    main(
-        [
-            "run",
-            str(mosaic),
-            *CLASSES,
-            *TINY,
-            "--block-size",
-            "512",
-            "--out",
-            str(store),
-            "--resume",
-        ]
-    )
+    resume(mosaic, store)
     attrs = read_attrs(store)
     assert (
         attrs["blocks_computed_last_run"] == 2
@@ -147,19 +141,7 @@ def test_job_killed_mid_run_then_resumed(mosaic, clean, tmp_path):
         proc.wait(timeout=30)
     done_at_kill = done_blocks(store)
     assert 3 <= len(done_at_kill) < BLOCKS
-    main(
-        [
-            "run",
-            str(mosaic),
-            *CLASSES,
-            *TINY,
-            "--block-size",
-            "512",
-            "--out",
-            str(store),
-            "--resume",
-        ]
-    )
+    resume(mosaic, store)
     attrs = read_attrs(store)
     assert attrs["blocks_computed_last_run"] == BLOCKS - len(done_at_kill)
     window = 4  # the submission window of a one-thread local cluster: max(2 x threads, 4)
