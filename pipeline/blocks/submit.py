@@ -5,12 +5,10 @@ The text embeddings are computed once, by a task of their own, and handed to eve
 from __future__ import annotations
 
 import dataclasses
-from itertools import islice
-
-from distributed import as_completed
 
 from pipeline.blocks.task import BlockTask, run_block
 from pipeline.grid.grids import BlockGrid
+from pipeline.run.bounded import bounded_as_completed, window_for
 from pipeline.run.cluster import ClusterInfo
 from pipeline.run.progress import RunProgress
 from workers.errors import UserError
@@ -51,23 +49,18 @@ def submit_blocks(
     ``key`` makes the task keys of this run its own."""
     resources = {"GPU": 1} if info.gpu_resources else None
     queries = client.submit(embed_queries, task.model, task.classes.queries, resources=resources)
-    pending = iter(todo)
 
     def submit(index: int):
         return client.submit(
             run_block, task, index, queries, resources=resources, key=f"block-{key}-{index}"
         )
 
-    window = max(2 * info.total_threads, 4)
-    running = as_completed([submit(i) for i in islice(pending, window)])
+    finished = bounded_as_completed(submit, todo, window_for(info.total_threads))
     crops = touched = 0
     with RunProgress(len(task.grid), done_blocks=done) as progress:
-        for future in running:
+        for future in finished:
             result = block_result(future, task.grid, task.store)
             crops += result.crops
             touched += result.crops_touching
             progress.advance(result.pixels)
-            nxt = next(pending, None)
-            if nxt is not None:
-                running.add(submit(nxt))
         return Computed(crops, touched, progress.megapixels_per_second)

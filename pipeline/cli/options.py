@@ -22,6 +22,7 @@ from pipeline.settings import (
     option_default,
     require_background,
 )
+from pipeline.store.layout import CHUNK
 from workers.errors import UserError
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -112,7 +113,7 @@ scene_options = apply(
             type=int,
             default=option_default(SceneSettings, "block_size"),
             show_default=True,
-            help="Output block in px (multiple of 512).",
+            help=f"Output block in px (multiple of {CHUNK}).",
         ),
         click.option("--bands", help="Source bands used as R,G,B (1-based), e.g. 3,2,1."),
         click.option(

@@ -23,7 +23,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -172,8 +171,7 @@ def run_dask(
     setting: Setting, samples: list[Sample], task: ImageTask, on_image: OnImage, client, info
 ) -> np.ndarray:
     """One task per image on a connected Dask cluster -> summed (C + 1, C) counts."""
-    from distributed import as_completed
-
+    from pipeline.run.bounded import bounded_as_completed, window_for
     from workers.model_cache import embed_queries
 
     c = task.rules.num_classes
@@ -196,10 +194,10 @@ def run_dask(
         owner[future.key] = sample
         return future
 
-    pending = enumerate(samples)
-    window = max(2 * info.total_threads, 4)
-    running = as_completed([submit(i, s) for i, s in islice(pending, window)])
-    for future in running:
+    finished = bounded_as_completed(
+        lambda item: submit(*item), enumerate(samples), window_for(info.total_threads)
+    )
+    for future in finished:
         sample = owner.pop(future.key)
         try:
             counts, pred = future.result()
@@ -212,8 +210,6 @@ def run_dask(
             ) from exc
         total += counts
         on_image(sample, pred)
-        for i, s in islice(pending, 1):
-            running.add(submit(i, s))
     return total
 
 
