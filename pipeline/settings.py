@@ -91,14 +91,16 @@ class SceneSettings(Settings):
     variable: str | None = None  # the (band, y, x) array of a Zarr scene
     save_confidence: StrictBool = False
 
-    _split_bands = field_validator("bands", "stretch", mode="before")(_comma_list)
-
     @field_validator("bands", mode="before")
     @classmethod
     def _band_numbers(cls, value: Any) -> Any:
-        if isinstance(value, list):  # numbers from a flag arrive as text
+        """ "3,2,1" (a flag, a YAML string) -> [3, 2, 1]; a list passes through."""
+        value = _comma_list(value)
+        if isinstance(value, list):
             return [int(v) if isinstance(v, str) and v.lstrip("-").isdigit() else v for v in value]
         return value
+
+    _split_stretch = field_validator("stretch", mode="before")(_comma_list)
 
     @field_validator("block_size")
     @classmethod
@@ -193,11 +195,11 @@ def option_default(model: type[Settings], key: str) -> Any:
 
 
 def option_choices(model: type[Settings], key: str) -> list[str]:
-    """The allowed values of a Literal field ``key`` (for the CLI's choices)."""
-    from typing import get_args
+    """The allowed values of a Literal field ``key`` (Optional or not), for the CLI."""
+    from typing import get_args, get_origin
 
     annotation = model.model_fields[key].annotation
-    literal = next(a for a in (annotation, *get_args(annotation)) if get_args(a) and a is not None)
+    literal = next(a for a in (annotation, *get_args(annotation)) if get_origin(a) is Literal)
     return [str(v) for v in get_args(literal)]
 
 
