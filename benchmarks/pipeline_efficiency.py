@@ -91,6 +91,7 @@ from pipeline.block_task import JobSpec, run_block
 from pipeline.cluster import ClusterRequest, connect
 from pipeline.grids import BlockGrid, ModelGrid
 from pipeline.job import RunRequest, plan, run_scene
+from workers.batching import CPU_BATCH
 from workers.classes import parse_classes
 from workers.config import METHODS, load_config
 from workers.errors import UserError
@@ -926,8 +927,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {"clip_model": clip_model, "dtype": args.dtype}
     if args.method:
         overrides["method"] = args.method
-    if args.batch_size:
-        overrides["batch_size"] = args.batch_size
+    # The call arithmetic below needs a number: 'auto' is 1 on the CPU (workers.batching);
+    # on CUDA it depends on the loaded model, so this benchmark fixes 8 unless told.
+    overrides["batch_size"] = args.batch_size or (CPU_BATCH if device.type == "cpu" else 8)
     cfg = load_config(overrides=overrides)
     classes = parse_classes(args.classes)
     dtype = autocast_dtype(cfg.dtype, device)
