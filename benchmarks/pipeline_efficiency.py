@@ -94,6 +94,7 @@ from pipeline.run.plan import plan
 from pipeline.run.request import SceneRequest
 from pipeline.run.spine import run_scene
 from pipeline.settings import ClusterSettings, SceneSettings
+from workers.batching import CPU_BATCH
 from workers.classes import parse_classes
 from workers.config import METHODS, load_config
 from workers.errors import UserError
@@ -929,8 +930,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {"clip_model": clip_model, "dtype": args.dtype}
     if args.method:
         overrides["method"] = args.method
-    if args.batch_size:
-        overrides["batch_size"] = args.batch_size
+    # The call arithmetic below needs a number: 'auto' is 1 on the CPU (workers.batching);
+    # on CUDA it depends on the loaded model, so this benchmark fixes 8 unless told.
+    overrides["batch_size"] = args.batch_size or (CPU_BATCH if device.type == "cpu" else 8)
     cfg = load_config(overrides=overrides)
     classes = parse_classes(args.classes)
     dtype = autocast_dtype(cfg.dtype, device)

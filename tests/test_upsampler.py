@@ -264,3 +264,28 @@ def test_jbu_one_checkpoint_round_trip(tmp_path: Path, monkeypatch: pytest.Monke
         ckpt.read_bytes()
     )
     assert isinstance(load_upsampler("jbu_one", None, feat_dim=64), JBUOne)
+
+
+@pytest.mark.parametrize("radius", [3, 5])
+def test_fused_adaptive_conv_equals_tap_loop(radius: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The compiled one-pass kernel against the eager tap-by-tap loop, for jbu_stack's and
+    # jbu_one's radii; 19 channels cross the CPU loop's 16-channel chunks.
+    monkeypatch.setenv(up.FUSED_CONV_ENV, "on")
+    monkeypatch.setattr(up, "_fused_state", {})
+    torch.manual_seed(radius)
+    d = 2 * radius + 1
+    src = torch.randn(2, 19, 12 + 2 * radius, 9 + 2 * radius)
+    kernel = torch.randn(2, 12, 9, d, d)
+    fused = up._fused_conv(src, kernel)
+    if fused is None:
+        pytest.skip(f"no working torch.compile here: {up._fused_state['failed']}")
+    torch.testing.assert_close(fused, up.tap_loop(src, kernel), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(adaptive_conv(src, kernel), fused, atol=0, rtol=0)
+
+
+def test_fused_conv_mode_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(up.FUSED_CONV_ENV, "auto")
+    assert not up.fused_conv_wanted(torch.device("cpu"))
+    assert up.fused_conv_wanted(torch.device("cuda"))
+    monkeypatch.setenv(up.FUSED_CONV_ENV, "maybe")
+    assert up.FUSED_CONV_ENV in _user_error(lambda: up.fused_conv_wanted(torch.device("cpu")))

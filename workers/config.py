@@ -24,6 +24,9 @@ DEFAULTS_FILE = CONFIG_DIR / "method.yaml"
 METHODS = ("vanilla", "maskclip", "sclip", "clearclip", "segearth-ov", "reattnclip")
 BASES = ("maskclip", "sclip", "clearclip", "segearth-ov")
 ROTATIONS = (0, 90, 180, 270)
+UPSAMPLER_PATHS = ("rank_reduced", "full")  # workers/upsampled_logits.py
+AUTO = "auto"
+AUTO_BATCH = 0  # how `batch_size: auto` is held: resolved per device by workers.batching
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +54,9 @@ class MethodConfig:
     prob_thd: float
     crop: int
     stride: int
-    batch_size: int
+    batch_size: int  # crops per forward pass; AUTO_BATCH (0) = 'auto', see workers.batching
     dtype: str
+    upsampler_path: str
 
     # --- derived views -------------------------------------------------------------
     @property
@@ -71,6 +75,8 @@ class MethodConfig:
     def as_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON-serialisable values, for metadata and fingerprints."""
         out = dataclasses.asdict(self)
+        if out["batch_size"] == AUTO_BATCH:
+            out["batch_size"] = AUTO
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
     def replace(self, **changes: Any) -> MethodConfig:
@@ -87,6 +93,7 @@ _CHOICES = {
     "xx_norm": ("ln1", "none", "l2"),
     "xx_scale": ("width",),
     "dtype": ("auto", "fp32", "fp16", "bf16"),
+    "upsampler_path": UPSAMPLER_PATHS,
 }
 _INT_LISTS = ("rotations", "xx_layers", "fuse_layers", "cls_layers")
 _FLOAT_LISTS = ("rotation_weights", "fuse_weights")
@@ -111,6 +118,12 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             return tuple(cast(v) for v in value)
         except (TypeError, ValueError):
             raise bad(f"a list of {cast.__name__}s") from None
+    if key == "batch_size":
+        if value == AUTO:
+            return AUTO_BATCH
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bad("a positive integer or 'auto'")
+        return value
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad("an integer")
@@ -152,8 +165,6 @@ def _check_ranges(cfg: MethodConfig, source: str) -> None:
         raise bad("crop", "must be a positive multiple of 16")
     if not 0 < cfg.stride <= cfg.crop:
         raise bad("stride", "must lie in 1..crop")
-    if cfg.batch_size < 1:
-        raise bad("batch_size", "must be at least 1")
     if cfg.logit_scale <= 0:
         raise bad("logit_scale", "must be positive")
 

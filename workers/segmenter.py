@@ -16,9 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workers.backbone import Backbone
+from workers.batching import resolve_batch_size
 from workers.config import MethodConfig
 from workers.encoder import encode_crops
 from workers.errors import UserError
+from workers.upsampled_logits import upsampled_cosines
 
 CLIP_MEAN = (122.771, 116.746, 104.094)  # on 0..255 RGB
 MIN_JBU_GRID = 3  # patches a side: jbu_one's radius-5 reflect padding at the first x2 step
@@ -66,6 +68,8 @@ class CropSegmenter:
     """Everything needed to turn crops into logits; one per worker process.
 
     queries: (Q, D) unit text embeddings; upsampler: a SimFeatUp module or None (bilinear).
+    batch_size: crops per forward pass, resolved from ``cfg.batch_size`` for the device
+    (workers.batching) when the segmenter is built.
     """
 
     backbone: Backbone
@@ -73,12 +77,19 @@ class CropSegmenter:
     queries: Tensor
     upsampler: nn.Module | None = None
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    batch_size: int = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
         self.backbone.model.to(self.device)
         if self.upsampler is not None:
             self.upsampler.to(self.device)
         self.queries = self.queries.to(self.device, torch.float32)
+        visual = self.backbone.visual
+        self.batch_size = resolve_batch_size(
+            self.device, self.cfg, self.num_queries, self.upsampler is not None,
+            width=self.backbone.width, heads=visual.transformer.resblocks[-1].attn.num_heads,
+            feat_dim=int(visual.proj.shape[1]), patch=self.backbone.patch_size,
+        )  # fmt: skip
 
     @property
     def num_queries(self) -> int:
@@ -110,9 +121,9 @@ class CropSegmenter:
             cls = dense.cls.float()
             cls_logits = (cls / cls.norm(dim=-1, keepdim=True)) @ self.queries.T  # (B, Q)
             if self.upsampler is not None:
-                feats = self.upsampler(dense.patches, padded).float()  # (B, D, H, W)
-                feats = feats / feats.norm(dim=1, keepdim=True)
-                logits = torch.einsum("bdhw,qd->bqhw", feats, self.queries)
+                logits = upsampled_cosines(
+                    self.upsampler, dense.patches, padded, self.queries, self.cfg.upsampler_path
+                )  # (B, Q, H, W)
                 if self.cfg.lambda_cls:
                     logits = logits + self.cfg.lambda_cls * cls_logits[:, :, None, None]
             else:

@@ -76,7 +76,7 @@ def accumulate_logits(
     device = segmenter.device
     total = torch.zeros((q, *target.shape), dtype=torch.float32, device=device)
     count = torch.zeros(target.shape, dtype=torch.float32, device=device)
-    batch_size = segmenter.cfg.batch_size
+    batch_size = segmenter.batch_size
 
     def run(batch: list[Box]) -> None:
         crops = torch.stack(

@@ -8,8 +8,10 @@ through four x2 learned joint-bilateral steps:
   taps) applied four times;
 - ``jbu_stack`` (FeatUp's original): four step modules ``up1..up4`` (radius 3, 49 taps).
 
-Kernels are applied tap by tap (:func:`adaptive_conv`), so memory stays at a few copies of
-the (B, C, H, W) map, never a taps-times unfold of it. Taps are ordered row-major over the
+Kernels are applied by :func:`adaptive_conv`: fused (each output pixel computed once
+from its neighbourhood, by a kernel torch.compile generates) where that is switched on
+and a compiler works, else tap by tap; either way memory stays at a few copies of the
+(B, C, H, W) map, never a taps-times unfold of it. Taps are ordered row-major over the
 (2r+1)x(2r+1) window (dy outer, dx inner), as ``torch.nn.Unfold`` yields them; the learned
 fixup weights of released checkpoints depend on this order.
 """
@@ -41,6 +43,59 @@ JBU_ONE_FILENAME = "xclip_jbu_one_million_aid.ckpt"
 DOWNLOAD_TIMEOUT_S = 30.0
 
 
+FUSED_CONV_ENV = "REATTN_BATCH_FUSED_CONV"  # auto | on | off
+FUSED_CONV_MODES = ("auto", "on", "off")
+_fused_state: dict[str, object] = {}  # "fn": the compiled tap sum, "failed": the reason
+
+
+def tap_sum(source_padded: Tensor, kernel: Tensor) -> Tensor:
+    """The adaptive convolution as ONE expression over the taps (the fused form).
+
+    Eager, this materialises every tap; compiled, inductor turns it into one loop that
+    reads each output pixel's (2r+1)^2 neighbours and writes the pixel once.
+    Shapes as :func:`adaptive_conv`.
+    """
+    _, _, h, w, d, _ = (*source_padded.shape[:2], *kernel.shape[1:])
+    out = None
+    for i in range(d):
+        for j in range(d):
+            term = source_padded[:, :, i : i + h, j : j + w] * kernel[:, None, :, :, i, j]
+            out = term if out is None else out + term
+    return out
+
+
+def fused_conv_wanted(device: torch.device) -> bool:
+    """Whether :func:`adaptive_conv` tries the compiled kernel on ``device``.
+
+    ``$REATTN_BATCH_FUSED_CONV``: ``on``, ``off``, or ``auto`` (default): on for CUDA,
+    off on the CPU, where compiling costs 30 s to minutes per new shape on a small
+    machine (measured 34-312 s on 2 cores), more than it saves on one image.
+    """
+    mode = os.environ.get(FUSED_CONV_ENV, "auto").strip().lower()
+    if mode not in FUSED_CONV_MODES:
+        raise UserError(f"${FUSED_CONV_ENV}={mode!r}: choose one of {', '.join(FUSED_CONV_MODES)}")
+    if mode == "auto":
+        return device.type == "cuda"
+    return mode == "on"
+
+
+def _fused_conv(source_padded: Tensor, kernel: Tensor) -> Tensor | None:
+    """The compiled :func:`tap_sum`, or None (logged once) where compiling fails."""
+    if "failed" in _fused_state:
+        return None
+    try:
+        if "fn" not in _fused_state:
+            _fused_state["fn"] = torch.compile(tap_sum, dynamic=False)
+        return _fused_state["fn"](source_padded, kernel)  # type: ignore[operator]
+    except Exception as e:  # no compiler, unsupported backend, ...: fall back for good
+        _fused_state["failed"] = _one_line(e)
+        log.warning(
+            "fused adaptive convolution unavailable (%s); using the tap-by-tap loop",
+            _fused_state["failed"],
+        )
+        return None
+
+
 def adaptive_conv(source_padded: Tensor, kernel: Tensor) -> Tensor:
     """Per-pixel convolution with a per-pixel kernel.
 
@@ -50,7 +105,8 @@ def adaptive_conv(source_padded: Tensor, kernel: Tensor) -> Tensor:
 
     Returns:
         (B, C, H, W) with out[b, c, h, w] = sum_{i, j} kernel[b, h, w, i, j] *
-        source_padded[b, c, h + i, w + j], accumulated one tap at a time.
+        source_padded[b, c, h + i, w + j]: fused where :func:`fused_conv_wanted` and a
+        compiler works, else accumulated one tap at a time (:func:`tap_loop`).
     """
     b, c, hp, wp = source_padded.shape
     kb, h, w, d, d2 = kernel.shape
@@ -59,6 +115,18 @@ def adaptive_conv(source_padded: Tensor, kernel: Tensor) -> Tensor:
             f"adaptive_conv: source {tuple(source_padded.shape)} "
             f"does not fit kernel {tuple(kernel.shape)}"
         )
+    kernel = kernel.to(source_padded.dtype)
+    if fused_conv_wanted(source_padded.device):
+        out = _fused_conv(source_padded, kernel)
+        if out is not None:
+            return out
+    return tap_loop(source_padded, kernel)
+
+
+def tap_loop(source_padded: Tensor, kernel: Tensor) -> Tensor:
+    """:func:`adaptive_conv` one whole-map pass per tap (the eager fallback; no checks)."""
+    b, c, _, _ = source_padded.shape
+    _, h, w, d, _ = kernel.shape
     taps = kernel.to(source_padded.dtype).permute(0, 3, 4, 1, 2).unsqueeze(3).contiguous()
     out = source_padded.new_zeros(b, c, h, w)
     # On CPU, 16-channel chunks keep the accumulator in cache (~2x faster); on a GPU one
@@ -150,11 +218,20 @@ class _JBU(nn.Module):
     def steps(self) -> list[JointBilateralStep]:
         raise NotImplementedError
 
-    def forward(self, source: Tensor, guidance: Tensor) -> Tensor:
-        """Source (B, C, h, w), guidance (B, 3, 16h, 16w) -> (B, C, 16h, 16w)."""
+    def upsample(self, source: Tensor, guidance: Tensor) -> Tensor:
+        """The four x2 steps without the outer fixup; linear in ``source`` for a fixed guidance.
+
+        Source (B, K, h, w) with any channel count K, guidance (B, 3, 16h, 16w)
+        -> (B, K, 16h, 16w).
+        """
         for step in self.steps():
             h, w = source.shape[-2:]
             source = step(source, F.adaptive_avg_pool2d(guidance, (2 * h, 2 * w)))
+        return source
+
+    def forward(self, source: Tensor, guidance: Tensor) -> Tensor:
+        """Source (B, C, h, w), guidance (B, 3, 16h, 16w) -> (B, C, 16h, 16w)."""
+        source = self.upsample(source, guidance)
         return torch.add(source, self.fixup_proj(source), alpha=0.1)  # out + 0.1 * fixup(out)
 
 

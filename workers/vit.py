@@ -86,14 +86,23 @@ def softmax_attention(a: Tensor, b: Tensor) -> Tensor:
     return torch.softmax((a.float() @ b.float().transpose(-1, -2)) * scale, dim=-1)
 
 
-def block_with_attention(block: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+def block_with_attention(
+    block: nn.Module, x: Tensor, attn_batch: int | None = None
+) -> tuple[Tensor, Tensor]:
     """One standard CLIP block that also returns its head-averaged attention map.
 
-    x: (B, T, C) -> (z_next (B, T, C), attention (B, T, T) in fp32).
+    x: (B, T, C) -> (z_next (B, T, C), attention (b, T, T) in fp32) for the first
+    b = ``attn_batch`` images (all if None). The other images' attention runs fused
+    (scaled_dot_product_attention, no map materialised), as the plain block does.
     """
     q, k, v = qkv(block.attn, block.ln_1(x))
-    a = softmax_attention(q, k)
-    out = block.attn.out_proj(merge_heads(a.to(v.dtype) @ v))
+    b = x.shape[0] if attn_batch is None else min(attn_batch, x.shape[0])
+    a = softmax_attention(q[:b], k[:b])
+    mixed = a.to(v.dtype) @ v[:b]
+    if b < x.shape[0]:
+        rest = F.scaled_dot_product_attention(q[b:], k[b:], v[b:])
+        mixed = torch.cat([mixed, rest])
+    out = block.attn.out_proj(merge_heads(mixed))
     x = x + block.ls_1(out)
     x = x + block.ls_2(block.mlp(block.ln_2(x)))
     return x, a.mean(dim=1)
@@ -118,8 +127,7 @@ def run_trunk(
     attn: dict[int, Tensor] = {}
     for index, block in enumerate(blocks[:-1], start=1):
         if index in attn_layers:
-            x, a = block_with_attention(block, x)
-            attn[index] = a[:attn_batch] if attn_batch is not None else a
+            x, attn[index] = block_with_attention(block, x, attn_batch)
         else:
             x = block(x)
         if index in z_layers or index == len(blocks) - 1:

@@ -1,0 +1,104 @@
+"""Analytic FLOPs of one crop through ``CropSegmenter.crop_logits`` (multiply-add = 2 FLOPs).
+
+Counted: matrix products and convolutions (the work a GPU's tensor cores do); softmax,
+LayerNorm, GELU and other element-wise work is left out. Encoder and upsampler apart:
+
+- encoder: patch embedding, blocks 1..11 once per trunk pass (ReAttnCLIP: one pass per
+  rotation, SPEC 2.3), block 12 under the method, ln_post/proj; ReAttnCLIP also its
+  X X^T maps (|K| x |rotations| of N x N x width);
+- upsampler (SimFeatUp): per x2 step the range projection, the range logits, the
+  kernel fixup, the adaptive convolution over K channels (K = 512, or N tokens on the
+  rank-reduced path, plus its QR and basis products), then the outer 512x512 fixup
+  (full path only) and the query dot products.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from workers.config import MethodConfig
+
+KEY_DIM = 32  # JBU range projection width
+BICUBIC_TAPS = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class VitShape:
+    """width d, mlp hidden m, blocks L, patch p, output dim e (ViT-B/16: 768, 3072, 12, 16, 512)."""
+
+    width: int = 768
+    mlp: int = 3072
+    layers: int = 12
+    patch: int = 16
+    embed: int = 512
+
+
+def block_flops(tokens: int, width: int, mlp: int) -> int:
+    """One standard block: q/k/v, scores, A v, out_proj, MLP."""
+    t, d = tokens, width
+    return 2 * t * 3 * d * d + 2 * t * t * d * 2 + 2 * t * d * d + 2 * t * d * mlp * 2
+
+
+def final_block_flops(cfg: MethodConfig, tokens: int, width: int, mlp: int) -> int:
+    """Block 12 under the method (maps of the base, A v, out_proj, MLP where kept)."""
+    t, d = tokens, width
+    base = cfg.attention_base
+    maps = {"vanilla": 1, "maskclip": 0, "sclip": 2, "clearclip": 1, "segearth-ov": 3}[base]
+    if cfg.method == "reattnclip" and cfg.patch_patch == "reattn" and cfg.cls_row == "reattn":
+        maps = 0  # A_refine replaces the base's maps (cls_col zero) or keeps few entries
+    av = 0 if base == "maskclip" and cfg.method != "reattnclip" else 2 * t * t * d
+    flops = 2 * t * 3 * d * d + maps * 2 * t * t * d + av + 2 * t * d * d
+    if base in ("vanilla", "sclip"):
+        flops += 2 * t * d * mlp * 2
+    return flops
+
+
+def trunk_passes(cfg: MethodConfig) -> int:
+    """Passes of blocks 1..11: one per rotation for ReAttnCLIP's X X^T, else one."""
+    if cfg.method == "reattnclip" and cfg.patch_patch == "reattn":
+        return len(cfg.rotations)
+    return 1
+
+
+def encoder_flops(cfg: MethodConfig, vit: VitShape = VitShape()) -> int:
+    """FLOPs of one crop's encoder (all trunk passes, block 12, proj)."""
+    grid = cfg.crop // vit.patch
+    n = grid * grid
+    t = n + 1
+    per_pass = 2 * n * 3 * vit.patch**2 * vit.width + (vit.layers - 1) * block_flops(
+        t, vit.width, vit.mlp
+    )
+    flops = trunk_passes(cfg) * per_pass + final_block_flops(cfg, t, vit.width, vit.mlp)
+    flops += 2 * t * vit.width * vit.embed
+    if cfg.method == "reattnclip" and cfg.patch_patch == "reattn":
+        flops += len(cfg.xx_layers) * len(cfg.rotations) * 2 * n * n * vit.width
+    return flops
+
+
+def upsampler_flops(cfg: MethodConfig, kind: str, queries: int, vit: VitShape = VitShape()) -> int:
+    """FLOPs of one crop's SimFeatUp and cosine logits (0 for bilinear)."""
+    if kind == "bilinear":
+        return 0
+    radius = 5 if kind == "jbu_one" else 3
+    taps = (2 * radius + 1) ** 2
+    grid = cfg.crop // vit.patch
+    n, c = grid * grid, vit.embed
+    reduced = cfg.upsampler_path == "rank_reduced" and n < c
+    k = n if reduced else c
+    flops, side = 0, grid
+    for _ in range(4):
+        side *= 2
+        p = side * side
+        flops += 2 * p * (3 * KEY_DIM + KEY_DIM * KEY_DIM)  # range projection
+        flops += 2 * p * taps * KEY_DIM  # range logits
+        flops += 2 * p * ((taps + 3) * taps + taps * taps)  # kernel fixup
+        flops += 2 * p * k * BICUBIC_TAPS  # bicubic upsampling of the source
+        flops += 2 * p * k * taps  # adaptive convolution
+    p = side * side
+    if reduced:
+        flops += 2 * n * c * c + 4 * c * n * n  # A = F M^T, Householder QR of A^T
+        flops += 2 * c * n * (queries + 1)  # Q^T t, Q^T c
+        flops += 2 * p * n * (queries + 2)  # G . Q^T t, |G|^2, G . Q^T c
+    else:
+        flops += 2 * p * c * c + 2 * p * c * queries  # outer fixup, query dots
+    return flops
