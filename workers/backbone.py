@@ -32,6 +32,41 @@ log = logging.getLogger(__name__)
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"
 open_clip.add_model_config(MODEL_CONFIGS)
 
+
+@cache
+def allowed_clip_models() -> tuple[str, ...]:
+    """The ``clip_model`` names this program builds: open_clip's own CLIP ViT architectures
+    (``open_clip.list_models()``, plus ours from configs/models), restricted to those built
+    wholly from the local config with open_clip's own towers and tokenizer.
+
+    Refused: ``hf-hub:``/``local-dir:`` names (remote or arbitrary configs and weights),
+    and architectures with a timm vision tower or a Hugging Face text tower or tokenizer,
+    whose construction fetches code, configs or weights from a hub.
+    """
+    allowed = []
+    for name in open_clip.list_models():
+        cfg = open_clip.get_model_config(name) or {}
+        vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+        remote = any(k.startswith("timm_") for k in vision) or any(
+            k.startswith("hf_") for k in text
+        )
+        vit = isinstance(vision.get("layers"), int) and "patch_size" in vision
+        if vit and not remote and not cfg.get("custom_text") and not cfg.get("multimodal_cfg"):
+            allowed.append(name)
+    return tuple(allowed)
+
+
+def check_clip_model(name: str, where: str = "config key 'clip_model'") -> None:
+    """UserError naming ``where`` unless ``name`` is in :func:`allowed_clip_models`."""
+    if name not in allowed_clip_models():
+        examples = ", ".join(n for n in ("ViT-B-16-quickgelu", "ViT-B-16", "ViT-T-16-test"))
+        raise UserError(
+            f"{where}: {name!r} is not allowed; name an open_clip ViT architecture that is built "
+            f"from its local config (e.g. {examples}; see open_clip.list_models()), "
+            "never a hf-hub:/local-dir: model or one with timm or Hugging Face towers"
+        )
+
+
 RANDOM_WARNING = (
     "CLIP weights are RANDOM (--clip-weights random): outputs are for tests and "
     "benchmarks only and mean nothing as segmentation."
@@ -99,6 +134,7 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 def load_backbone(weights: str, clip_model: str = "ViT-B-16-quickgelu", seed: int = 0) -> Backbone:
     """Build the CLIP model for ``--clip-weights`` on the CPU, in fp32 and eval mode."""
+    check_clip_model(clip_model)
     if weights == "random":
         model = open_clip.create_model(clip_model, pretrained=None)
         init_random_nondegenerate(model, seed)
