@@ -120,11 +120,22 @@ class Backbone:
 
 
 def file_sha256(path: Path) -> str:
-    return _file_sha256(str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)
+    """sha256 of a file's bytes, read once per process for each state of the file.
+
+    The state is (device, inode, size, mtime_ns, ctime_ns): a file replaced by a rename
+    changes inode; an edit in place changes mtime and ctime; and an edit that puts the old
+    mtime back (``touch -d``, ``os.utime``) still changes ctime, which no user call can
+    set. Left out, as too dear for multi-GB weights on every call: an edit of the same
+    size within one timestamp tick of the file system (coarse on some network file
+    systems), which would keep the old digest until the file is touched again.
+    """
+    st = path.stat()
+    state = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return _file_sha256(str(path.resolve()), state)
 
 
 @cache
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+def _file_sha256(path: str, state: tuple[int, ...]) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
