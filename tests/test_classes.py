@@ -61,3 +61,25 @@ def test_too_many_classes_for_uint8():
 def test_missing_classes_file(tmp_path):
     with pytest.raises(UserError, match="no such file"):
         parse_classes(None, tmp_path / "nope.txt")
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_classes_file_with_a_utf8_byte_order_mark(tmp_path, newline):
+    """Windows editors start UTF-8 files with a BOM; it must not become part of a name
+    (which hid the file's own 'background' and added a second one)."""
+    text = newline.join(["background", "building,roof", "route,rue", "forêt", ""])
+    plain, marked = tmp_path / "plain.txt", tmp_path / "bom.txt"
+    plain.write_bytes(text.encode("utf-8"))
+    marked.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    got = parse_classes(None, marked)
+    assert got == parse_classes(None, plain)
+    assert got.names == ["background", "building", "route", "forêt"]
+    assert got.background_index == 0 and got.queries[0] == "background"
+
+
+def test_classes_file_not_utf8_is_one_line(tmp_path):
+    f = tmp_path / "utf16.txt"
+    f.write_bytes("background\nbuilding\n".encode("utf-16"))  # Notepad's "Unicode"
+    with pytest.raises(UserError, match="not a readable text file") as err:
+        parse_classes(None, f)
+    assert str(f) in str(err.value) and "\n" not in str(err.value)

@@ -63,3 +63,41 @@ def test_bad_config_file(tmp_path):
         load_config(bad)
     with pytest.raises(UserError, match="key=value"):
         load_config(sets=["alpha"])
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "hf-hub:timm/ViT-B-16-SigLIP",  # a remote config and weights
+        "local-dir:/tmp/some-model",  # an arbitrary local config
+        "xlm-roberta-base-ViT-B-32",  # open_clip ships it, but its text tower comes from HF
+        "ViT-B-16-SigLIP",  # timm vision tower and a HF tokenizer
+        "RN50",  # no ViT
+        "ViT-B-16-nope",
+    ],
+)
+def test_clip_model_is_a_local_open_clip_vit(name):
+    with pytest.raises(UserError) as err:
+        load_config(sets=[f"clip_model={name}"])
+    msg = str(err.value)
+    assert "'clip_model'" in msg and repr(name) in msg and "\n" not in msg
+    assert "ViT-B-16-quickgelu" in msg  # the allowed form, by example
+
+
+@pytest.mark.parametrize("name", ["ViT-B-16-quickgelu", "ViT-B-16", "ViT-L-14", "ViT-T-16-test"])
+def test_open_clip_vits_and_our_test_architecture_are_allowed(name):
+    assert load_config(sets=[f"clip_model={name}"]).clip_model == name
+
+
+def test_backbone_refuses_a_hub_model_without_touching_the_network(monkeypatch):
+    import socket
+
+    from workers.backbone import load_backbone
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("network must not be used")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    with pytest.raises(UserError, match="'hf-hub:laion/CLIP-ViT-B-16-laion2B-s34B-b88K'"):
+        load_backbone("random", "hf-hub:laion/CLIP-ViT-B-16-laion2B-s34B-b88K")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import urllib.request
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import workers.upsampler as up
+from workers.download import PinnedFile
 from workers.errors import UserError
 from workers.upsampler import (
     JBUOne,
@@ -208,11 +210,15 @@ def _refuse_network(*args: object, **kwargs: object) -> None:
     raise AssertionError("network must not be used")
 
 
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def test_default_weights_offline_and_cached(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("REATTN_BATCH_CACHE", str(tmp_path))
-    monkeypatch.setattr(up, "JBU_ONE_URL", "http://127.0.0.1:9/x.ckpt")
+    monkeypatch.setattr(up, "JBU_ONE", PinnedFile("http://127.0.0.1:9/x.ckpt", sha256(b"x")))
     monkeypatch.setattr(up, "DOWNLOAD_TIMEOUT_S", 2.0)
     with pytest.raises(UserError) as e:
         default_upsampler_weights("jbu_one")
@@ -223,8 +229,8 @@ def test_default_weights_offline_and_cached(
     with pytest.raises(UserError, match="--upsampler-weights"):
         default_upsampler_weights("jbu_stack")
 
-    cached = tmp_path / "upsampler" / "xclip_jbu_one_million_aid.ckpt"
-    cached.write_bytes(b"x")
+    cached = tmp_path / "upsampler" / "x.ckpt"
+    cached.write_bytes(b"x")  # the pinned content
     monkeypatch.setattr(urllib.request, "urlopen", _refuse_network)
     assert default_upsampler_weights("jbu_one") == cached
 
@@ -256,13 +262,13 @@ def test_jbu_one_checkpoint_round_trip(tmp_path: Path, monkeypatch: pytest.Monke
     with pytest.raises(UserError, match="jbu_one weights"):
         load_upsampler("jbu_stack", ckpt, feat_dim=64)
 
-    # weights=None takes the cached default without touching the network
+    # weights=None takes the cached default (when it matches its pin) without the network
     monkeypatch.setenv("REATTN_BATCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(urllib.request, "urlopen", _refuse_network)
+    pin = PinnedFile("http://127.0.0.1:9/w.ckpt", sha256(ckpt.read_bytes()))
+    monkeypatch.setattr(up, "JBU_ONE", pin)
     (tmp_path / "cache" / "upsampler").mkdir(parents=True)
-    (tmp_path / "cache" / "upsampler" / "xclip_jbu_one_million_aid.ckpt").write_bytes(
-        ckpt.read_bytes()
-    )
+    (tmp_path / "cache" / "upsampler" / "w.ckpt").write_bytes(ckpt.read_bytes())
     assert isinstance(load_upsampler("jbu_one", None, feat_dim=64), JBUOne)
 
 

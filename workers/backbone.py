@@ -33,6 +33,41 @@ log = logging.getLogger(__name__)
 MODEL_CONFIGS = CONFIG_DIR / "models"
 open_clip.add_model_config(MODEL_CONFIGS)
 
+
+@cache
+def allowed_clip_models() -> tuple[str, ...]:
+    """The ``clip_model`` names this program builds: open_clip's own CLIP ViT architectures
+    (``open_clip.list_models()``, plus ours from configs/models), restricted to those built
+    wholly from the local config with open_clip's own towers and tokenizer.
+
+    Refused: ``hf-hub:``/``local-dir:`` names (remote or arbitrary configs and weights),
+    and architectures with a timm vision tower or a Hugging Face text tower or tokenizer,
+    whose construction fetches code, configs or weights from a hub.
+    """
+    allowed = []
+    for name in open_clip.list_models():
+        cfg = open_clip.get_model_config(name) or {}
+        vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+        remote = any(k.startswith("timm_") for k in vision) or any(
+            k.startswith("hf_") for k in text
+        )
+        vit = isinstance(vision.get("layers"), int) and "patch_size" in vision
+        if vit and not remote and not cfg.get("custom_text") and not cfg.get("multimodal_cfg"):
+            allowed.append(name)
+    return tuple(allowed)
+
+
+def check_clip_model(name: str, where: str = "config key 'clip_model'") -> None:
+    """UserError naming ``where`` unless ``name`` is in :func:`allowed_clip_models`."""
+    if name not in allowed_clip_models():
+        examples = ", ".join(n for n in ("ViT-B-16-quickgelu", "ViT-B-16", "ViT-T-16-test"))
+        raise UserError(
+            f"{where}: {name!r} is not allowed; name an open_clip ViT architecture that is built "
+            f"from its local config (e.g. {examples}; see open_clip.list_models()), "
+            "never a hf-hub:/local-dir: model or one with timm or Hugging Face towers"
+        )
+
+
 RANDOM_WARNING = (
     "CLIP weights are RANDOM (--clip-weights random): outputs are for tests and "
     "benchmarks only and mean nothing as segmentation."
@@ -86,11 +121,22 @@ class Backbone:
 
 
 def file_sha256(path: Path) -> str:
-    return _file_sha256(str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)
+    """sha256 of a file's bytes, read once per process for each state of the file.
+
+    The state is (device, inode, size, mtime_ns, ctime_ns): a file replaced by a rename
+    changes inode; an edit in place changes mtime and ctime; and an edit that puts the old
+    mtime back (``touch -d``, ``os.utime``) still changes ctime, which no user call can
+    set. Left out, as too dear for multi-GB weights on every call: an edit of the same
+    size within one timestamp tick of the file system (coarse on some network file
+    systems), which would keep the old digest until the file is touched again.
+    """
+    st = path.stat()
+    state = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return _file_sha256(str(path.resolve()), state)
 
 
 @cache
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+def _file_sha256(path: str, state: tuple[int, ...]) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -100,6 +146,7 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 def load_backbone(weights: str, clip_model: str = "ViT-B-16-quickgelu", seed: int = 0) -> Backbone:
     """Build the CLIP model for ``--clip-weights`` on the CPU, in fp32 and eval mode."""
+    check_clip_model(clip_model)
     if weights == "random":
         model = open_clip.create_model(clip_model, pretrained=None)
         init_random_nondegenerate(model, seed)

@@ -108,6 +108,7 @@ class _TorchScriptUnpickler(pickle.Unpickler):
         super().__init__(io.BytesIO(data))
         self.archive, self.root = archive, root
         self.classes: dict[str, type[_TorchScriptObject]] = {}
+        self.storages: dict[str, _Storage] = {}  # a key named twice is read once, and shared
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "__torch__" or module.startswith("__torch__."):
@@ -128,29 +129,75 @@ class _TorchScriptUnpickler(pickle.Unpickler):
         _, dtype, key, _location, numel = pid
         if not isinstance(dtype, torch.dtype):
             raise pickle.UnpicklingError(f"storage of unknown type {dtype!r}")
-        raw = self.archive.read(f"{self.root}/data/{key}")
-        if len(raw) < numel * dtype.itemsize:
-            raise pickle.UnpicklingError(f"storage {key} is truncated")
-        return _Storage(torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8), dtype)
+        if key not in self.storages:
+            raw = self.archive.read(f"{self.root}/data/{key}")
+            if len(raw) < numel * dtype.itemsize:
+                raise pickle.UnpicklingError(f"storage {key} is truncated")
+            storage = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8)
+            self.storages[key] = _Storage(storage, dtype)
+        return _Storage(self.storages[key].data, dtype)
 
 
-def _declared_tensors(archive: zipfile.ZipFile, root: str, qualname: str) -> list[str] | None:
-    """``__parameters__ + __buffers__`` of a class as its archived source declares them."""
-    module, _, name = qualname.rpartition(".")
-    try:
-        source = archive.read(f"{root}/code/{module.replace('.', '/')}.py").decode()
-    except (KeyError, UnicodeDecodeError):
-        return None
-    for body in re.split(r"^class ", source, flags=re.M)[1:]:
-        if not body.startswith(f"{name}("):
+_DECLARATIONS = ("__parameters__", "__buffers__")
+
+
+def class_declarations(source: str) -> dict[str, tuple[str, str]]:
+    """For each class of a TorchScript source file that declares both, the list literals of
+    its ``__parameters__`` and ``__buffers__`` lines, as text (not yet evaluated).
+
+    A class starts at a line ``class NAME(...`` and runs to the next ``class`` line; a
+    declaration is an indented line ``__parameters__ = [...]``; the first class of a name
+    and the first declaration of each kind in it count. One pass over the lines: the time
+    is linear in the text, whatever it holds (the regular expression this replaces
+    backtracked quadratically over runs of blank lines).
+    """
+    out: dict[str, tuple[str, str]] = {}
+    name: str | None = None
+    found: dict[str, str] = {}
+
+    def close() -> None:
+        if name is not None and name not in out and all(k in found for k in _DECLARATIONS):
+            out[name] = (found[_DECLARATIONS[0]], found[_DECLARATIONS[1]])
+
+    for line in source.split("\n"):
+        if line.startswith("class "):
+            close()
+            header, paren, _ = line[len("class ") :].partition("(")
+            name, found = (header if paren else None), {}
             continue
-        found = [
-            re.search(rf"^\s+{k} = (\[.*\])$", body, re.M)
-            for k in ("__parameters__", "__buffers__")
-        ]
-        if all(found):
-            return [n for m in found for n in ast.literal_eval(m.group(1))]
-    return None
+        if name is None or not line[:1].isspace():
+            continue
+        text = line.lstrip()
+        for key in _DECLARATIONS:
+            prefix = f"{key} = ["
+            if key not in found and text.startswith(prefix) and text.endswith("]"):
+                found[key] = text[len(prefix) - 1 :]
+    close()
+    return out
+
+
+def _declared_tensors(
+    archive: zipfile.ZipFile,
+    root: str,
+    qualname: str,
+    parsed: dict[str, dict[str, tuple[str, str]]],
+) -> list[str] | None:
+    """``__parameters__ + __buffers__`` of a class as its archived source declares them;
+    ``parsed`` caches each source file's :func:`class_declarations` (read once per archive)."""
+    module, _, name = qualname.rpartition(".")
+    code = f"{root}/code/{module.replace('.', '/')}.py"
+    if code not in parsed:
+        try:
+            parsed[code] = class_declarations(archive.read(code).decode())
+        except (KeyError, UnicodeDecodeError):
+            parsed[code] = {}
+    literals = parsed[code].get(name)
+    if literals is None:
+        return None
+    names = [n for literal in literals for n in ast.literal_eval(literal)]
+    if not all(isinstance(n, str) for n in names):
+        raise pickle.UnpicklingError(f"class {qualname} declares a tensor name that is no string")
+    return names
 
 
 def _read_torchscript(archive: zipfile.ZipFile, root: str) -> dict[str, Any]:
@@ -160,12 +207,13 @@ def _read_torchscript(archive: zipfile.ZipFile, root: str) -> dict[str, Any]:
         raise pickle.UnpicklingError("the archive was written with the other byte order")
     tree = _TorchScriptUnpickler(archive, root, archive.read(f"{root}/data.pkl")).load()
     declared: dict[str, list[str] | None] = {}
+    parsed: dict[str, dict[str, tuple[str, str]]] = {}
     out: dict[str, Any] = {}
 
     def walk(obj: _TorchScriptObject, prefix: str) -> None:
         state = obj.state if isinstance(getattr(obj, "state", None), dict) else {}
         if obj.qualname not in declared:
-            declared[obj.qualname] = _declared_tensors(archive, root, obj.qualname)
+            declared[obj.qualname] = _declared_tensors(archive, root, obj.qualname, parsed)
         names = declared[obj.qualname] or [k for k, v in state.items() if torch.is_tensor(v)]
         out.update((prefix + n, state[n]) for n in names if torch.is_tensor(state.get(n)))
         for key, value in state.items():
@@ -183,16 +231,43 @@ def _torchscript_root(path: Path) -> str | None:
     if not zipfile.is_zipfile(path):
         return None
     with zipfile.ZipFile(path) as archive:
+        _check_sizes(archive, path.stat().st_size)
         names = archive.namelist()
+    # Folders holding constants.pkl or code/: one pass, so that a crafted archive with
+    # many entries costs linear time, not entries squared.
+    marked = set()
+    for name in names:
+        top, slash, rest = name.partition("/")
+        if slash and rest.startswith(("constants.pkl", "code/")):
+            marked.add(top)
     for name in names:
         root = name.removesuffix("/data.pkl")
-        markers = (f"{root}/constants.pkl", f"{root}/code/")
-        if root != name and "/" not in root and any(n.startswith(markers) for n in names):
+        if root != name and "/" not in root and root in marked:
             return root
     return None
 
 
-def _torch_load(path: Path) -> Any:
+def _check_sizes(archive: zipfile.ZipFile, file_size: int) -> None:
+    """Refuse a zip whose entries would unpack to far more than the file holds.
+
+    torch.save and torch.jit.save store entries uncompressed, so their unpacked total is
+    at most the file's size; a crafted archive of compressed entries (a "zip bomb") could
+    otherwise take minutes and gigabytes to read.
+    """
+    unpacked = sum(info.file_size for info in archive.infolist())
+    if unpacked > 2 * file_size + (1 << 20):
+        raise pickle.UnpicklingError(
+            f"its entries claim {unpacked} bytes unpacked in a {file_size}-byte file"
+        )
+
+
+def load_tensors_only(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, after refusing a zip whose entries
+    would unpack to far more than the file (see :func:`_check_sizes`). A refused global
+    raises ``_DisallowedGlobal`` naming it; every other failure propagates as raised."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            _check_sizes(archive, path.stat().st_size)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # torch names a refused global "GLOBAL module.name"
@@ -229,7 +304,7 @@ def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             with zipfile.ZipFile(path) as archive:
                 obj: Any = _read_torchscript(archive, root)
         else:
-            obj = _torch_load(path)
+            obj = load_tensors_only(path)
     except _DisallowedGlobal as e:
         raise UserError(
             f"{where}: the file asks to run {e} while loading and this program refuses to "

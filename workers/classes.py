@@ -52,9 +52,13 @@ def _split_classes(text: str) -> list[list[str]]:
 
 
 def _read_classes_file(path: Path) -> list[list[str]]:
-    """SegEarth-OV's format: one class a line, synonyms separated by commas."""
+    """SegEarth-OV's format: one class a line, synonyms separated by commas.
+
+    Read as UTF-8; a leading byte-order mark (Windows editors write one) is dropped, not
+    made part of the first class name.
+    """
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
         raise UserError(f"--classes-file {path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -167,6 +167,9 @@ def _check_ranges(cfg: MethodConfig, source: str) -> None:
         raise bad("stride", "must lie in 1..crop")
     if cfg.logit_scale <= 0:
         raise bad("logit_scale", "must be positive")
+    from workers.backbone import check_clip_model  # open_clip's registry, imported lazily
+
+    check_clip_model(cfg.clip_model, where=f"config key 'clip_model' ({source})")
 
 
 def build_config(values: Mapping[str, Any], source: str) -> MethodConfig:

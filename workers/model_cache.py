@@ -1,7 +1,10 @@
 """The per-process model cache (SPEC 3.4).
 
 A Dask worker process loads each model once, lazily, on the first task that needs it,
-keyed by the ModelSpec fingerprint; tasks carry only the small spec, never the model.
+keyed by the ModelSpec fingerprint and the CONTENT of its weights files
+(:func:`workers.model_spec.weights_content_key`), not only their paths: a weights file
+replaced at the same path (same size even) gives a new model on a live worker, and the
+model of the old content is dropped. Tasks carry only the small spec, never the model.
 Text embeddings are computed once per job by ``embed_queries`` (a task of its own)
 and handed to every block task.
 """
@@ -17,16 +20,19 @@ import numpy as np
 import torch
 
 from workers.backbone import Backbone
-from workers.model_spec import ModelSpec, load_model_parts
+from workers.errors import UserError
+from workers.model_spec import ModelSpec, load_model_parts, weights_content_key
 from workers.segmenter import CropSegmenter, resolve_device
 from workers.text import query_embeddings
 
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
-_parts: dict[str, tuple[Backbone, torch.nn.Module | None]] = {}
-_segmenters: dict[tuple[str, str], CropSegmenter] = {}
-LOADS: Counter[str] = Counter()  # model fingerprint -> times loaded in this process
+# (spec fingerprint, weights content key) -> the loaded parts / segmenters built on them
+_parts: dict[tuple[str, str], tuple[Backbone, torch.nn.Module | None]] = {}
+_segmenters: dict[tuple[tuple[str, str], str], CropSegmenter] = {}
+LOADS: Counter[str] = Counter()  # spec fingerprint -> times loaded in this process
+_LOAD_ATTEMPTS = 3
 
 
 def worker_device(spec: ModelSpec) -> torch.device:
@@ -44,32 +50,60 @@ def worker_device(spec: ModelSpec) -> torch.device:
     return device
 
 
-def model_parts(spec: ModelSpec) -> tuple[Backbone, torch.nn.Module | None]:
-    """Backbone and upsampler of ``spec``, loaded at most once per process."""
-    key = spec.fingerprint
+def _model(spec: ModelSpec) -> tuple[tuple[str, str], tuple[Backbone, torch.nn.Module | None]]:
+    """The cache key and the parts of ``spec``, loaded at most once per weights content."""
+    key = (spec.fingerprint, weights_content_key(spec))
     with _lock:
-        if key not in _parts:
-            log.info("loading model %s (%s, %s)", key, spec.cfg.method, spec.clip_weights)
-            _parts[key] = load_model_parts(spec)
-            LOADS[key] += 1
-        return _parts[key]
+        if key in _parts:
+            return key, _parts[key]
+        for _ in range(_LOAD_ATTEMPTS):
+            log.info("loading model %s (%s, %s)", key[0], spec.cfg.method, spec.clip_weights)
+            parts = load_model_parts(spec)
+            LOADS[spec.fingerprint] += 1
+            after = (spec.fingerprint, weights_content_key(spec))
+            if after == key:  # the files did not change while they were read
+                break
+            log.warning("weights of model %s changed while loading: loading again", key[0])
+            key = after
+        else:
+            files = [f for f in (spec.clip_weights, spec.upsampler_weights) if f]
+            raise UserError(
+                f"the weights files ({', '.join(files)}) kept changing while they were "
+                "loaded: let their copy or download finish, then rerun"
+            )
+        # a model of the same spec but older content is never used again: free it
+        for old in [k for k in _parts if k[0] == key[0]]:
+            log.info("weights of model %s changed on disk: dropping the old model", key[0])
+            del _parts[old]
+        for old in [k for k in _segmenters if k[0][0] == key[0]]:
+            del _segmenters[old]
+        _parts[key] = parts
+        return key, parts
+
+
+def model_parts(spec: ModelSpec) -> tuple[Backbone, torch.nn.Module | None]:
+    """Backbone and upsampler of ``spec``, loaded at most once per process and content."""
+    return _model(spec)[1]
 
 
 def segmenter_for(spec: ModelSpec, queries: np.ndarray) -> CropSegmenter:
     """The cached CropSegmenter of ``spec`` with these (Q, D) query embeddings."""
     qkey = hashlib.sha256(np.ascontiguousarray(queries, dtype=np.float32).tobytes()).hexdigest()
-    key = (spec.fingerprint, qkey)
-    backbone, upsampler = model_parts(spec)
+    model_key, (backbone, upsampler) = _model(spec)
+    key = (model_key, qkey)
     with _lock:
-        if key not in _segmenters:
-            _segmenters[key] = CropSegmenter(
-                backbone=backbone,
-                cfg=spec.cfg,
-                queries=torch.from_numpy(np.asarray(queries, dtype=np.float32)),
-                upsampler=upsampler,
-                device=worker_device(spec),
-            )
-        return _segmenters[key]
+        if key in _segmenters:
+            return _segmenters[key]
+        segmenter = CropSegmenter(
+            backbone=backbone,
+            cfg=spec.cfg,
+            queries=torch.from_numpy(np.asarray(queries, dtype=np.float32)),
+            upsampler=upsampler,
+            device=worker_device(spec),
+        )
+        if model_key in _parts:  # not if another thread replaced the model meanwhile
+            _segmenters[key] = segmenter
+        return segmenter
 
 
 def embed_queries(spec: ModelSpec, queries: list[str]) -> np.ndarray:

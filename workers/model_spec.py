@@ -15,6 +15,7 @@ from pathlib import Path
 import open_clip
 import torch
 
+from workers import upsampler as upsampler_module
 from workers.backbone import (
     Backbone,
     WeightsIdentity,
@@ -54,6 +55,31 @@ class ModelSpec:
         """Stable hash of weights sources and every hyperparameter (not the device)."""
         blob = json.dumps(self.as_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def weights_content_key(spec: ModelSpec) -> str:
+    """The content of the spec's weights, for keying loaded models (SPEC 3.4).
+
+    The sha256 of each weights file the spec names (``--clip-weights PATH``,
+    ``--upsampler-weights PATH``, see :func:`workers.backbone.file_sha256` for when a file
+    is read again), the pinned sha256 of the default SimFeatUp file (it is checked against
+    it when loaded), and the source name for ``random``/``openai``/``bilinear``. A file
+    replaced at the same path, even with the same size, gives a new key. A file that does
+    not exist gives a key saying so (loading it then fails with one line).
+    """
+    parts = []
+    for kind, source in (("clip", spec.clip_weights), ("upsampler", spec.upsampler_weights)):
+        if kind == "clip" and source in ("random", "openai"):
+            parts.append(f"clip={source}")
+        elif kind == "upsampler" and spec.upsampler == "bilinear":
+            parts.append("upsampler=bilinear")
+        elif kind == "upsampler" and source is None:  # only jbu_one has a default
+            parts.append(f"upsampler=pinned:{upsampler_module.JBU_ONE.sha256}")
+        else:
+            path = Path(str(source)).expanduser()
+            digest = file_sha256(path) if path.is_file() else "missing"
+            parts.append(f"{kind}={digest}")
+    return ";".join(parts)
 
 
 def describe_weights(spec: ModelSpec) -> dict[str, dict[str, object]]:

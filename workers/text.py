@@ -9,6 +9,7 @@ later job) computes each query once.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -20,6 +21,8 @@ import torch
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
 from workers.backbone import Backbone
+
+log = logging.getLogger(__name__)
 
 TEMPLATES = OPENAI_IMAGENET_TEMPLATES
 _TEMPLATE_KEY = hashlib.sha256("\n".join(t("{}") for t in TEMPLATES).encode()).hexdigest()[:16]
@@ -59,8 +62,10 @@ def query_embeddings(
     for query in queries:
         path = _cache_file(backbone, query)
         if use_cache and path.is_file():
-            rows.append(np.load(path, allow_pickle=False))
-            continue
+            cached = _read_cached(path, _embed_dim(backbone))
+            if cached is not None:
+                rows.append(cached)
+                continue
         row = embed_query(backbone, query)
         if use_cache:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,3 +75,31 @@ def query_embeddings(
             os.replace(tmp, path)
         rows.append(row)
     return torch.from_numpy(np.stack(rows))
+
+
+def _embed_dim(backbone: Backbone) -> int | None:
+    proj = getattr(backbone.model, "text_projection", None)
+    return int(proj.shape[-1]) if isinstance(proj, torch.Tensor) else None
+
+
+def _read_cached(path: Path, dim: int | None) -> np.ndarray | None:
+    """A cached (D,) float32 unit embedding, or None (with a warning) when the file is
+    unreadable, truncated or holds anything else; the caller then computes it again."""
+    try:
+        row = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        problem = f"unreadable ({type(e).__name__})"
+    else:
+        ok = (
+            isinstance(row, np.ndarray)
+            and row.dtype == np.float32
+            and row.ndim == 1
+            and (dim is None or row.shape[0] == dim)
+            and bool(np.isfinite(row).all())
+            and abs(float(np.linalg.norm(row)) - 1.0) < 1e-3
+        )
+        if ok:
+            return row
+        problem = "not a unit float32 embedding of this model"
+    log.warning("text embedding cache file %s is %s: computing it again", path, problem)
+    return None

@@ -1,0 +1,209 @@
+"""The default SimFeatUp weights: pinned, checked, cached atomically, re-fetched when bad.
+
+A real HTTP server on loopback serves the file; the pin (URL and digests) is replaced in
+one place, ``workers.upsampler.JBU_ONE``. No part of urllib is replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import logging
+import re
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+import workers.upsampler as up
+from workers.download import PinnedFile, content_problem, file_digests
+from workers.errors import UserError
+from workers.upsampler import JBUOne, default_upsampler_weights, load_upsampler
+
+
+class Server:
+    """Serves ``files`` (URL path -> bytes) on 127.0.0.1 and counts the requests."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                server.requests.append(self.path)
+                body = server.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    srv = Server()
+    thread = threading.Thread(target=srv.httpd.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.httpd.shutdown()
+    srv.httpd.server_close()
+    thread.join()
+
+
+@pytest.fixture(scope="module")
+def ckpt_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A real jbu_one Lightning-style checkpoint (small feat_dim), as bytes."""
+    torch.manual_seed(0)
+    model = JBUOne(feat_dim=32)
+    path = tmp_path_factory.mktemp("ckpt") / "jbu_one.ckpt"
+    torch.save({"state_dict": {f"upsampler.{k}": v for k, v in model.state_dict().items()}}, path)
+    return path.read_bytes()
+
+
+def git_blob_id(path: Path) -> str:
+    """git's own object id of a file (an oracle independent of workers.download)."""
+    return subprocess.run(
+        ["git", "hash-object", "--no-filters", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def pin_for(monkeypatch: pytest.MonkeyPatch, url: str, content: bytes) -> PinnedFile:
+    pin = PinnedFile(url=url, sha256=hashlib.sha256(content).hexdigest())
+    monkeypatch.setattr(up, "JBU_ONE", pin)
+    monkeypatch.setattr(up, "DOWNLOAD_TIMEOUT_S", 5.0)
+    return pin
+
+
+def cache_files(root: Path) -> list[str]:
+    folder = root / "upsampler"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_default_pin_names_a_commit_and_digests() -> None:
+    pin = up.JBU_ONE
+    assert re.search(r"/SegEarth-OV/[0-9a-f]{40}/", pin.url), "the URL must name a commit"
+    assert "/main/" not in pin.url and "/master/" not in pin.url
+    assert re.fullmatch(r"[0-9a-f]{64}", pin.sha256)
+    assert pin.git_blob is not None and re.fullmatch(r"[0-9a-f]{40}", pin.git_blob)
+    assert pin.filename == "xclip_jbu_one_million_aid.ckpt"
+
+
+def test_digests_match_sha256_and_git(tmp_path: Path, ckpt_bytes: bytes) -> None:
+    path = tmp_path / "w.ckpt"
+    path.write_bytes(ckpt_bytes)
+    assert file_digests(path) == (hashlib.sha256(ckpt_bytes).hexdigest(), git_blob_id(path))
+    good = PinnedFile("http://x/w.ckpt", hashlib.sha256(ckpt_bytes).hexdigest(), git_blob_id(path))
+    assert content_problem(path, good) is None
+    wrong_blob = PinnedFile(good.url, good.sha256, "0" * 40)
+    assert "git blob" in (content_problem(path, wrong_blob) or "")
+    assert "sha256" in (content_problem(path, PinnedFile(good.url, "0" * 64)) or "")
+
+
+def test_good_file_is_fetched_once_and_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Server, ckpt_bytes: bytes
+) -> None:
+    monkeypatch.setenv("REATTN_BATCH_CACHE", str(tmp_path))
+    server.files["/rev/xclip_jbu_one_million_aid.ckpt"] = ckpt_bytes
+    pin_for(monkeypatch, server.url("/rev/xclip_jbu_one_million_aid.ckpt"), ckpt_bytes)
+
+    path = default_upsampler_weights("jbu_one")
+    assert path == tmp_path / "upsampler" / "xclip_jbu_one_million_aid.ckpt"
+    assert path.read_bytes() == ckpt_bytes
+    assert cache_files(tmp_path) == [path.name]  # no temporary file left
+    assert default_upsampler_weights("jbu_one") == path
+    assert len(server.requests) == 1  # the second call used the checked cache
+    assert isinstance(load_upsampler("jbu_one", None, feat_dim=32), JBUOne)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "altered", "empty"])
+def test_damaged_cache_is_fetched_again_with_a_warning(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    server: Server,
+    ckpt_bytes: bytes,
+    caplog: pytest.LogCaptureFixture,
+    damage: str,
+) -> None:
+    monkeypatch.setenv("REATTN_BATCH_CACHE", str(tmp_path))
+    server.files["/rev/w.ckpt"] = ckpt_bytes
+    pin_for(monkeypatch, server.url("/rev/w.ckpt"), ckpt_bytes)
+    cached = tmp_path / "upsampler" / "w.ckpt"
+    cached.parent.mkdir(parents=True)
+    bad = {
+        "truncated": ckpt_bytes[: len(ckpt_bytes) // 2],
+        "altered": ckpt_bytes[:-1] + bytes([ckpt_bytes[-1] ^ 1]),  # same size, one bit
+        "empty": b"",
+    }[damage]
+    cached.write_bytes(bad)
+
+    with caplog.at_level(logging.WARNING, logger="workers.download"):
+        assert default_upsampler_weights("jbu_one") == cached
+    assert cached.read_bytes() == ckpt_bytes
+    assert server.requests == ["/rev/w.ckpt"]
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "damaged" in warning and str(cached) in warning and "sha256" in warning
+    assert cache_files(tmp_path) == ["w.ckpt"]
+
+
+def test_wrong_bytes_from_the_server_are_refused_and_nothing_is_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Server, ckpt_bytes: bytes
+) -> None:
+    monkeypatch.setenv("REATTN_BATCH_CACHE", str(tmp_path))
+    url = server.url("/rev/w.ckpt")
+    pin_for(monkeypatch, url, ckpt_bytes)
+    server.files["/rev/w.ckpt"] = ckpt_bytes[:-10] + b"0123456789"  # a tampered copy
+
+    with pytest.raises(UserError) as err:
+        default_upsampler_weights("jbu_one")
+    msg = str(err.value)
+    assert "\n" not in msg and url in msg and "sha256" in msg
+    assert "--upsampler-weights" in msg and "--upsampler bilinear" in msg
+    assert cache_files(tmp_path) == []  # no partial or temporary file
+
+    with pytest.raises(UserError, match="could not be fetched"):  # and so with load_upsampler
+        load_upsampler("jbu_one", None, feat_dim=32)
+    assert cache_files(tmp_path) == []
+
+
+def test_oversized_download_is_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Server, ckpt_bytes: bytes
+) -> None:
+    monkeypatch.setenv("REATTN_BATCH_CACHE", str(tmp_path))
+    url = server.url("/rev/w.ckpt")
+    server.files["/rev/w.ckpt"] = bytes(3 << 20)
+    pin = PinnedFile(url, hashlib.sha256(ckpt_bytes).hexdigest(), max_bytes=1 << 20)
+    monkeypatch.setattr(up, "JBU_ONE", pin)
+    with pytest.raises(UserError, match="more than 1048576 bytes"):
+        default_upsampler_weights("jbu_one")
+    assert cache_files(tmp_path) == []
+
+
+def test_offline_is_one_line_naming_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ckpt_bytes: bytes
+) -> None:
+    monkeypatch.setenv("REATTN_BATCH_CACHE", str(tmp_path))
+    pin_for(monkeypatch, "http://127.0.0.1:9/w.ckpt", ckpt_bytes)  # port 9: nobody listens
+    with pytest.raises(UserError) as err:
+        default_upsampler_weights("jbu_one")
+    msg = str(err.value)
+    assert "\n" not in msg and "http://127.0.0.1:9/w.ckpt" in msg
+    assert "--upsampler-weights PATH" in msg and "--upsampler bilinear" in msg
+    assert cache_files(tmp_path) == []

@@ -1,0 +1,147 @@
+"""Fetching a pinned file into the local cache: checked, written atomically, re-fetched if bad.
+
+A :class:`PinnedFile` names a URL at a fixed revision (a commit hash, never a branch) and
+the digests its bytes must have. :func:`fetch_pinned` returns a cached copy only after
+checking its digests, so a truncated or altered cache file is noticed (and fetched again,
+with a warning) on every call, not only the first. A download streams into a temporary
+file in the cache folder, is checked, flushed to disk and only then renamed over the
+destination with ``os.replace``: readers see the old file or the complete new one, never
+a partial file, and a failed download leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import tempfile
+import urllib.request
+from http.client import HTTPException
+from pathlib import Path
+
+from workers.errors import UserError
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class PinnedFile:
+    """A file fetched from a fixed revision and accepted only with the expected content.
+
+    url: where to fetch it; it names an immutable revision (a commit hash).
+    sha256: hex sha256 of the file's bytes.
+    git_blob: git's object id of the file (SHA-1 of ``b"blob <size>\\0" + bytes``) as the
+        repository's tree at the pinned commit lists it, or None; when given it is checked
+        too, so the file must match what the repository itself records for that commit.
+    max_bytes: a download that grows past this is stopped (a hostile or broken server
+        cannot fill the disk).
+    """
+
+    url: str
+    sha256: str
+    git_blob: str | None = None
+    max_bytes: int = 256 << 20
+
+    @property
+    def filename(self) -> str:
+        return self.url.rstrip("/").rpartition("/")[2]
+
+
+def file_digests(path: Path) -> tuple[str, str]:
+    """(sha256, git blob id) of a file's bytes, read once."""
+    size = path.stat().st_size
+    sha256, blob = hashlib.sha256(), hashlib.sha1(f"blob {size}\0".encode())
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            sha256.update(chunk)
+            blob.update(chunk)
+    return sha256.hexdigest(), blob.hexdigest()
+
+
+def content_problem(path: Path, pin: PinnedFile) -> str | None:
+    """Why ``path`` is not the pinned file (one short phrase), or None when it is."""
+    try:
+        sha256, blob = file_digests(path)
+    except OSError as e:
+        return f"unreadable: {e.strerror or type(e).__name__}"
+    if sha256 != pin.sha256.lower():
+        return f"sha256 {sha256[:12]}... is not the pinned {pin.sha256[:12]}..."
+    if pin.git_blob is not None and blob != pin.git_blob.lower():
+        return f"git blob {blob[:12]}... is not the pinned {pin.git_blob[:12]}..."
+    return None
+
+
+def fetch_pinned(
+    pin: PinnedFile, dest: Path, *, what: str, fix: str, timeout: float = 30.0
+) -> Path:
+    """``dest`` holding exactly the pinned file, downloaded from ``pin.url`` if needed.
+
+    A cached ``dest`` is checked against the pin on every call; a bad one (truncated,
+    altered, unreadable) is fetched again with a warning that says why. Any failure
+    (offline, HTTP error, wrong bytes, too large) raises a one-line :class:`UserError`
+    "``what`` could not be fetched from URL (reason); ``fix``" and leaves no partial file.
+    """
+    if dest.is_file():
+        problem = content_problem(dest, pin)
+        if problem is None:
+            return dest
+        log.warning(
+            "the cached %s %s is damaged (%s): fetching it again from %s",
+            what,
+            dest,
+            problem,
+            pin.url,
+        )
+    else:
+        log.info("downloading %s %s -> %s", what, pin.url, dest)
+    tmp: Path | None = None
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with (
+            urllib.request.urlopen(pin.url, timeout=timeout) as resp,
+            tempfile.NamedTemporaryFile(
+                dir=dest.parent, prefix=f".{dest.name}.", suffix=".part", delete=False
+            ) as f,
+        ):
+            tmp = Path(f.name)
+            size = 0
+            while chunk := resp.read(_CHUNK):
+                size += len(chunk)
+                if size > pin.max_bytes:
+                    raise ValueError(f"the server sent more than {pin.max_bytes} bytes")
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        problem = content_problem(tmp, pin)
+        if problem is not None:
+            raise ValueError(f"the server sent other bytes than the pinned file: {problem}")
+        os.replace(tmp, dest)
+        tmp = None
+        _fsync_dir(dest.parent)
+    except (OSError, HTTPException, ValueError) as e:
+        reason = _one_line(e)
+        raise UserError(f"{what} could not be fetched from {pin.url} ({reason}); {fix}") from e
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+    log.info("%s saved to %s (sha256 %s)", what, dest, pin.sha256)
+    return dest
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable where the platform allows it."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
