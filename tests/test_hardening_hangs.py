@@ -1,0 +1,154 @@
+"""Issue 11 item 4: no hangs (SPEC 3.5 "A job whose tasks cannot run anywhere ends with
+one line after a bounded wait").
+
+Real ``dask scheduler`` / ``dask worker`` processes on loopback. The run is told
+``--no-worker-timeout 5`` (the flag issue 11 asks for; job specs: ``run.no_worker_timeout``)
+and must end with ONE line naming the cause and a non-zero exit, well within the test's
+own bound; today these runs wait forever (or run on a cluster they were not asked for).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from distributed import Client
+
+from tests import hardening_helpers as h
+from tests.cluster_helpers import DASK, dask_processes
+
+NO_WORKER_TIMEOUT = ["--no-worker-timeout", "5"]
+BOUND_S = 120  # far above 5 s plus start-up on a loaded 2-core machine; "never" fails it
+
+
+@pytest.fixture
+def cache_env(tmp_path_factory) -> dict[str, str]:
+    return {"REATTN_BATCH_CACHE": str(tmp_path_factory.getbasetemp() / "cache")}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11 item 4: a scheduler with zero workers: tasks wait forever "
+    "(no --no-worker-timeout)",
+)
+def test_a_scheduler_without_workers_ends_with_one_line(tmp_path, cache_env):
+    scene = h.write_scene(tmp_path / "scene.tif", 300, 260)
+    with dask_processes(tmp_path / "dask", n_workers=0, env=cache_env) as procs:
+        result = h.cli("run", scene, *h.CLASSES, *h.TINY, "--scheduler-file",
+                       procs.scheduler_file, *NO_WORKER_TIMEOUT, "--out", tmp_path / "o.zarr",
+                       timeout=BOUND_S)  # fmt: skip
+    line = h.one_clean_error(result)
+    h.not_a_usage_error(line)
+    assert "worker" in line.lower(), line
+
+
+def _start_cpu_worker(procs, workdir) -> subprocess.Popen:
+    """One more worker, WITHOUT the GPU resource, joining the same scheduler."""
+    log = open(workdir / "cpu-worker.log", "w")  # noqa: SIM115 (closed with the process)
+    return subprocess.Popen(
+        [*DASK, "worker", "--scheduler-file", str(procs.scheduler_file), "--host", "127.0.0.1",
+         "--no-dashboard", "--name", "cpu-0", "--nthreads", "1",
+         "--local-directory", str(workdir / "cpu-worker")],
+        stdout=log, stderr=subprocess.STDOUT, env=h.env(), start_new_session=True,
+    )  # fmt: skip
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11 item 4: the GPU worker is gone (walltime, preemption) and the "
+    "remaining worker lacks the GPU resource the block tasks request: the run hangs",
+)
+def test_losing_the_only_gpu_worker_ends_with_one_line(tmp_path, cache_env):
+    """How the run requests resources today: model tasks ask for GPU=1 when any worker
+    advertises GPU (pipeline cluster info), so the blocks left after the GPU worker dies
+    can run nowhere."""
+    scene = h.write_scene(tmp_path / "scene.tif", 1536, 1024)  # 6 blocks of 512
+    store = tmp_path / "o.zarr"
+    with dask_processes(tmp_path / "dask", n_workers=1, env=cache_env) as procs:
+        cpu = _start_cpu_worker(procs, tmp_path / "dask")
+        try:
+            with Client(scheduler_file=str(procs.scheduler_file), timeout="60s") as client:
+                client.wait_for_workers(2, timeout=120)
+            run = h.start("run", scene, *h.CLASSES, *h.TINY, "--block-size", 512,
+                          "--scheduler-file", procs.scheduler_file, *NO_WORKER_TIMEOUT,
+                          "--out", store, extra_env=cache_env)  # fmt: skip
+            try:
+                h.wait_for(lambda: h.done_blocks(store) >= 1, 240, "a first block", run)
+            except BaseException:
+                h.kill_group(run)
+                raise
+            os.killpg(procs.procs[1].pid, signal.SIGKILL)  # the GPU worker and its nanny
+            killed = time.monotonic()
+            result = h.finish(run, timeout=BOUND_S)
+        finally:
+            h.kill_group(cpu)
+    assert result.seconds < BOUND_S, f"no end {time.monotonic() - killed:.0f} s after the loss"
+    line = h.one_clean_error(result)
+    assert "GPU" in line, line
+    assert h.done_blocks(store) < 6 and h.attrs(store).get("complete") is not True
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    "option",
+    [
+        pytest.param(["--workers", "0"], id="workers-0"),
+        pytest.param(["--workers", "-1"], id="workers-negative"),
+        pytest.param(["--threads-per-worker", "0"], id="threads-0"),
+    ],
+)
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11 item 4: --workers 0 / --threads-per-worker 0 silently become 1 and "
+    "--workers -1 starts a cluster without workers that never finishes",
+)
+def test_nonpositive_workers_or_threads_are_refused_with_one_line(tmp_path, option):
+    scene = h.write_scene(tmp_path / "scene.tif", 300, 260)
+    store = tmp_path / "o.zarr"
+    result = h.cli("run", scene, *h.CLASSES, *h.TINY, *option, "--out", store, timeout=BOUND_S)
+    line = h.one_clean_error(result)
+    assert option[0] in line, line
+    assert not store.exists()
+
+
+JOB_SPEC = """\
+scenes:
+  list: [scene.tif]
+classes: building,road,water,tree
+model:
+  clip_weights: random
+  upsampler: bilinear
+  device: cpu
+  config:
+    clip_model: ViT-T-16-test
+run:
+  no_worker_timeout: 5
+output_root: labels
+cluster:
+  scheduler_file: {scheduler_file}
+"""
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11 item 4: job specs have no run.no_worker_timeout, and a regional job "
+    "on a cluster without workers hangs",
+)
+def test_a_regional_job_without_workers_records_the_scene_as_failed(tmp_path, cache_env):
+    h.write_scene(tmp_path / "scene.tif", 300, 260)
+    with dask_processes(tmp_path / "dask", n_workers=0, env=cache_env) as procs:
+        spec = tmp_path / "job.yaml"
+        spec.write_text(JOB_SPEC.format(scheduler_file=procs.scheduler_file))
+        result = h.cli("job", "run", spec, timeout=BOUND_S)
+    assert not result.timed_out, "the job hung"
+    assert result.rc == 1, result.stderr[-3000:]  # a failed scene, not a bad spec (2)
+    summary = json.loads((tmp_path / "labels" / "summary.json").read_text())
+    (entry,) = summary["scenes"]
+    assert entry["status"] == "failed" and "worker" in entry["message"].lower(), entry
