@@ -32,8 +32,13 @@ from workers.config import METHODS
 from workers.errors import UserError
 from workers.upsampler import UPSAMPLER_KINDS
 
-#: Default output block edge in native pixels (a multiple of the Zarr chunk).
-DEFAULT_BLOCK_SIZE = 2048
+#: ``--block-size auto``: the smallest chunk multiple whose halo redundancy is at most
+#: HALO_TARGET for the scene and model grid, within the memory guard (pipeline/grid/block_size.py).
+AUTO_BLOCK = "auto"
+#: Default output block edge: ``auto``, or a number of native pixels (a multiple of the chunk).
+DEFAULT_BLOCK_SIZE = AUTO_BLOCK
+#: The halo redundancy ``auto`` keeps the block under (0.10: at most 10 % extra crop runs).
+HALO_TARGET = 0.10
 DEVICES = ("auto", "cpu", "cuda")
 CLIP_WEIGHT_NAMES = ("openai", "random")  # besides a file path
 
@@ -85,7 +90,7 @@ class SceneSettings(Settings):
     """How a scene is mapped: the ``run:`` section of a job spec, the `run` flags."""
 
     gsd: float | None = Field(None, gt=0.0)  # model pixel size in CRS units (None: native)
-    block_size: StrictInt = DEFAULT_BLOCK_SIZE
+    block_size: Literal[AUTO_BLOCK] | StrictInt = DEFAULT_BLOCK_SIZE
     bands: tuple[StrictInt, ...] | None = None  # 1-based source bands used as R, G, B
     stretch: tuple[float, float] | None = None  # LO, HI to 0..255 for non-uint8 data
     variable: str | None = None  # the (band, y, x) array of a Zarr scene
@@ -102,11 +107,19 @@ class SceneSettings(Settings):
 
     _split_stretch = field_validator("stretch", mode="before")(_comma_list)
 
+    @field_validator("block_size", mode="before")
+    @classmethod
+    def _block_size_text(cls, value: Any) -> Any:
+        """ "2048" (a flag) -> 2048; "auto" and numbers pass through."""
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        return value
+
     @field_validator("block_size")
     @classmethod
-    def _block_size(cls, value: int) -> int:
-        if value <= 0 or value % CHUNK:
-            raise ValueError(f"must be a positive multiple of {CHUNK}")
+    def _block_size(cls, value: int | str) -> int | str:
+        if value != AUTO_BLOCK and (value <= 0 or value % CHUNK):
+            raise ValueError(f"must be {AUTO_BLOCK!r} or a positive multiple of {CHUNK}")
         return value
 
     @field_validator("bands")
@@ -127,7 +140,9 @@ class SceneSettings(Settings):
 
 
 #: SceneSettings fields that decide the labels (the rest do not enter the fingerprint).
-FINGERPRINTED = ("bands", "stretch", "variable", "block_size")
+#: Not block_size: labels are identical for any block size; a resumed run takes the
+#: block size recorded in its store (its completion records are per block).
+FINGERPRINTED = ("bands", "stretch", "variable")
 
 
 class ClusterSettings(Settings):

@@ -246,4 +246,4 @@ def test_the_example_spec_is_valid(tmp_path):
     assert job.classes.names == ["background", "building", "road", "water", "tree"]
     assert job.model.cfg.method == "reattnclip" and job.model.upsampler == "jbu_one"
     assert job.scenes == (str(tmp_path / "cogs" / "t1.tif"),)
-    assert job.output_root == Path("/data/region/labels") and job.settings.block_size == 2048
+    assert job.output_root == Path("/data/region/labels") and job.settings.block_size == "auto"

@@ -30,7 +30,7 @@ def test_cli_choices_and_defaults_are_the_schemas():
         assert choices(command, "--method") == list(METHODS)
         assert choices(command, "--upsampler") == list(UPSAMPLER_KINDS)
     (block,) = [p for p in cli.commands["run"].params if "--block-size" in p.opts]
-    assert block.default == DEFAULT_BLOCK_SIZE == SceneSettings().block_size == 2048
+    assert block.default == DEFAULT_BLOCK_SIZE == SceneSettings().block_size == "auto"
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,11 @@ The text embeddings are computed once, by a task of their own, and handed to eve
 from __future__ import annotations
 
 import dataclasses
+import operator
+import time
+from typing import Any
+
+import numpy as np
 
 from pipeline.blocks.task import BlockTask, run_block
 from pipeline.grid.grids import BlockGrid
@@ -12,16 +17,32 @@ from pipeline.run.bounded import bounded_as_completed, window_for
 from pipeline.run.cluster import ClusterInfo
 from pipeline.run.progress import RunProgress
 from workers.errors import UserError
-from workers.model_cache import embed_queries
+from workers.model_cache import model_parts
+from workers.text import query_embeddings
 
 
 @dataclasses.dataclass(frozen=True)
 class Computed:
-    """What the submitted blocks did: crops run, crops they touch, MP/s."""
+    """What the submitted blocks did: crops run, crops they touch, crops of the scene
+    that hold data (each once: the block owning its centre counts it), MP/s, seconds by
+    report phase summed over tasks (the text task's included), the segmenter's facts."""
 
     crops: int
     crops_touching: int
     megapixels_per_second: float
+    crops_in_scene: int = 0
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    facts: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def embed_queries_timed(spec, queries: list[str]) -> tuple[np.ndarray, dict[str, float]]:
+    """The text task: (Q, D) unit text embeddings with this worker's cached model, and
+    its seconds: ``load`` (the model, from the worker cache) and ``text``."""
+    start = time.perf_counter()
+    backbone, _ = model_parts(spec)
+    loaded = time.perf_counter()
+    embeddings = query_embeddings(backbone, queries).numpy()
+    return embeddings, {"load": loaded - start, "text": time.perf_counter() - loaded}
 
 
 def block_result(future, grid: BlockGrid, out: str):
@@ -48,7 +69,8 @@ def submit_blocks(
     """Run blocks ``todo`` through a bounded window; ``done`` blocks are already finished;
     ``key`` makes the task keys of this run its own."""
     resources = {"GPU": 1} if info.gpu_resources else None
-    queries = client.submit(embed_queries, task.model, task.classes.queries, resources=resources)
+    text = client.submit(embed_queries_timed, task.model, task.classes.queries, resources=resources)
+    queries = client.submit(operator.itemgetter(0), text)
 
     def submit(index: int):
         return client.submit(
@@ -56,11 +78,20 @@ def submit_blocks(
         )
 
     finished = bounded_as_completed(submit, todo, window_for(info.total_threads))
-    crops = touched = 0
+    crops = touched = owned = 0
+    seconds: dict[str, float] = {}
+    facts: dict[str, Any] = {}
     with RunProgress(len(task.grid), done_blocks=done) as progress:
         for future in finished:
             result = block_result(future, task.grid, task.store)
             crops += result.crops
             touched += result.crops_touching
+            owned += result.crops_owned
+            for phase, value in result.phases.items():
+                seconds[phase] = seconds.get(phase, 0.0) + value
+            facts = facts or result.facts
             progress.advance(result.pixels)
-        return Computed(crops, touched, progress.megapixels_per_second)
+        if todo:
+            for phase, value in text.result()[1].items():
+                seconds[phase] = seconds.get(phase, 0.0) + value
+        return Computed(crops, touched, progress.megapixels_per_second, owned, seconds, facts)

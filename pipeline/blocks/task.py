@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ import torch
 from pipeline import store
 from pipeline.blocks.reading import BlockInput, native_valid
 from pipeline.grid.grids import BlockGrid
+from pipeline.report import Clock, TimedSegmenter, model_facts
 from pipeline.scene import SceneInfo
 from pipeline.store import NODATA
 from workers.classes import ClassList
@@ -42,11 +44,19 @@ class BlockTask:
 
 @dataclasses.dataclass(frozen=True)
 class BlockResult:
+    """What a block task did. ``phases``: its seconds by report phase (pipeline.report):
+    load (model from the worker cache, waiting for pixels, the nodata mask), model
+    (crop forward passes), post (resampling, labels), write (store and record);
+    ``facts``: device, dtype and batch_size of the segmenter it ran on."""
+
     index: int
     pixels: int  # native pixels in the block
     crops: int  # crops run (all-nodata crops skipped)
     crops_touching: int  # crops touching the block's model region
+    crops_owned: int  # crops run whose centre lies in this block's native box
     seconds: float
+    phases: dict[str, float] = dataclasses.field(default_factory=dict)
+    facts: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def run_block(task: BlockTask, index: int, queries: np.ndarray) -> BlockResult:
@@ -56,24 +66,30 @@ def run_block(task: BlockTask, index: int, queries: np.ndarray) -> BlockResult:
     store.mark_block_started(task.store, index)
     if task.torch_threads and torch.get_num_threads() != task.torch_threads:
         torch.set_num_threads(task.torch_threads)  # Dask sets OMP_NUM_THREADS=1 in workers
-    segmenter = segmenter_for(task.model, queries)
-    touching = task.grid.crops_touching(block.model)
-    block_input = BlockInput(task, block)
+    clock = Clock()
+    with clock.phase("load"):
+        segmenter = TimedSegmenter(segmenter_for(task.model, queries))
+        touching = task.grid.crops_touching(block.model)
+        block_input = BlockInput(task, block)
     crops: list[Box] = []
 
     def keep(crop: Box) -> bool:  # waits for the crop's rows; skips all-nodata crops
-        if block_input.crop_has_data(crop):
+        with clock.phase("load"):
+            has_data = block_input.crop_has_data(crop)
+        if has_data:
             crops.append(crop)
-            return True
-        return False
+        return has_data
 
     try:
         total, count = accumulate_logits(
             segmenter, block_input.pixels, block_input.origin, touching, block.model, keep
         )
-        valid_out = native_valid(task, block, block_input)
+        with clock.phase("load"):
+            valid_out = native_valid(task, block, block_input)
     finally:
         block_input.close()
+    clock.add("model", segmenter.model_seconds)
+    post = time.perf_counter()
     mean = total / count  # NaN where no crop ran (all-nodata surroundings)
     grid = task.grid.model_grid
     if not grid.is_native:
@@ -100,13 +116,18 @@ def run_block(task: BlockTask, index: int, queries: np.ndarray) -> BlockResult:
     if task.save_confidence:
         conf = np.floor(confidence.cpu().numpy() * 254 + 0.5).astype(np.uint8)
         conf[nodata] = NODATA
-    store.write_block(task.store, block.native.y0, block.native.x0, labels, conf)
-    store.mark_block_done(task.store, index)
+    clock.add("post", time.perf_counter() - post)
+    with clock.phase("write"):
+        store.write_block(task.store, block.native.y0, block.native.x0, labels, conf)
+        store.mark_block_done(task.store, index)
     height, width = block.native.shape
     return BlockResult(
         index=index,
         pixels=height * width,
         crops=len(crops),
         crops_touching=len(touching),
+        crops_owned=sum(task.grid.owner_of(crop) == index for crop in crops),
         seconds=time.perf_counter() - start,
+        phases=clock.seconds,
+        facts=model_facts(segmenter),
     )

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from pipeline.settings import (
+    HALO_TARGET,
     ClusterSettings,
     ModelSettings,
     SceneSettings,
@@ -101,6 +102,13 @@ model_options = apply(
     ]
 )
 
+report_option = click.option(
+    "--report",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write a JSON report: seconds (load, text, model, write, total), crops run, "
+    "device, dtype, batch size.",
+)
+
 scene_options = apply(
     [
         click.option(
@@ -110,10 +118,10 @@ scene_options = apply(
         ),
         click.option(
             "--block-size",
-            type=int,
             default=option_default(SceneSettings, "block_size"),
             show_default=True,
-            help=f"Output block in px (multiple of {CHUNK}).",
+            help=f"Output block in px (multiple of {CHUNK}), or auto: the smallest whose "
+            f"halo redundancy is <= {HALO_TARGET:.0%} within worker memory.",
         ),
         click.option("--bands", help="Source bands used as R,G,B (1-based), e.g. 3,2,1."),
         click.option(

@@ -14,6 +14,7 @@ from pipeline.cli.options import (
     cluster_settings,
     local_cluster_options,
     model_options,
+    report_option,
     scene_options,
     scene_settings,
     scheduler_options,
@@ -44,13 +45,21 @@ CLUSTER_KEYS = ("scheduler", "scheduler_file", "workers", "threads_per_worker")
     is_flag=True,
     help="Finish an existing store of the same run, redoing only unfinished blocks.",
 )
+@report_option
 def run_command(
-    scene: str, out: Path | None, overwrite: bool, resume: bool, **options: Any
+    scene: str,
+    out: Path | None,
+    overwrite: bool,
+    resume: bool,
+    report: Path | None,
+    **options: Any,
 ) -> None:
     """Map a whole scene (GeoTIFF/COG/Zarr, local or remote) into a label Zarr store."""
+    from pipeline.report import Clock, write_run_report
     from pipeline.run.request import SceneRequest, default_out
     from pipeline.run.spine import run_scene
 
+    clock = Clock()
     if overwrite and resume:
         raise UserError("pass --overwrite (start again) or --resume (finish), not both")
     settings = scene_settings(take(options, SCENE_KEYS))
@@ -73,3 +82,6 @@ def run_command(
         summary.out, summary.blocks, summary.computed, summary.skipped, summary.crops,
         summary.megapixels_per_second,
     )  # fmt: skip
+    if report is not None:
+        write_run_report(report, summary, wall_seconds=clock.totals()["total"])
+        log.info("wrote report %s", report)

@@ -18,6 +18,7 @@ which is what makes the stitched labels independent of the block size.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 
@@ -166,7 +167,53 @@ class BlockGrid:
     def blocks(self) -> list[Block]:
         return [self.block_at(i) for i in range(len(self))]
 
+    def axis_model_ranges(self, axis: int) -> list[tuple[int, int]]:
+        """Per block along ``axis`` (0 rows, 1 cols): its model-grid range [lo, hi).
+
+        The same ranges as ``block_at(i).model`` (a block's model box is the product
+        of its row range and its column range), without building any block.
+        """
+        size = self.native_shape[axis]
+        starts = range(0, size, self.block)
+        native = [(s, min(s + self.block, size)) for s in starts]
+        if self.model_grid.is_native:
+            return native
+        mapping = self.model_grid.rows if axis == 0 else self.model_grid.cols
+        return [mapping.sources_for_targets(lo, hi, from_model=True) for lo, hi in native]
+
+    def axis_crop_runs(self, axis: int) -> tuple[int, int]:
+        """(sum over blocks along ``axis`` of the crop starts touching each, crop starts).
+
+        Crops touching a block are the product of the starts touching its row range and
+        those touching its column range, so summed over all blocks the crop runs are
+        ``rows_sum * cols_sum``: O(blocks per axis * log(crops per axis)).
+        """
+        starts = crop_starts(self.model_grid.shape[axis], self.crop, self.stride)
+        runs = sum(
+            bisect.bisect_left(starts, hi) - bisect.bisect_right(starts, lo - self.crop)
+            for lo, hi in self.axis_model_ranges(axis)
+        )
+        return runs, len(starts)
+
+    def crop_runs(self) -> int:
+        """Crops run by all blocks together (halo duplicates included)."""
+        return self.axis_crop_runs(0)[0] * self.axis_crop_runs(1)[0]
+
     def halo_redundancy(self) -> float:
-        """Extra crop runs from halos: sum over blocks of their crops / crops in the scene - 1."""
-        total = sum(len(self.crops_touching(b.model)) for b in self.blocks())
-        return total / len(self.crops()) - 1.0
+        """Extra crop runs from halos: sum over blocks of their crops / crops in the scene - 1.
+
+        Computed separably per axis (:meth:`axis_crop_runs`), O(blocks per axis).
+        """
+        (rows, n_rows), (cols, n_cols) = self.axis_crop_runs(0), self.axis_crop_runs(1)
+        return rows * cols / (n_rows * n_cols) - 1.0
+
+    def owner_of(self, crop: Box) -> int:
+        """The block whose native box holds ``crop``'s centre: every crop has exactly one.
+
+        The centre in model edge coordinates, (y0 + y1) / 2, is scaled to native edge
+        coordinates and floored to a native pixel (integer arithmetic, clamped).
+        """
+        (mh, mw), (h, w) = self.model_grid.shape, self.native_shape
+        row = min((crop.y0 + crop.y1) * h // (2 * mh), h - 1)
+        col = min((crop.x0 + crop.x1) * w // (2 * mw), w - 1)
+        return (row // self.block) * self.counts[1] + col // self.block

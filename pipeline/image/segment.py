@@ -14,12 +14,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.image.io import read_rgb, resize_long_side
+from pipeline.image.io import read_rgb, rescaled_size, resize_long_side
+from pipeline.report import Clock, TimedSegmenter, model_facts
 from workers.classes import ClassList
-from workers.model_spec import ModelSpec, build_segmenter
+from workers.model_spec import ModelSpec, load_model_parts
 from workers.postprocess import labels_from_logits
-from workers.segmenter import CropSegmenter, normalise
-from workers.sliding import slide_inference
+from workers.segmenter import CropSegmenter, normalise, resolve_device
+from workers.sliding import crop_grid, slide_inference
+from workers.text import query_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +57,26 @@ def segment_array(
 
 @torch.no_grad()
 def segment_file(
-    path: Path, spec: ModelSpec, classes: ClassList, long_side: int | None
+    path: Path,
+    spec: ModelSpec,
+    classes: ClassList,
+    long_side: int | None,
+    clock: Clock | None = None,
 ) -> Segmentation:
-    rgb = read_rgb(path)
-    segmenter = build_segmenter(spec, classes)
+    """Segment the image at ``path``; ``clock`` (--report) gets the load, text and model
+    seconds and, in ``clock.facts``, the crops run, device, dtype and batch size."""
+    clock = clock or Clock()
+    with clock.phase("load"):
+        rgb = read_rgb(path)
+        device = resolve_device(spec.device)
+        backbone, upsampler = load_model_parts(spec)
+    with clock.phase("text"):
+        queries = query_embeddings(backbone, classes.queries)
+    with clock.phase("load"):
+        segmenter = CropSegmenter(
+            backbone=backbone, cfg=spec.cfg, queries=queries, upsampler=upsampler, device=device
+        )
+    timed = TimedSegmenter(segmenter)
     log.info(
         "segmenting %s (%dx%d) with %s on %s, %d queries",
         path,
@@ -68,4 +86,9 @@ def segment_file(
         segmenter.device,
         segmenter.num_queries,
     )
-    return segment_array(segmenter, classes, rgb, long_side)
+    result = segment_array(timed, classes, rgb, long_side)
+    clock.add("model", timed.model_seconds)
+    model_h, model_w = rescaled_size(*rgb.shape[:2], long_side) if long_side else rgb.shape[:2]
+    crops = len(crop_grid(model_h, model_w, spec.cfg.crop, spec.cfg.stride))
+    clock.facts = {"crops_run": crops, **model_facts(segmenter)}
+    return result

@@ -17,7 +17,7 @@ from pipeline.settings import FINGERPRINTED
 # Store attributes that decide the labels; a resumed run must match them all.
 RUN_KEYS = (
     "scene_identity", "bands", "stretch", "variable", "classes", "method", "hyperparameters",
-    "upsampler", "weights", "model_gsd", "block_size",
+    "upsampler", "weights", "model_gsd",
 )  # fmt: skip
 
 
@@ -58,7 +58,7 @@ def run_attrs(request: SceneRequest, plan: Plan, weights: dict, fingerprint: str
         "native_gsd": scene.gsd,
         "model_gsd": plan.model_gsd,
         "model_grid_shape": list(plan.grid.model_grid.shape),
-        "block_size": request.settings.block_size,
+        "block_size": plan.grid.block,  # resolved (`auto` -> px); a resume reuses it
         "classes": request.classes.as_dict(),
         "method": request.model.cfg.method,
         "hyperparameters": request.model.cfg.as_dict(),

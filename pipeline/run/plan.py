@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+from collections.abc import Callable
 
+from pipeline.grid.block_size import choose_block_size
 from pipeline.grid.grids import BlockGrid, ModelGrid
 from pipeline.run.request import SceneRequest
 from pipeline.scene import SceneInfo, open_scene
+from pipeline.settings import AUTO_BLOCK
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,8 +32,24 @@ def plan(request: SceneRequest) -> Plan:
     )
     model_gsd = settings.gsd or scene.gsd
     model_grid = ModelGrid.for_gsd((scene.height, scene.width), scene.gsd, model_gsd)
-    cfg = request.model.cfg
-    grid = BlockGrid(
-        model_grid=model_grid, block=settings.block_size, crop=cfg.crop, stride=cfg.stride
-    )
+    grid = block_grid(model_grid, settings.block_size, request.model.cfg)
     return Plan(scene=scene, grid=grid, model_gsd=model_gsd)
+
+
+def block_grid(
+    model_grid: ModelGrid,
+    block_size: int | str,
+    cfg,
+    fits: Callable[[BlockGrid], bool] | None = None,
+) -> BlockGrid:
+    """The block grid for ``block_size`` (a number, or ``auto`` resolved for this scene
+    and model grid, within ``fits``: the memory guard; pipeline/grid/block_size.py)."""
+    if block_size == AUTO_BLOCK:
+        choice = choose_block_size(model_grid, cfg.crop, cfg.stride, fits=fits)
+        if fits is not None:
+            log.info(
+                "--block-size auto: %d px, halo redundancy %.1f %%",
+                choice.block, 100 * choice.redundancy,
+            )  # fmt: skip
+        block_size = choice.block
+    return BlockGrid(model_grid=model_grid, block=block_size, crop=cfg.crop, stride=cfg.stride)

@@ -17,6 +17,8 @@ nothing behind.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 from contextlib import nullcontext
 from pathlib import Path
@@ -26,12 +28,15 @@ from distributed import Client
 from pipeline import store
 from pipeline.blocks.submit import submit_blocks
 from pipeline.blocks.task import BlockTask
+from pipeline.grid.grids import BlockGrid
 from pipeline.run.cluster import ClusterInfo, connect
 from pipeline.run.fingerprint import RUN_KEYS, run_attrs, run_fingerprint
-from pipeline.run.guard import check_block_memory
-from pipeline.run.plan import plan
+from pipeline.run.guard import check_block_memory, feature_channels, fits_worker, guard_batch_size
+from pipeline.run.plan import Plan, block_grid, plan
 from pipeline.run.request import SceneRequest
 from pipeline.run.summary import RunSummary, finish
+from pipeline.settings import AUTO_BLOCK
+from pipeline.store.create import looks_like_zarr
 from workers.model_spec import describe_weights
 
 log = logging.getLogger(__name__)
@@ -50,13 +55,18 @@ def run_scene(
     connecting = connect(request.cluster) if connection is None else nullcontext(connection)
     with connecting as (client, info):
         log.info("Dask dashboard: %s", info.dashboard)
-        need = check_block_memory(
-            grid,
-            queries=len(request.classes.queries),
-            batch=request.model.cfg.batch_size,
-            upsampler=request.model.upsampler,
-            worker_limit=info.worker_memory_limit,
-        )
+        memory = {
+            "queries": len(request.classes.queries),
+            "batch": guard_batch_size(
+                request.model, len(request.classes.queries), info.gpu_resources
+            ),
+            "upsampler": request.model.upsampler,
+            "worker_limit": info.worker_memory_limit,
+            "channels": feature_channels(request.model.cfg),
+        }
+        layout = dataclasses.replace(layout, grid=_final_grid(request, layout, memory))
+        grid = layout.grid
+        need = check_block_memory(grid, **memory)
         log.info("block task memory estimate %.2f GiB", need.total / 2**30)
         done = store.prepare(
             out,
@@ -114,4 +124,29 @@ def run_scene(
         skipped=len(done),
         crops=computed.crops,
         megapixels_per_second=computed.megapixels_per_second,
+        crops_in_scene=computed.crops_in_scene,
+        seconds=computed.seconds,
+        facts=computed.facts,
+        block_size=grid.block,
+    )
+
+
+def _final_grid(request: SceneRequest, layout: Plan, memory: dict) -> BlockGrid:
+    """The block grid this run uses: a resumed store's recorded block size (its completion
+    records are per block; labels do not depend on it), else ``--block-size`` with
+    ``auto`` resolved within the memory guard."""
+    out = Path(request.out)
+    if request.resume and looks_like_zarr(out):
+        recorded = store.read_attrs(out).get("block_size")
+        if isinstance(recorded, int) and recorded > 0:
+            asked = request.settings.block_size
+            if asked not in (recorded, AUTO_BLOCK):
+                log.warning(
+                    "--resume: using the store's block size %d px, not --block-size %s",
+                    recorded, asked,
+                )  # fmt: skip
+            return dataclasses.replace(layout.grid, block=recorded)
+    fits = functools.partial(fits_worker, **memory)
+    return block_grid(
+        layout.grid.model_grid, request.settings.block_size, request.model.cfg, fits=fits
     )

@@ -17,6 +17,10 @@ class RunSummary:
     skipped: int
     crops: int
     megapixels_per_second: float
+    crops_in_scene: int = 0  # crops of the global grid holding data, run by this run's blocks
+    seconds: dict = dataclasses.field(default_factory=dict)  # by phase, summed over tasks
+    facts: dict = dataclasses.field(default_factory=dict)  # device, dtype, batch_size
+    block_size: int = 0
 
 
 def finish(out: str, *, todo: int, done: int, in_flight: int, computed: Computed) -> None:

@@ -1,0 +1,103 @@
+"""`--report FILE` on `segment` and `run` (issue 9 item 5), and `run`'s labels across
+crop batch sizes (item 3): tiny random model, real rasters."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import zarr
+
+from pipeline.cli import main
+from pipeline.grid.grids import BlockGrid, ModelGrid
+from tests.conftest import koeln_window_tif, shared_file
+from workers.sliding import crop_grid
+
+TINY = ["--clip-weights", "random", "--set", "clip_model=ViT-T-16-test", "--upsampler", "bilinear"]
+SEGEARTH = ["--method", "segearth-ov"]  # one trunk pass a crop: keeps the runs short
+CLASSES = ["--classes", "building,road,water,tree"]
+PHASES = ("load", "text", "model", "write", "total")
+
+
+def run_cli(*args: object) -> None:
+    main(["run", *(str(a) for a in args)])
+
+
+def labels_of(store) -> np.ndarray:
+    return zarr.open_group(str(store), mode="r")["labels"][:]
+
+
+def read_report(path) -> dict:
+    report = json.loads(path.read_text())
+    seconds = report["seconds"]
+    assert set(PHASES) <= set(seconds) and all(seconds[k] >= 0 for k in seconds)
+    assert 0 < seconds["model"] <= seconds["total"] or report["seconds_are"]
+    assert report["device"] == "cpu" and report["dtype"] == "fp32"
+    return report
+
+
+def test_segment_report(tmp_path):
+    image = koeln_window_tif(tmp_path, 300, 250)
+    report = tmp_path / "r.json"
+    main(["segment", image, *CLASSES, *TINY, *SEGEARTH, "--resize", "none",
+          "-o", str(tmp_path / "p.png"), "--report", str(report)])  # fmt: skip
+    body = read_report(report)
+    assert body["crops_run"] == len(crop_grid(250, 300, 224, 112)) == 4
+    assert body["batch_size"] == 1  # auto on CPU
+    assert body["seconds"]["model"] + body["seconds"]["load"] <= body["seconds"]["total"]
+
+
+@pytest.fixture(scope="module")
+def koeln(tmp_path_factory) -> str:
+    return koeln_window_tif(tmp_path_factory.mktemp("scene"), 900, 700)
+
+
+def test_run_report_counts_halo_and_batches_do_not_change_labels(tmp_path, koeln):
+    """All-data scene: crops_run / crops_in_scene - 1 is the grid's halo redundancy, and
+    crops_in_scene is the global grid; CPU fp32 labels are identical at batch 1 and 3."""
+    one, three = tmp_path / "b1.zarr", tmp_path / "b3.zarr"
+    report = tmp_path / "run.json"
+    run_cli(koeln, *CLASSES, *TINY, *SEGEARTH, "--block-size", 512, "--out", one,
+            "--report", report)  # fmt: skip
+    body = read_report(report)
+    grid = BlockGrid(ModelGrid((700, 900), (700, 900)), 512, 224, 112)
+    assert body["blocks"] == len(grid) == 4 and body["block_size"] == 512
+    assert body["crops_in_scene"] == len(crop_grid(700, 900, 224, 112))
+    assert body["crops_run"] == grid.crop_runs() > body["crops_in_scene"]
+    assert body["crops_run"] / body["crops_in_scene"] - 1 == pytest.approx(
+        grid.halo_redundancy(), abs=1e-12
+    )
+    assert body["batch_size"] == 1 and "summed" in body["seconds_are"]
+    run_cli(koeln, *CLASSES, *TINY, *SEGEARTH, "--set", "batch_size=3", "--block-size", 512,
+            "--out", three, "--report", tmp_path / "b3.json")  # fmt: skip
+    assert json.loads((tmp_path / "b3.json").read_text())["batch_size"] == 3
+    assert np.array_equal(labels_of(one), labels_of(three))
+
+
+def test_run_report_counts_only_crops_with_data(tmp_path):
+    """RGB.byte.tif (nodata 0 border) in a wider nodata frame: crops_in_scene equals the
+    crops of the global grid with any valid pixel, counted here from the dataset mask."""
+    src = shared_file("rasters/RGB.byte.tif")
+    scene = tmp_path / "framed.tif"
+    with rasterio.open(src) as ds:
+        data = np.zeros((3, ds.height + 300, ds.width + 300), np.uint8)
+        data[:, 300:, 300:] = ds.read()
+        origin = ds.transform * (-300, -300)
+        transform = rasterio.Affine(ds.transform.a, 0, origin[0], 0, ds.transform.e, origin[1])
+        profile = ds.profile | {"height": data.shape[1], "width": data.shape[2],
+                                "transform": transform}  # fmt: skip
+        with rasterio.open(scene, "w", **profile) as out:
+            out.write(data)
+    with rasterio.open(scene) as ds:
+        valid = ds.dataset_mask() > 0
+    crops = crop_grid(*valid.shape, 224, 112)
+    expected = sum(bool(valid[c.y0 : c.y1, c.x0 : c.x1].any()) for c in crops)
+    assert 0 < expected < len(crops)
+    report = tmp_path / "r.json"
+    run_cli(scene, *CLASSES, *TINY, *SEGEARTH, "--block-size", 512,
+            "--out", tmp_path / "l.zarr", "--report", report)  # fmt: skip
+    body = read_report(report)
+    assert body["crops_in_scene"] == expected
+    assert body["crops_run"] >= expected
