@@ -56,7 +56,10 @@ def koeln(tmp_path_factory) -> str:
 
 def test_run_report_counts_halo_and_batches_do_not_change_labels(tmp_path, koeln):
     """All-data scene: crops_run / crops_in_scene - 1 is the grid's halo redundancy, and
-    crops_in_scene is the global grid; CPU fp32 labels are identical at batch 1 and 3."""
+    crops_in_scene is the global grid. Batch 1 vs 3: a crop's logits on CPU fp32 are
+    equal only within float rounding across batch shapes (GEMM blocking differs; see
+    tests/test_eval_pooled.py), so labels agree except where two classes tie within
+    rounding: asserted as >= 99.9 % equal (this machine gave 100 %)."""
     one, three = tmp_path / "b1.zarr", tmp_path / "b3.zarr"
     report = tmp_path / "run.json"
     run_cli(koeln, *CLASSES, *TINY, *SEGEARTH, "--block-size", 512, "--out", one,
@@ -73,7 +76,8 @@ def test_run_report_counts_halo_and_batches_do_not_change_labels(tmp_path, koeln
     run_cli(koeln, *CLASSES, *TINY, *SEGEARTH, "--set", "batch_size=3", "--block-size", 512,
             "--out", three, "--report", tmp_path / "b3.json")  # fmt: skip
     assert json.loads((tmp_path / "b3.json").read_text())["batch_size"] == 3
-    assert np.array_equal(labels_of(one), labels_of(three))
+    a, b = labels_of(one), labels_of(three)
+    assert a.shape == b.shape == (700, 900) and np.mean(a == b) >= 0.999
 
 
 def test_run_report_counts_only_crops_with_data(tmp_path):

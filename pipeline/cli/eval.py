@@ -20,6 +20,7 @@ from pipeline.cli.options import (
     cluster_settings,
     model_options,
     parse_resize,
+    report_option,
     resize_option,
     scheduler_options,
 )
@@ -51,6 +52,7 @@ log = logging.getLogger("reattn_batch")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write results here.")
 @click.option("--grid", type=click.Path(path_type=Path), help="YAML list of named settings.")
 @scheduler_options
+@report_option
 def eval_command(
     dataset: str | None,
     data_root: Path | None,
@@ -65,9 +67,13 @@ def eval_command(
     grid: Path | None,
     scheduler: str | None,
     scheduler_file: Path | None,
+    report: Path | None,
     **model: Any,
 ) -> None:
     """Score the model on a labelled benchmark: mIoU, aAcc, per-class IoU (SPEC 4)."""
+    from pipeline.report import Clock, write_eval_report
+
+    wall = Clock()
     from pipeline.eval.datasets import load_preset, select_samples
     from pipeline.eval.report import print_report, run_record, write_json
     from pipeline.eval.runner import ImageTask, LabelRules, Setting, run_settings
@@ -145,3 +151,6 @@ def eval_command(
         log.info("wrote %s", json_out)
     if save_predictions is not None:
         log.info("wrote %d predictions under %s", len(samples) * len(settings), save_predictions)
+    if report is not None:
+        write_eval_report(report, results, wall_seconds=wall.totals()["total"])
+        log.info("wrote report %s", report)

@@ -31,13 +31,17 @@ import torch.nn.functional as F
 
 from pipeline.eval.datasets import Sample, read_label
 from pipeline.eval.metrics import confusion_matrix
-from pipeline.image.io import read_rgb, write_label_png
-from pipeline.image.segment import segment_array
+from pipeline.eval.pooled import pooled_segmentations
+from pipeline.image.io import read_rgb, rescaled_size, write_label_png
+from pipeline.image.segment import Segmentation, segment_array
+from pipeline.report import Clock, TimedSegmenter, model_facts
 from workers.classes import ClassList
 from workers.errors import UserError
-from workers.model_spec import ModelSpec, build_segmenter
+from workers.model_spec import ModelSpec, load_model_parts
 from workers.postprocess import labels_from_logits
-from workers.segmenter import CropSegmenter
+from workers.segmenter import CropSegmenter, resolve_device
+from workers.sliding import crop_grid
+from workers.text import query_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,7 @@ class SettingResult:
     counts: np.ndarray
     images: int
     seconds: float
+    clock: Clock | None = None  # --report: phases and facts (local runs)
 
 
 def load_sample(sample: Sample, rules: LabelRules) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +106,17 @@ def predict(
     differs (not in the reference protocol, which needs them equal), the image-size
     logits are resized again, bilinearly with align_corners=False, to the label size.
     """
-    result = segment_array(segmenter, classes, rgb, long_side)
+    return labels_at(segmenter, classes, segment_array(segmenter, classes, rgb, long_side),
+                     label_shape)  # fmt: skip
+
+
+def labels_at(
+    segmenter: CropSegmenter,
+    classes: ClassList,
+    result: Segmentation,
+    label_shape: tuple[int, int],
+) -> np.ndarray:
+    """A Segmentation's (h, w) uint8 labels at the label's size (see ``predict``)."""
     if result.labels.shape == tuple(label_shape):
         return result.labels
     logits = F.interpolate(
@@ -121,8 +136,13 @@ def score_image(
 ) -> tuple[np.ndarray, np.ndarray]:
     """-> (counts (C + 1, C) int64, prediction (h, w) uint8)."""
     pred = predict(segmenter, task.classes, rgb, truth.shape, task.long_side)
+    return score(task, truth, pred), pred
+
+
+def score(task: ImageTask, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """(C + 1, C) int64 counts of one image."""
     rules = task.rules
-    return confusion_matrix(truth, pred, rules.num_classes, rules.ignore_index), pred
+    return confusion_matrix(truth, pred, rules.num_classes, rules.ignore_index)
 
 
 def image_task(
@@ -154,17 +174,61 @@ OnImage = Callable[[Sample, np.ndarray | None], None]
 
 
 def run_local(
-    setting: Setting, samples: list[Sample], task: ImageTask, on_image: OnImage
+    setting: Setting, samples: list[Sample], task: ImageTask, on_image: OnImage, clock: Clock
 ) -> np.ndarray:
-    """All images in this process with one segmenter -> summed (C + 1, C) counts."""
-    segmenter = build_segmenter(setting.spec, task.classes)
+    """All images in this process with one segmenter -> summed (C + 1, C) counts.
+
+    batch_size 1 (CPU): image by image; larger (CUDA): crops of consecutive images share
+    full batches (pipeline/eval/pooled.py)."""
+    spec = setting.spec
+    with clock.phase("load"):
+        device = resolve_device(spec.device)
+        backbone, upsampler = load_model_parts(spec)
+    with clock.phase("text"):
+        queries = query_embeddings(backbone, task.classes.queries)
+    with clock.phase("load"):
+        segmenter = TimedSegmenter(
+            CropSegmenter(
+                backbone=backbone, cfg=spec.cfg, queries=queries, upsampler=upsampler,
+                device=device,
+            )
+        )  # fmt: skip
     c = task.rules.num_classes
     total = np.zeros((c + 1, c), dtype=np.int64)
-    for sample, (rgb, truth) in _prefetched(samples, task.rules):
-        counts, pred = score_image(segmenter, task, rgb, truth)
-        total += counts
-        on_image(sample, pred if task.want_prediction else None)
+    truths: dict[int, tuple[Sample, np.ndarray]] = {}
+
+    def images() -> Iterator[tuple[int, np.ndarray]]:
+        loaded = _prefetched(samples, task.rules)
+        for index in range(len(samples)):
+            with clock.phase("load"):
+                sample, (rgb, truth) = next(loaded)
+            clock.facts["crops_run"] = clock.facts.get("crops_run", 0) + _crops(rgb, task, spec)
+            truths[index] = sample, truth
+            yield index, rgb
+
+    if segmenter.batch_size > 1:
+        results = pooled_segmentations(segmenter, task.classes, images(), task.long_side)
+    else:
+        results = (
+            (i, segment_array(segmenter, task.classes, rgb, task.long_side)) for i, rgb in images()
+        )
+    for index, result in results:
+        sample, truth = truths.pop(index)
+        pred = labels_at(segmenter, task.classes, result, truth.shape)
+        total += score(task, truth, pred)
+        with clock.phase("write"):
+            on_image(sample, pred if task.want_prediction else None)
+    clock.add("model", segmenter.model_seconds)
+    clock.facts |= model_facts(segmenter)
     return total
+
+
+def _crops(rgb: np.ndarray, task: ImageTask, spec: ModelSpec) -> int:
+    """Crops of one image's model input."""
+    h, w = rgb.shape[:2]
+    if task.long_side:
+        h, w = rescaled_size(h, w, task.long_side)
+    return len(crop_grid(h, w, spec.cfg.crop, spec.cfg.stride))
 
 
 def run_dask(
@@ -246,6 +310,7 @@ def run_setting(
     task = dataclasses.replace(task, want_prediction=save_dir is not None)
     progress = _Progress(setting.name, len(samples))
     start = time.perf_counter()
+    clock = Clock()
 
     def on_image(sample: Sample, pred: np.ndarray | None) -> None:
         if save_dir is not None and pred is not None:
@@ -255,10 +320,11 @@ def run_setting(
         progress.step()
 
     if dask is None:
-        counts = run_local(setting, samples, task, on_image)
+        counts = run_local(setting, samples, task, on_image, clock)
     else:
         counts = run_dask(setting, samples, task, on_image, *dask)
-    return SettingResult(setting, counts, len(samples), time.perf_counter() - start)
+        clock = None
+    return SettingResult(setting, counts, len(samples), time.perf_counter() - start, clock)
 
 
 def run_settings(

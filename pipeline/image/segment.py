@@ -34,15 +34,17 @@ class Segmentation:
     labels: np.ndarray
 
 
-def segment_array(
-    segmenter: CropSegmenter, classes: ClassList, rgb: np.ndarray, long_side: int | None
+def model_input(rgb: np.ndarray, long_side: int | None) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, h, w) normalised model input (long side resized)."""
+    return normalise(resize_long_side(rgb, long_side) if long_side else rgb)
+
+
+def finish_segmentation(
+    segmenter: CropSegmenter, classes: ClassList, logits: torch.Tensor, size: tuple[int, int]
 ) -> Segmentation:
-    """(H, W, 3) uint8 RGB -> Segmentation at the input size."""
-    height, width = rgb.shape[:2]
-    model_input = resize_long_side(rgb, long_side) if long_side else rgb
-    logits = slide_inference(segmenter, normalise(model_input))
-    if logits.shape[-2:] != (height, width):
-        logits = F.interpolate(logits[None], size=(height, width), mode="bilinear")[0]
+    """(Q, h, w) mean crop logits -> Segmentation at the input ``size`` (H, W)."""
+    if logits.shape[-2:] != size:
+        logits = F.interpolate(logits[None], size=size, mode="bilinear")[0]
     cfg = segmenter.cfg
     labels, _ = labels_from_logits(
         logits,
@@ -53,6 +55,14 @@ def segment_array(
         classes.background_index,
     )
     return Segmentation(logits=logits.cpu().numpy().astype(np.float32), labels=labels.cpu().numpy())
+
+
+def segment_array(
+    segmenter: CropSegmenter, classes: ClassList, rgb: np.ndarray, long_side: int | None
+) -> Segmentation:
+    """(H, W, 3) uint8 RGB -> Segmentation at the input size."""
+    logits = slide_inference(segmenter, model_input(rgb, long_side))
+    return finish_segmentation(segmenter, classes, logits, rgb.shape[:2])
 
 
 @torch.no_grad()
