@@ -123,7 +123,7 @@ DEFAULTS = {
     },
     "cuda": {
         "sizes": "4,64",
-        "block_size": 2048,
+        "block_size": "auto",
         "clip_model": "ViT-B-16-quickgelu",
         "upsampler": "jbu_one",
     },
@@ -789,7 +789,10 @@ def measure_scene(
 
 
 def print_halo(halo: list[dict[str, Any]], batch: int) -> None:
-    print("Halo redundancy (BlockGrid.halo_redundancy; target <= 10% extra crops at 2048)")
+    print(
+        "Halo redundancy (BlockGrid.halo_redundancy; target <= 10% extra crops at the "
+        "default block, --block-size auto: see benchmarks/halo.py)"
+    )
     print(
         f"  {'scene':>7} {'model grid':>12} {'block':>6} {'blocks':>7} {'crops':>8} "
         f"{'run':>8} {'extra':>7} {'+padded calls':>14}"

@@ -102,3 +102,41 @@ def test_block_size_flag_values():
     assert SceneSettings(block_size="auto").block_size == "auto"
     with pytest.raises(ValueError, match="auto"):
         SceneSettings(block_size=1000)
+
+
+def test_fingerprint_ignores_block_size_and_resume_keeps_the_stores(tmp_path):
+    """Labels do not depend on the block size, so neither does the fingerprint; a resumed
+    run takes the store's recorded block size (its completion records are per block)."""
+    import zarr
+
+    from pipeline.cli import main
+    from pipeline.run.fingerprint import run_fingerprint
+    from pipeline.run.plan import plan
+    from pipeline.run.request import SceneRequest
+    from pipeline.settings import ModelSettings
+    from tests.conftest import koeln_window_tif
+    from workers.classes import parse_classes
+    from workers.model_spec import describe_weights
+
+    scene = koeln_window_tif(tmp_path, 600, 500)
+    spec = ModelSettings(method="segearth-ov", clip_weights="random", upsampler="bilinear")
+    spec = spec.model_spec(["clip_model=ViT-T-16-test"])
+    prints = set()
+    for block in (512, 1024, "auto"):
+        request = SceneRequest(
+            scene=scene, model=spec, classes=parse_classes("building,road"),
+            out=tmp_path / "x.zarr", settings=SceneSettings(block_size=block),
+        )  # fmt: skip
+        layout = plan(request)
+        prints.add(run_fingerprint(request, layout, describe_weights(spec)))
+    assert len(prints) == 1
+    store = tmp_path / "s.zarr"
+    args = ["run", scene, "--classes", "building,road", "--clip-weights", "random",
+            "--set", "clip_model=ViT-T-16-test", "--upsampler", "bilinear",
+            "--method", "segearth-ov", "--out", str(store)]  # fmt: skip
+    main([*args, "--block-size", "512"])
+    first = zarr.open_group(str(store), mode="r")["labels"][:]
+    main([*args, "--block-size", "1024", "--resume"])  # same run: accepted, store's 512 kept
+    attrs = zarr.open_group(str(store), mode="r").attrs.asdict()
+    assert attrs["block_size"] == 512 and attrs["blocks_computed_last_run"] == 0
+    assert np.array_equal(zarr.open_group(str(store), mode="r")["labels"][:], first)
