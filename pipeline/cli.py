@@ -329,11 +329,13 @@ def _register_commands() -> None:
     from pipeline.cli_eval import eval_command
     from pipeline.cli_job import job_group
     from pipeline.cli_outputs import export_command, info_command
+    from pipeline.viewer.command import view_command
 
     cli.add_command(eval_command)
     cli.add_command(export_command)
     cli.add_command(info_command)
     cli.add_command(job_group)
+    cli.add_command(view_command)
 
 
 _register_commands()
