@@ -209,6 +209,58 @@ def _uniform_neighbourhood(labels, z, x, y, radius):
     return out
 
 
+@pytest.mark.parametrize("kind", ["geotiff", "zarr"])
+def test_imagery_tiles_show_the_scene_over_the_store_footprint(planted, tmp_path, kind):
+    """The scene (one flat colour, no overviews) at a full-resolution zoom and at a low one
+    (its decimated copy): opaque exactly where the store's label tile is inside the scene
+    (2 px margin for the bilinear edge), with the scene's colour, transparent far outside."""
+    import rioxarray
+
+    from pipeline.export import open_store
+    from pipeline.scene import open_scene
+    from pipeline.viewer.tiles import LabelTiler, SceneTiler
+
+    uri = str(planted.parent / "scene.tif")
+    if kind == "zarr":
+        da = rioxarray.open_rasterio(uri).rename("image")
+        uri = str(tmp_path / "scene.zarr")
+        da.to_dataset().to_zarr(uri, mode="w", zarr_format=2)
+    imagery = SceneTiler(open_scene(uri))
+    labels = LabelTiler(open_store(planted))
+    for z in (13, 17):
+        x, y = tile_of_centre(z)
+        rgba = np.asarray(Image.open(BytesIO(imagery.tile(z, x, y))))
+        inside = labels.render(z, x, y) != 255
+        inside |= _planted_nodata(z, x, y)
+        opaque = rgba[..., 3] == 255
+        core = _eroded(inside, 2)
+        assert core.sum() > 100 and opaque[core].all(), (kind, z)
+        assert not (opaque & ~_dilated(inside, 2)).any(), (kind, z)
+        assert (rgba[core][:, :3] == IMAGERY).all(), (kind, z)
+
+
+def _planted_nodata(z, x, y):
+    """Tile pixels over the planted nodata hole (inside the scene, 255 in the store)."""
+    holes = np.zeros((H, W), np.uint8)
+    holes[REGIONS[255]] = 1
+    return independent_tile(holes, z, x, y) == 1
+
+
+def _eroded(mask, n):
+    out = mask.copy()
+    for _ in range(n):
+        out[1:] &= mask[:-1]
+        out[:-1] &= mask[1:]
+        out[:, 1:] &= mask[:, :-1]
+        out[:, :-1] &= mask[:, 1:]
+        mask = out.copy()
+    return out
+
+
+def _dilated(mask, n):
+    return ~_eroded(~mask, n)
+
+
 # ----------------------------------------------------------------------------- the server
 
 

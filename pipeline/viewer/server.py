@@ -156,6 +156,7 @@ class Viewer:
             "scene_note": self.scene_note,
             "bounds": [west, south, east, north],
             "native_zoom": native,
+            "min_zoom": self.labels.min_zoom(),
             "max_zoom": min(tiles.MAX_ZOOM, native + 3),
             "complete": info["complete"],
             "progress": info["progress"],

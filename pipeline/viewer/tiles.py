@@ -14,11 +14,12 @@ zoom, so a tile never reads the whole store:
   overview is built once, on the first tile that needs it, by one streaming pass over the
   store (a 400 MP store gives a 6.25 MP level); later tiles read nothing from the store.
 
-Imagery (``SceneTiler``): rio-tiler's ``Reader`` (GDAL rasters; a COG's overviews serve the
-low zooms) or ``XarrayReader`` (Zarr scenes, and the decimated copy of a large GDAL scene
-without overviews), with the run's bands and its scene-wide stretch
-(``pipeline.scene.stretch_to_uint8``). Imagery is resampled bilinearly: it is only a
-backdrop.
+Imagery (``SceneTiler``): rio-tiler's ``Reader`` for GDAL rasters (a COG's overviews serve
+the low zooms) and ``XarrayReader`` for Zarr scenes; a scene without overviews gets, like
+the labels, a copy decimated by ``OVERVIEW_MIN_FACTOR`` (one read, in memory) for the tiles
+at ``OVERVIEW_MIN_FACTOR`` scene pixels per tile pixel and more. The run's bands and its
+scene-wide stretch (``pipeline.scene.stretch_to_uint8``) are applied. Imagery is resampled
+bilinearly: it is only a backdrop.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import io
 import logging
 import math
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -38,11 +40,10 @@ log = logging.getLogger("reattn_batch")
 TILE_SIZE = 256
 #: From this many store pixels per tile pixel on, label tiles sample the mode overview.
 OVERVIEW_MIN_FACTOR = 8
-#: A GDAL scene without overviews and larger than this (long side, px) gets a decimated
-#: in-memory copy for the low zooms; smaller ones are read directly.
-SCENE_DIRECT_MAX = 4096
 #: Highest zoom served (WebMercatorQuad's last level in rio-tiler's definition).
 MAX_ZOOM = 24
+#: The lowest zoom served shows the store's long side on at least this many pixels.
+MIN_SIDE_PX = 16
 NODATA = 255
 #: Raw label tiles kept in memory (64 KiB each).
 CACHE_TILES = 512
@@ -178,6 +179,11 @@ class LabelTiler:
         res = max(abs(x1 - x0), abs(y1 - y0))
         return int(min(MAX_ZOOM, web_mercator().zoom_for_res(res)))
 
+    def min_zoom(self) -> int:
+        """The lowest useful zoom: the store's long side still spans MIN_SIDE_PX pixels."""
+        shrink = math.ceil(math.log2(max(1.0, max(self.height, self.width) / MIN_SIDE_PX)))
+        return max(0, self.native_zoom() - shrink)
+
     # ------------------------------------------------------------------ tiles
 
     def label_tile(self, z: int, x: int, y: int) -> np.ndarray:
@@ -287,13 +293,14 @@ class SceneTiler:
         )
         self._lock = threading.Lock()
         self._small: Any = None  # decimated DataArray for the low zooms, built on first use
-        self.direct = not scene.is_zarr and self._has_overviews_or_is_small()
+        #: A GDAL scene with overviews serves every zoom itself (rio-tiler picks the level).
+        self.direct = not scene.is_zarr and self._has_overviews()
 
-    def _has_overviews_or_is_small(self) -> bool:
+    def _has_overviews(self) -> bool:
         import rasterio
 
         with rasterio.open(self.scene.uri) as ds:
-            return bool(ds.overviews(1)) or max(ds.width, ds.height) <= SCENE_DIRECT_MAX
+            return bool(ds.overviews(self.unique[0]))
 
     def _ratio(self, z: int, x: int, y: int) -> float:
         """Scene pixels per tile pixel, at the tile's centre."""
@@ -305,14 +312,16 @@ class SceneTiler:
 
     def tile(self, z: int, x: int, y: int) -> bytes:
         """PNG bytes (RGBA, transparent outside the scene and where it is nodata)."""
-        from rio_tiler.errors import TileOutsideBounds
+        from rio_tiler.errors import NoOverviewWarning, TileOutsideBounds
 
         ratio = self._ratio(z, x, y)
         try:
             if not self.scene.is_zarr and (self.direct or ratio < OVERVIEW_MIN_FACTOR):
                 from rio_tiler.io import Reader
 
-                with Reader(self.scene.uri) as src:
+                with warnings.catch_warnings(), Reader(self.scene.uri) as src:
+                    # no overviews: expected here, low zooms use the decimated copy
+                    warnings.simplefilter("ignore", NoOverviewWarning)
                     img = src.tile(
                         x, y, z, tilesize=TILE_SIZE, indexes=self.unique,
                         reproject_method="bilinear", resampling_method="bilinear",
@@ -371,8 +380,11 @@ class SceneTiler:
 
     def _zarr_window(self, z: int, x: int, y: int):
         """The full-resolution window of a Zarr scene under tile (z, x, y), or None."""
-        xs, ys = tile_pixel_centres(z, x, y, size=16)
-        sx, sy = self.to_scene.transform(xs, ys)
+        import morecantile
+
+        b = web_mercator().xy_bounds(morecantile.Tile(x=x, y=y, z=z))
+        xs, ys = np.meshgrid(np.linspace(b.left, b.right, 17), np.linspace(b.bottom, b.top, 17))
+        sx, sy = self.to_scene.transform(xs, ys)  # the tile's edges and a grid inside
         cols, rows = (~self.scene.transform) @ (sx, sy)
         r0, r1 = max(0, int(np.floor(rows.min())) - 2), min(self.scene.height, int(rows.max()) + 3)
         c0, c1 = max(0, int(np.floor(cols.min())) - 2), min(self.scene.width, int(cols.max()) + 3)
@@ -400,12 +412,14 @@ class SceneTiler:
             small = da.coarsen({da.rio.y_dim: f, da.rio.x_dim: f}, boundary="pad").mean()
             small = small.astype(np.float32).load()
             return small.rio.write_crs(s.crs_wkt)
+        from rio_tiler.errors import NoOverviewWarning
         from rio_tiler.io import Reader
 
         h, w = -(-s.height // f), -(-s.width // f)
-        with Reader(s.uri) as src:
+        with warnings.catch_warnings(), Reader(s.uri) as src:
+            warnings.simplefilter("ignore", NoOverviewWarning)
             img = src.preview(indexes=self.unique, height=h, width=w, resampling_method="average")
-        t = s.transform * Affine.scale(s.width / w, s.height / h)
+        t = s.transform @ Affine.scale(s.width / w, s.height / h)
         data = np.asarray(img.data).astype(np.float32)
         data[:, np.asarray(img.mask) == 0] = np.nan
         xs = t.c + t.a * (np.arange(w) + 0.5)

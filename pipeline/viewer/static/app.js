@@ -94,8 +94,12 @@
   function showMap(info) {
     const [west, south, east, north] = info.bounds;
     const bounds = L.latLngBounds([south, west], [north, east]);
-    const map = L.map("map", { fadeAnimation: false, maxZoom: info.max_zoom, minZoom: 0 });
-    const common = { bounds: bounds, maxZoom: info.max_zoom, tileSize: 256, keepBuffer: 1 };
+    const map = L.map("map", {
+      fadeAnimation: false, maxZoom: info.max_zoom, minZoom: info.min_zoom,
+    });
+    const common = {
+      bounds: bounds, minZoom: info.min_zoom, maxZoom: info.max_zoom, tileSize: 256, keepBuffer: 1,
+    };
     if (info.imagery) {
       state.imagery = L.tileLayer("/tiles/scene/{z}/{x}/{y}.png", common).addTo(map);
     }
