@@ -116,6 +116,9 @@ class Viewer:
             self.scene_note = "the store records no input scene; pass --scene PATH"
         self.static = load_static()
         self.page_info = self._page_info()
+        # The low zooms' overview, built while the browser opens (one pass over the store;
+        # tiles that need it wait for it).
+        threading.Thread(target=self.labels.overview, name="overview", daemon=True).start()
 
     @staticmethod
     def _open_scene(uri: str, attrs: dict[str, Any]) -> tiles.SceneTiler:
