@@ -284,7 +284,11 @@ class SceneTiler:
     def __init__(self, scene: Any) -> None:
         """scene: ``pipeline.scene.SceneInfo`` (path, bands, stretch, CRS, size)."""
         from pyproj import CRS, Transformer
+        from rio_tiler.errors import NoOverviewWarning
 
+        # A scene without overviews is expected: its low zooms come from the decimated copy.
+        # (A process-wide filter: catch_warnings is not thread-safe.)
+        warnings.filterwarnings("ignore", category=NoOverviewWarning)
         self.scene = scene
         self.unique = list(dict.fromkeys(scene.bands))
         self.positions = [self.unique.index(b) for b in scene.bands]
@@ -312,16 +316,14 @@ class SceneTiler:
 
     def tile(self, z: int, x: int, y: int) -> bytes:
         """PNG bytes (RGBA, transparent outside the scene and where it is nodata)."""
-        from rio_tiler.errors import NoOverviewWarning, TileOutsideBounds
+        from rio_tiler.errors import TileOutsideBounds
 
         ratio = self._ratio(z, x, y)
         try:
             if not self.scene.is_zarr and (self.direct or ratio < OVERVIEW_MIN_FACTOR):
                 from rio_tiler.io import Reader
 
-                with warnings.catch_warnings(), Reader(self.scene.uri) as src:
-                    # no overviews: expected here, low zooms use the decimated copy
-                    warnings.simplefilter("ignore", NoOverviewWarning)
+                with Reader(self.scene.uri) as src:
                     img = src.tile(
                         x, y, z, tilesize=TILE_SIZE, indexes=self.unique,
                         reproject_method="bilinear", resampling_method="bilinear",
@@ -412,12 +414,10 @@ class SceneTiler:
             small = da.coarsen({da.rio.y_dim: f, da.rio.x_dim: f}, boundary="pad").mean()
             small = small.astype(np.float32).load()
             return small.rio.write_crs(s.crs_wkt)
-        from rio_tiler.errors import NoOverviewWarning
         from rio_tiler.io import Reader
 
         h, w = -(-s.height // f), -(-s.width // f)
-        with warnings.catch_warnings(), Reader(s.uri) as src:
-            warnings.simplefilter("ignore", NoOverviewWarning)
+        with Reader(s.uri) as src:
             img = src.preview(indexes=self.unique, height=h, width=w, resampling_method="average")
         t = s.transform @ Affine.scale(s.width / w, s.height / h)
         data = np.asarray(img.data).astype(np.float32)

@@ -26,7 +26,7 @@
       const p = info.progress;
       w.textContent = "Incomplete run" +
         (p ? " (" + p.blocks_done + "/" + p.blocks_total + " blocks)" : "") +
-        ": unwritten areas are empty.";
+        ": unwritten areas are empty (restart the viewer to see blocks written since).";
       w.hidden = false;
     }
     const run = document.getElementById("run");
