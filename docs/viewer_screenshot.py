@@ -4,7 +4,8 @@
 
 Starts the real server on a free port, loads the page in Debian's chromium (chromium-driver,
 Selenium), waits for every tile, clicks the map's centre (the pixel read-out), saves the
-screenshot as a 256-colour PNG (small enough for the README) and stops the server (Ctrl-C).
+screenshot as a 256-colour PNG (small enough for the README; octree quantisation keeps
+the class colours exact) and stops the server (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -85,7 +86,10 @@ def main() -> None:
         driver.quit()
         server.send_signal(signal.SIGINT)
         server.wait(timeout=30)
-    image.quantize(256, dither=Image.Dither.NONE).save(args.out, optimize=True)
+    # 256 colours by octree: keeps the legend's swatch colours exact (median cut does not)
+    image.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(
+        args.out, optimize=True
+    )
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB, {image.size})")
 
 
