@@ -33,6 +33,7 @@ from pipeline.store import (
     update_attrs,
     write_block,
 )
+from tests.conftest import shared_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -581,3 +582,77 @@ def test_legend_areas_are_infos(server, browser, planted):
         )
     # and they are the planted areas: 1 m pixels, 200 x 300 each
     assert [c["hectares"] for c in info["classes"][1:]] == [6.0, 6.0, 6.0]
+
+
+# ----------------------------------------------------------------------------- a real raster
+
+
+@pytest.fixture(scope="module")
+def koeln_store(tmp_path_factory):
+    """A store over the real Koeln tile (0.5 m, EPSG:25832) whose labels are its brightness
+    in 4 bands: fine-grained, edges everywhere. The tile itself is the scene."""
+
+    scene = shared_file("rasters/oem_koeln_50.tif")
+    with rasterio.open(scene) as ds:
+        grey = ds.read().astype(np.float32).mean(axis=0)
+        transform, crs_wkt = ds.transform, ds.crs.to_wkt()
+    labels = np.digitize(grey, [80, 120, 160]).astype(np.uint8)
+    store = tmp_path_factory.mktemp("koeln") / "koeln.labels.zarr"
+    attrs = {"scene": str(scene), "bands": [1, 2, 3], "stretch": None, "random_weights": False}
+    layout = StoreLayout(*labels.shape, transform, crs_wkt, chunk=512)
+    create_store(store, layout, attrs, False, CLASSES, background_index=0)
+    write_block(store, 0, 0, labels)
+    return store, labels, transform, crs_wkt
+
+
+def test_page_shows_the_real_store_labels_pixel_for_pixel(koeln_store, browser):
+    """Every 3rd screen pixel of the map, at three zooms, against the store pixel under its
+    centre (Leaflet's container point -> degrees; pyproj and the affine -> store pixel)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    store, labels, transform, crs_wkt = koeln_store
+    proc, url = start_server(store)
+    try:
+        browser.get(url)
+        wait_idle(browser)
+        assert not browser.find_element(By.ID, "random-warning").is_displayed()
+        browser.find_element(By.ID, "opacity").send_keys(Keys.END)
+        to_store = Transformer.from_crs(4326, crs_wkt, always_xy=True)
+        lut = np.array(PALETTE, int)
+        fit = browser.execute_script("return viewer.state.map.getZoom()")
+        for zoom in (fit, fit + 1, fit + 3):
+            browser.execute_script(
+                "const m = viewer.state.map; m.setView(m.getCenter(), arguments[0],"
+                " {animate: false});",
+                zoom,
+            )
+            wait_idle(browser)
+            image = screenshot(browser)
+            samples = browser.execute_script(
+                "const m = viewer.state.map, box = m.getContainer().getBoundingClientRect();"
+                "const size = m.getSize(), out = [];"
+                "for (let y = 1; y < size.y; y += 3) for (let x = 1; x < size.x; x += 3) {"
+                "  const top = document.elementFromPoint(box.left + x, box.top + y);"
+                "  if (!top || top.closest('.leaflet-control-container')) continue;"
+                "  const ll = m.containerPointToLatLng([x + 0.5, y + 0.5]);"
+                "  out.push([Math.round(box.left + x), Math.round(box.top + y), ll.lng, ll.lat]);"
+                "} return out;"
+            )
+            samples = np.array(samples)
+            sx, sy = to_store.transform(samples[:, 2], samples[:, 3])
+            cols, rows = ~transform @ (sx, sy)
+            cols, rows = np.floor(cols).astype(int), np.floor(rows).astype(int)
+            inside = (rows >= 0) & (rows < labels.shape[0]) & (cols >= 0) & (cols < labels.shape[1])
+            assert inside.sum() > 10000, zoom
+            px = samples[inside, :2].astype(int)
+            shown = image[px[:, 1], px[:, 0]].astype(int)
+            expected = lut[labels[rows[inside], cols[inside]]]
+            match = (np.abs(shown - expected).max(axis=1) <= 2).mean()
+            # Only a screen pixel whose centre falls within float rounding of a store pixel
+            # edge may differ.
+            assert match > 0.995, f"zoom {zoom}: {match:.4f} of {inside.sum()} pixels match"
+        errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+        assert errors == []
+    finally:
+        stop_server(proc)
