@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from io import BytesIO
 from pathlib import Path
@@ -266,12 +267,15 @@ def _dilated(mask, n):
 
 
 def start_server(store: Path, *args: str) -> tuple[subprocess.Popen, str]:
-    """`reattn-batch view STORE --port 0` as a subprocess; (process, the URL it printed)."""
+    """`reattn-batch view STORE --port 0` as a subprocess; (process, the URL it printed).
+    Its stderr goes to a temporary file (a pipe nobody reads could fill and block it)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed by stop_server)
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "view", str(store), "--port", "0", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=ROOT,
     )  # fmt: skip
+    proc.stderr_file = stderr
     deadline = time.monotonic() + 120
     line = ""
     while time.monotonic() < deadline:
@@ -282,13 +286,17 @@ def start_server(store: Path, *args: str) -> tuple[subprocess.Popen, str]:
         if match:
             return proc, match.group(1)
     proc.kill()
-    raise AssertionError(f"no URL printed: {line!r} {proc.stderr.read()}")
+    stderr.seek(0)
+    raise AssertionError(f"no URL printed: {line!r} {stderr.read()}")
 
 
 def stop_server(proc: subprocess.Popen) -> tuple[int, str, str]:
-    """Ctrl-C (SIGINT) the server; (exit status, rest of stdout, stderr)."""
+    """Ctrl-C (SIGINT) the server; (exit status, rest of stdout, all of stderr)."""
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    out, _ = proc.communicate(timeout=30)
+    proc.stderr_file.seek(0)
+    err = proc.stderr_file.read()
+    proc.stderr_file.close()
     return proc.returncode, out, err
 
 

@@ -118,7 +118,13 @@ class Viewer:
         self.page_info = self._page_info()
         # The low zooms' overview, built while the browser opens (one pass over the store;
         # tiles that need it wait for it).
-        threading.Thread(target=self.labels.overview, name="overview", daemon=True).start()
+        threading.Thread(target=self._warm_overview, name="overview", daemon=True).start()
+
+    def _warm_overview(self) -> None:
+        try:
+            self.labels.overview()
+        except Exception:  # e.g. the process is exiting; a tile that needs it will retry
+            log.debug("building the overview in the background failed", exc_info=True)
 
     @staticmethod
     def _open_scene(uri: str, attrs: dict[str, Any]) -> tiles.SceneTiler:

@@ -143,7 +143,8 @@ class LabelTiler:
         self.to_store = Transformer.from_crs("EPSG:3857", crs, always_xy=True)
         self.to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
         self.from_lonlat = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the tile cache
+        self._overview_lock = threading.Lock()  # held while the overview is built
         self._overview: Overview | None = None
         self._cache: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         #: How the last tile was read, for logs and tests: ("window", (rows, cols)) or
@@ -235,7 +236,7 @@ class LabelTiler:
 
     def overview(self) -> Overview:
         """The mode pyramid, built on first use (one streaming pass over the store)."""
-        with self._lock:
+        with self._overview_lock:
             if self._overview is None:
                 from pipeline.export import decimate_mode
 
