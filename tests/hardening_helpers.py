@@ -11,9 +11,10 @@ Scenes are synthetic (written with rasterio into tmp_path): nothing here needs
 Store layout assumed (README, "The output store"; pipeline/store.py today): a Zarr
 format 2 group with ``labels`` (y, x) uint8 (255 = nodata), group attributes holding
 ``complete``, ``run_fingerprint``, ``class_names`` ..., and the completion records as
-the uint8 array ``block_done`` of shape (block rows, block cols), one chunk file per
-block at ``block_done/<row>/<col>``. Only ``done_blocks`` and ``record_files`` depend
-on the records' layout: adapt them (only) if issue 11 item 6 changes it.
+the uint8 array ``block_done`` of shape (block rows, block cols), 1 for a finished block,
+chunked in many blocks per chunk file ``block_done/<chunk row>/<chunk col>`` (issue 11
+item 6: a few record files per scene, not one per block). Only ``done_blocks``,
+``record_files``, ``record_file`` and ``drop_record`` depend on the records' layout.
 """
 
 from __future__ import annotations
@@ -248,10 +249,26 @@ def attrs(store: Path) -> dict:
 
 
 def record_files(store: Path) -> list[Path]:
-    """The completion-record files: ``block_done/<row>/<col>`` (LAYOUT ASSUMPTION, see the
-    module docstring)."""
+    """The completion-record files: ``block_done/<chunk row>/<chunk col>`` (LAYOUT
+    ASSUMPTION, see the module docstring)."""
     root = store / "block_done"
     return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def record_file(store: Path, row: int, col: int) -> Path:
+    """The record file holding block (row, col)'s record (LAYOUT ASSUMPTION)."""
+    import zarr
+
+    ch, cw = zarr.open_array(str(store / "block_done"), mode="r").chunks
+    return store / "block_done" / str(row // ch) / str(col // cw)
+
+
+def drop_record(store: Path, row: int, col: int) -> None:
+    """Remove block (row, col)'s completion record, as after a crash before it was written
+    (LAYOUT ASSUMPTION: ``block_done`` is a uint8 zarr array, 1 = done)."""
+    import zarr
+
+    zarr.open_array(str(store / "block_done"), mode="r+")[row, col] = 0
 
 
 def done_blocks(store: Path) -> int:

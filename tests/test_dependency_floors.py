@@ -28,6 +28,9 @@ def requirement(name: str) -> Requirement:
         # blocks take (B, T, C) from 2.26; OpenAI weights pinned on the HF hub from 2.29
         ("open_clip_torch", ["2.24.0", "2.28.0"], ["2.29.0", "3.3.0"]),
         ("numpy", ["1.25.2"], ["1.26.4", "2.4.6"]),
+        # LocalStore writes chunk files atomically (temp + rename) from 3.1.3 (zarr #3412):
+        # store/records.py relies on it for torn-free records and data chunks
+        ("zarr", ["3.0.8", "3.1.2"], ["3.1.3", "3.1.6"]),
     ],
 )
 def test_floors(name: str, refused: list[str], allowed: list[str]) -> None:

@@ -37,11 +37,6 @@ def tif_run(tmp_path):
     return scene, store
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 2: a local file's identity is path|size|mtime, so a same-size "
-    "edit with its mtime put back is taken for the same input",
-)
 def test_resume_refuses_a_same_size_edited_geotiff(tif_run):
     scene, store = tif_run
     before, digest = os.stat(scene), h.tree_digest(store)
@@ -56,11 +51,6 @@ def test_resume_refuses_a_same_size_edited_geotiff(tif_run):
     assert h.tree_digest(store) == digest  # nothing written
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 2: a Zarr input's identity covers its metadata files only, "
-    "not its chunk data",
-)
 def test_resume_refuses_an_edited_zarr_chunk(tmp_path):
     scene = h.write_zarr_scene(tmp_path / "scene.zarr", 300, 260)
     store = tmp_path / "s.zarr"
@@ -82,11 +72,6 @@ def test_resume_refuses_an_edited_zarr_chunk(tmp_path):
         pytest.param([], ["--save-confidence"], id="add-confidence"),
         pytest.param(["--save-confidence"], [], id="drop-confidence"),
     ],
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 2: --save-confidence is not in the run fingerprint; --resume "
-    "accepts a store written with the other setting",
 )
 def test_resume_refuses_a_changed_save_confidence(tmp_path, first, then):
     scene = h.write_scene(tmp_path / "scene.tif", 300, 260)
@@ -123,11 +108,6 @@ def _tiny_state_dict(path, seed: int) -> None:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 2: the worker model cache is keyed by the weights' path, so a "
-    "weights file replaced on a live cluster keeps serving the old model",
-)
 def test_a_replaced_weights_file_is_seen_by_a_live_cluster(tmp_path, tmp_path_factory):
     from distributed import Client
 

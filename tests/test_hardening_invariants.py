@@ -88,8 +88,8 @@ def test_resume_redoes_only_blocks_without_a_record(mosaic, clean, tmp_path):
     h.ok(h.cli("run", mosaic, *h.CLASSES, *h.TINY, *BLOCK, "--out", store, timeout=600))
     # torn blocks: garbage data and no completion record, as after a crash mid-write
     zarr.open_group(str(store), mode="r+")["labels"][512:1024, 0:512] = 7
-    for row, col in ((1, 0), (2, 2)):  # LAYOUT ASSUMPTION: block_done/<row>/<col>
-        (store / "block_done" / str(row) / str(col)).unlink()
+    for row, col in ((1, 0), (2, 2)):
+        h.drop_record(store, row, col)  # LAYOUT ASSUMPTION (in the helper)
     h.ok(h.cli("run", mosaic, *h.CLASSES, *h.TINY, *BLOCK, "--out", store, "--resume",
                timeout=600))  # fmt: skip
     attrs = h.attrs(store)
@@ -273,7 +273,7 @@ def test_regional_job_maps_skips_resumes_and_records_the_broken_scene(tmp_path):
     assert all(_mtimes(out) == before[out] for out in (a, b))
 
     # 3. A partial store (block 1's record lost, not complete): resumed, that block only.
-    (a / "block_done" / "0" / "1").unlink()  # LAYOUT ASSUMPTION: block_done/<row>/<col>
+    h.drop_record(a, 0, 1)  # LAYOUT ASSUMPTION (in the helper)
     group = zarr.open_group(str(a), mode="r+", use_consolidated=False)
     group.attrs["complete"] = False
     zarr.consolidate_metadata(str(a))

@@ -31,11 +31,6 @@ def _clients_waiting(dask_scheduler) -> int:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 1: task keys block-{fingerprint}-{index} leave out the store, so "
-    "the second run's blocks are the first run's tasks and its store stays empty",
-)
 def test_two_concurrent_runs_into_two_stores_on_one_scheduler(tmp_path, tmp_path_factory):
     scene = h.write_scene(tmp_path / "scene.tif", 700, 600)  # 2 x 2 blocks of 512
     cache = {"REATTN_BATCH_CACHE": str(tmp_path_factory.getbasetemp() / "cache")}

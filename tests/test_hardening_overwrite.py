@@ -29,10 +29,6 @@ def scene(tmp_path_factory):
     return h.write_scene(tmp_path_factory.mktemp("scene") / "scene.tif", 300, 260)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 3: --overwrite deletes any Zarr, here the input scene itself",
-)
 def test_overwrite_never_deletes_the_input_scene(tmp_path):
     source = h.write_zarr_scene(tmp_path / "a.zarr", 300, 260)
     digest = h.tree_digest(source)
@@ -55,11 +51,6 @@ def _datacube_v3(path) -> None:
 
 @pytest.mark.parametrize(
     "make", [pytest.param(_datacube_v2, id="zgroup"), pytest.param(_datacube_v3, id="zarr.json")]
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 3: a folder with .zgroup / zarr.json counts as a store, so "
-    "--overwrite deletes a foreign datacube",
 )
 def test_overwrite_never_deletes_a_foreign_zarr(tmp_path, scene, make):
     cube = tmp_path / "cube.zarr"

@@ -5,8 +5,10 @@ The text embeddings are computed once, by a task of their own, and handed to eve
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import operator
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,7 @@ from pipeline.grid.grids import BlockGrid
 from pipeline.run.bounded import bounded_as_completed, window_for
 from pipeline.run.cluster import ClusterInfo
 from pipeline.run.progress import RunProgress
+from pipeline.store.records import RunRecords
 from workers.errors import UserError
 from workers.model_cache import model_parts
 from workers.text import query_embeddings
@@ -63,18 +66,32 @@ def block_result(future, grid: BlockGrid, out: str):
         ) from exc
 
 
+def run_token(store: str) -> str:
+    """8 hex characters unique to one run into ``store``: its absolute path and a fresh
+    uuid (a later run into the same store, e.g. ``--resume``, gets new keys too)."""
+    return hashlib.sha256(f"{store}|{uuid.uuid4().hex}".encode()).hexdigest()[:8]
+
+
 def submit_blocks(
     client, info: ClusterInfo, task: BlockTask, *, todo: list[int], done: int, key: str
 ) -> Computed:
-    """Run blocks ``todo`` through a bounded window; ``done`` blocks are already finished;
-    ``key`` makes the task keys of this run its own."""
+    """Run blocks ``todo`` through a bounded window; ``done`` blocks are already finished.
+
+    Task keys are ``block-{key}-{run}-{index}``: ``key`` (the run fingerprint) names the
+    settings, ``run`` (:func:`run_token`) this run into this store, so two runs with the same
+    settings on one scheduler (two stores, or a retry while old tasks still run) never share
+    a task, while a task's key stays stable within its run."""
+    run = run_token(task.store)
     resources = {"GPU": 1} if info.gpu_resources else None
     text = client.submit(embed_queries_timed, task.model, task.classes.queries, resources=resources)
     queries = client.submit(operator.itemgetter(0), text)
 
+    records = RunRecords(task.store)
+
     def submit(index: int):
+        records.started(index)
         return client.submit(
-            run_block, task, index, queries, resources=resources, key=f"block-{key}-{index}"
+            run_block, task, index, queries, resources=resources, key=f"block-{key}-{run}-{index}"
         )
 
     finished = bounded_as_completed(submit, todo, window_for(info.total_threads))
@@ -82,15 +99,19 @@ def submit_blocks(
     seconds: dict[str, float] = {}
     facts: dict[str, Any] = {}
     with RunProgress(len(task.grid), done_blocks=done) as progress:
-        for future in finished:
-            result = block_result(future, task.grid, task.store)
-            crops += result.crops
-            touched += result.crops_touching
-            owned += result.crops_owned
-            for phase, value in result.phases.items():
-                seconds[phase] = seconds.get(phase, 0.0) + value
-            facts = facts or result.facts
-            progress.advance(result.pixels)
+        try:
+            for future in finished:
+                result = block_result(future, task.grid, task.store)
+                records.done(result.index)  # its data is durable: the task has returned
+                crops += result.crops
+                touched += result.crops_touching
+                owned += result.crops_owned
+                for phase, value in result.phases.items():
+                    seconds[phase] = seconds.get(phase, 0.0) + value
+                facts = facts or result.facts
+                progress.advance(result.pixels)
+        finally:
+            records.flush()  # finished blocks keep their records, whatever stopped the run
         if todo:
             for phase, value in text.result()[1].items():
                 seconds[phase] = seconds.get(phase, 0.0) + value

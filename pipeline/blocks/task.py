@@ -3,8 +3,9 @@
 It reads its native window plus halo, resamples it to the model grid (from global
 coordinates), runs the global crops that touch its model region in fixed-size
 batches on the worker's cached model, averages their logits, resamples them back to
-its native box, post-processes, writes its own region of the store and only then
-records the block as done. No task reads another's logits.
+its native box, post-processes, writes its own region of the store durably (fsync)
+and returns; the driver then records the block as done (store/records.py). No task
+reads another's logits.
 """
 
 from __future__ import annotations
@@ -63,7 +64,6 @@ def run_block(task: BlockTask, index: int, queries: np.ndarray) -> BlockResult:
     """Compute and write block ``index``; returns what it did."""
     start = time.perf_counter()
     block = task.grid.block_at(index)
-    store.mark_block_started(task.store, index)
     if task.torch_threads and torch.get_num_threads() != task.torch_threads:
         torch.set_num_threads(task.torch_threads)  # Dask sets OMP_NUM_THREADS=1 in workers
     clock = Clock()
@@ -118,8 +118,8 @@ def run_block(task: BlockTask, index: int, queries: np.ndarray) -> BlockResult:
         conf[nodata] = NODATA
     clock.add("post", time.perf_counter() - post)
     with clock.phase("write"):
-        store.write_block(task.store, block.native.y0, block.native.x0, labels, conf)
-        store.mark_block_done(task.store, index)
+        # durable before returning: the driver records the block done only after this returns
+        store.write_block(task.store, block.native.y0, block.native.x0, labels, conf, durable=True)
     height, width = block.native.shape
     return BlockResult(
         index=index,

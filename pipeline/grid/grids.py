@@ -118,6 +118,14 @@ class BlockGrid:
         rows, cols = self.counts
         return rows * cols
 
+    @property
+    def crop_count(self) -> int:
+        """How many crops the global crop grid has, counted without listing them."""
+        mh, mw = self.model_grid.shape
+        return len(crop_starts(mh, self.crop, self.stride)) * len(
+            crop_starts(mw, self.crop, self.stride)
+        )
+
     def crops(self) -> list[Box]:
         """Every crop of the global crop grid, in global order."""
         return crop_grid(*self.model_grid.shape, self.crop, self.stride)

@@ -10,15 +10,58 @@ import json
 from importlib.metadata import version
 from typing import Any
 
+import torch
+
+from pipeline.run.cluster import ClusterInfo
 from pipeline.run.plan import Plan
 from pipeline.run.request import SceneRequest
 from pipeline.settings import FINGERPRINTED
+from workers.errors import UserError
+from workers.model_spec import ModelSpec
+from workers.segmenter import autocast_dtype, resolve_device
 
 # Store attributes that decide the labels; a resumed run must match them all.
 RUN_KEYS = (
     "scene_identity", "bands", "stretch", "variable", "classes", "method", "hyperparameters",
-    "upsampler", "weights", "model_gsd",
+    "upsampler", "weights", "model_gsd", "save_confidence", "precision",
 )  # fmt: skip
+#: Attributes the workers decide (known once connected, so not in the fingerprint, which
+#: regional jobs compute without a cluster); ``--resume`` must match them as well.
+WORKER_KEYS = ("precision",)
+#: Names of the precisions blocks run in: plain fp32, or CUDA autocast fp16/bf16.
+PRECISIONS = {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def _precision_here(device: str, dtype: str) -> str | None:
+    """The precision a block task of this process runs in (None: it has no such device)."""
+    try:
+        return PRECISIONS[autocast_dtype(dtype, resolve_device(device))]
+    except UserError:
+        return None
+
+
+def worker_precision(client, info: ClusterInfo, model: ModelSpec) -> str:
+    """The precision the block tasks will run in, as the workers that run them resolve
+    ``dtype`` (``auto``: fp16 on CUDA, fp32 on CPU) and ``--device``; joined with ``+`` when
+    the workers differ. Asks the workers only when it depends on them."""
+    device, dtype = model.device, model.cfg.dtype
+    if device == "cpu" or dtype == "fp32":
+        return "fp32"
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    able = [
+        address
+        for address, worker in workers.items()
+        if not info.gpu_resources or (worker.get("resources") or {}).get("GPU", 0) >= 1
+    ]
+    found = set()
+    if able:
+        found = {p for p in client.run(_precision_here, device, dtype, workers=able).values() if p}
+    if not found:  # no worker yet (or none has the device): as resolved here
+        found = {
+            _precision_here(device, dtype)
+            or PRECISIONS[autocast_dtype(dtype, torch.device(device))]
+        }
+    return "+".join(sorted(found))
 
 
 def _resolved_settings(request: SceneRequest, plan: Plan) -> dict[str, Any]:
@@ -30,8 +73,10 @@ def _resolved_settings(request: SceneRequest, plan: Plan) -> dict[str, Any]:
 
 
 def run_fingerprint(request: SceneRequest, plan: Plan, weights: dict) -> str:
-    """Hash of everything that decides the labels: input, classes, method, every
-    parameter, weight identities, grids (not the cluster)."""
+    """Hash of everything that decides the labels: input (content, scene/identity.py),
+    classes, method, every parameter, weight identities (content sha256), grids and
+    ``--save-confidence``; not the cluster (the precision, :data:`WORKER_KEYS`, is checked
+    separately)."""
     blob = {
         "scene": plan.scene.identity,
         **_resolved_settings(request, plan),
@@ -39,12 +84,16 @@ def run_fingerprint(request: SceneRequest, plan: Plan, weights: dict) -> str:
         "model": request.model.as_dict(),
         "weights": weights,
         "model_gsd": plan.model_gsd,
+        "save_confidence": request.settings.save_confidence,
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run_attrs(request: SceneRequest, plan: Plan, weights: dict, fingerprint: str) -> dict:
-    """The store's group attributes: what was run, on what, with which weights."""
+def run_attrs(
+    request: SceneRequest, plan: Plan, weights: dict, fingerprint: str, precision: str
+) -> dict:
+    """The store's group attributes: what was run, on what, with which weights, in which
+    precision (:func:`worker_precision`)."""
     scene = plan.scene
     attrs = {
         "software": "reattn-batch",
@@ -65,6 +114,8 @@ def run_attrs(request: SceneRequest, plan: Plan, weights: dict, fingerprint: str
         "upsampler": request.model.upsampler,
         "weights": weights,
         "random_weights": bool(weights["clip"].get("random")),
+        "save_confidence": request.settings.save_confidence,
+        "precision": precision,
     }
     if attrs["random_weights"]:
         attrs["warning"] = "CLIP weights were RANDOM: these labels are for tests and mean nothing."

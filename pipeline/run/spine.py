@@ -30,11 +30,18 @@ from pipeline.blocks.submit import submit_blocks
 from pipeline.blocks.task import BlockTask
 from pipeline.grid.grids import BlockGrid
 from pipeline.run.cluster import ClusterInfo, connect
-from pipeline.run.fingerprint import RUN_KEYS, run_attrs, run_fingerprint
+from pipeline.run.fingerprint import (
+    RUN_KEYS,
+    WORKER_KEYS,
+    run_attrs,
+    run_fingerprint,
+    worker_precision,
+)
 from pipeline.run.guard import check_block_memory, feature_channels, fits_worker, guard_batch_size
 from pipeline.run.plan import Plan, block_grid, plan
 from pipeline.run.request import SceneRequest
 from pipeline.run.summary import RunSummary, finish
+from pipeline.scene.uri import is_remote
 from pipeline.settings import AUTO_BLOCK
 from pipeline.store.create import looks_like_zarr
 from workers.model_spec import describe_weights
@@ -52,6 +59,8 @@ def run_scene(
     weights = describe_weights(request.model)
     fingerprint = run_fingerprint(request, layout, weights)
     out = str(Path(request.out).absolute())  # workers may run elsewhere
+    if not is_remote(scene.path):
+        store.check_not_input(out, [scene.path])  # --out on the input would destroy it
     connecting = connect(request.cluster) if connection is None else nullcontext(connection)
     with connecting as (client, info):
         log.info("Dask dashboard: %s", info.dashboard)
@@ -77,13 +86,16 @@ def run_scene(
                 crs_wkt=scene.crs_wkt,
                 with_confidence=request.settings.save_confidence,
             ),
-            attrs=run_attrs(request, layout, weights, fingerprint),
+            attrs=run_attrs(
+                request, layout, weights, fingerprint, worker_precision(client, info, request.model)
+            ),
             class_names=request.classes.names,
             blocks=grid.counts,
             overwrite=request.overwrite,
             resume=request.resume,
             background_index=request.classes.background_index,
             run_keys=RUN_KEYS,
+            worker_keys=WORKER_KEYS,
         )
         todo = [i for i in range(len(grid)) if i not in done]
         in_flight = store.started_blocks(out) - done  # started by a run that stopped, unfinished
@@ -98,7 +110,7 @@ def run_scene(
             "(%d to do), %d crops; out %s",
             scene.path, scene.width, scene.height, scene.gsd, grid.model_grid.shape[1],
             grid.model_grid.shape[0], layout.model_gsd, len(grid), grid.block, len(todo),
-            len(grid.crops()), out,
+            grid.crop_count, out,
         )  # fmt: skip
         task = BlockTask(
             scene=scene,

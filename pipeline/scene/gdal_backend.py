@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 import warnings
 
 import numpy as np
 
 from pipeline.scene.handles import cached, handle_key
+from pipeline.scene.identity import local_raster_identity, remote_identity
 from pipeline.scene.info import SceneInfo
 from pipeline.scene.policy import choose_bands, pixel_size, unique_bands, valid_mask
 from pipeline.scene.uri import error_text, gdal_env, is_remote
@@ -65,11 +64,9 @@ def open_dataset(uri: str, path: str, bands: tuple[int, ...] | None) -> SceneInf
                 (ds.width, ds.height, ds.count, ds.dtypes, tuple(transform), crs_wkt,
                  ds.block_shapes, ds.overviews(1), ds.nodatavals, ds.compression)
             )  # fmt: skip
-            identity = f"{path}|meta-sha256={hashlib.sha256(meta.encode()).hexdigest()[:16]}"
-        else:
-            st = os.stat(path)
-            real = os.path.realpath(path)  # the same file through any symlink
-            identity = f"{real}|size={st.st_size}|mtime_ns={st.st_mtime_ns}"
+            identity = remote_identity(path, meta)
+        else:  # content sample of the file, its sidecars and a VRT's sources
+            identity = local_raster_identity(path, ds.files)
         return SceneInfo(
             height=ds.height,
             width=ds.width,

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import logging
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from affine import Affine
 
 from pipeline.scene.handles import cached, handle_key
+from pipeline.scene.identity import zarr_identity
 from pipeline.scene.info import SceneInfo
 from pipeline.scene.policy import choose_bands, pixel_size, unique_bands, valid_mask
 from pipeline.scene.uri import ZARR_MARKERS, error_text
@@ -111,17 +111,8 @@ def open_dataset(
 
 
 def store_identity(path: str, variable: str) -> str:
-    """Path + size/mtime of the store's and the variable's metadata files (chunks not walked)."""
-    if "://" in path:
-        return f"{path}|{variable}"
-    parts = [path, variable]
-    for folder in (Path(path), Path(path) / variable):
-        for marker in ZARR_MARKERS:
-            meta = folder / marker
-            if meta.is_file():
-                st = meta.stat()
-                parts.append(f"{meta.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}")
-    return "|".join(parts)
+    """Metadata files, chunk listing and a chunk content sample (scene/identity.py)."""
+    return zarr_identity(path, variable, ZARR_MARKERS)
 
 
 def handle(scene: SceneInfo):

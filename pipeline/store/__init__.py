@@ -14,7 +14,7 @@ described in ``layout.py``.
 
 from pipeline.store.arrays import open_labels, write_block
 from pipeline.store.attrs import jsonable, read_attrs, update_attrs
-from pipeline.store.create import create_store
+from pipeline.store.create import check_not_input, create_store
 from pipeline.store.layout import (
     BLOCK_DONE,
     BLOCK_STARTED,
@@ -38,6 +38,7 @@ from pipeline.store.resume import prepare
 
 __all__ = [
     "BLOCK_DONE",
+    "check_not_input",
     "BLOCK_STARTED",
     "CHUNK",
     "CONFIDENCE",

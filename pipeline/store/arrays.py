@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -60,12 +62,38 @@ def _check_region(arr: zarr.Array, row0: int, col0: int, h: int, w: int) -> None
         )
 
 
+def _fsync(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_chunks(array: Path, chunks: Iterable[tuple[int, int]]) -> None:
+    """Make the chunk files ``array/<row>/<col>`` (CHUNK_KEYS) durable: fsync each file
+    that exists (zarr skips or deletes a chunk equal to the fill value) and the folders
+    holding them, so their names survive a crash too (POSIX: a rename is durable only once
+    its folder is fsynced)."""
+    folders = {array}
+    for row, col in chunks:
+        folder = array / str(row)
+        with contextlib.suppress(FileNotFoundError):  # not written: equal to the fill value
+            _fsync(folder / str(col))
+        folders.add(folder)
+    for folder in sorted(folders):
+        if folder.is_dir():
+            _fsync(folder, directory=True)
+
+
 def write_block(
     path: str | os.PathLike,
     row0: int,
     col0: int,
     labels: np.ndarray,
     confidence: np.ndarray | None = None,
+    *,
+    durable: bool = False,
 ) -> None:
     """Write one native-pixel block into an existing store.
 
@@ -74,6 +102,9 @@ def write_block(
         edge unless the block ends at the scene edge.
     confidence: (h, w) uint8 (max prob x 254), required exactly when the store has a
         ``confidence`` array.
+
+    durable: return only once every chunk file written is on disk (fsync of the files and
+        their folders): a block's completion record may then be written.
 
     Safe to call concurrently from several processes for disjoint blocks: each block owns
     whole chunks, and every chunk file is written atomically (temp file + rename).
@@ -98,6 +129,15 @@ def write_block(
     elif has_conf:
         raise ValueError(f"{path} has a confidence array: pass the block's confidence too")
     arr[row0 : row0 + h, col0 : col0 + w] = labels
+    if durable:
+        ch, cw = arr.chunks
+        chunks = [
+            (r, c)
+            for r in range(row0 // ch, -(-(row0 + h) // ch))
+            for c in range(col0 // cw, -(-(col0 + w) // cw))
+        ]
+        for name in (LABELS, CONFIDENCE) if confidence is not None else (LABELS,):
+            fsync_chunks(Path(path) / name, chunks)
 
 
 def open_labels(path: str | os.PathLike) -> zarr.Array:

@@ -1,15 +1,20 @@
 """Creating a label store: every array and attribute, no label data (SPEC 3.3).
 
 The store is built in a temporary sibling folder and renamed into place, so a store path
-never holds a half-created store; an existing path is replaced only with ``overwrite``,
-and only when it is a Zarr store or an empty folder.
+never holds a half-created store. An existing path is replaced only with ``overwrite``, and
+only when it is a store reattn-batch made (its marker: the group attribute
+``software: reattn-batch`` with a ``store_layout_version``, and its record arrays) or an
+empty folder: never another Zarr, never a
+folder of other files, never the input scene (see :func:`check_not_input`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +37,50 @@ from pipeline.store.layout import (
     validate_layout,
 )
 from pipeline.store.palette import label_attrs
+from pipeline.store.records import RECORD_CHUNK
 from workers.classes import MAX_CLASSES
 from workers.errors import UserError
 
+#: The marker every store of reattn-batch carries: the group attribute ``software`` with
+#: this value (and ``store_layout_version``), written by :func:`_build` itself. (No extra
+#: file: zarr warns about files it does not know in a group.)
+SOFTWARE = "reattn-batch"
+ZARR_MARKERS = (".zgroup", ".zarray", "zarr.json")
+
+
+def is_our_store(path: Path) -> bool:
+    """True for a label store reattn-batch made: its marker attributes and record array."""
+    if not (path.is_dir() and not path.is_symlink() and (path / BLOCK_DONE / ".zarray").is_file()):
+        return False
+    try:
+        attrs = json.loads((path / ".zattrs").read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(attrs, dict)
+        and attrs.get("software") == SOFTWARE
+        and "store_layout_version" in attrs
+    )
+
 
 def looks_like_zarr(path: Path) -> bool:
-    if path.is_dir():
-        if not any(path.iterdir()):
-            return True  # an empty folder is safe to replace
-        return any((path / name).exists() for name in (".zgroup", ".zarray", "zarr.json"))
+    """True for a path ``--overwrite`` may replace: an empty folder or our own store."""
+    if path.is_dir() and not path.is_symlink():
+        return not any(path.iterdir()) or is_our_store(path)
     return False
+
+
+def check_not_input(out: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
+    """Refuse an output path that is, contains or lies inside a local input (the scene):
+    writing or ``--overwrite`` there would destroy it. ``inputs``: local paths."""
+    target = Path(out).expanduser().resolve()
+    for source in inputs:
+        src = Path(source).expanduser().resolve()
+        if target == src or src.is_relative_to(target) or target.is_relative_to(src):
+            raise UserError(
+                f"the output store {out} is, holds or lies inside the input {source}; "
+                "pass an --out path outside the input"
+            )
 
 
 def create_store(
@@ -83,8 +122,13 @@ def create_store(
                 f"{path} already exists; pass --overwrite to replace it or --resume to finish it"
             )
         if not looks_like_zarr(path):
+            what = (
+                "a Zarr store reattn-batch did not make"
+                if path.is_dir() and any((path / n).exists() for n in ZARR_MARKERS)
+                else "not a Zarr store"
+            )
             raise UserError(
-                f"{path} exists and is not a Zarr store, so --overwrite will not delete it; "
+                f"{path} exists and is {what}, so --overwrite will not delete it; "
                 "choose another output path"
             )
 
@@ -137,6 +181,7 @@ def _build(
     group_attrs: dict[str, Any] = dict(user_attrs)
     group_attrs.update(
         {
+            "software": SOFTWARE,
             "Conventions": "CF-1.8",
             "store_layout_version": STORE_LAYOUT_VERSION,
             "class_names": list(class_names),
@@ -206,13 +251,14 @@ def _build(
             {"long_name": "confidence: max class probability x 254", "valid_range": [0, 254]},
         )
     for name, meaning in (
-        (BLOCK_STARTED, "1 once a task has started the block"),
-        (BLOCK_DONE, "1 once the block's data is written (completion record for --resume)"),
+        (BLOCK_STARTED, "1 once a run submitted the block's task"),
+        (BLOCK_DONE, "1 once the block's data is durable (completion record for --resume)"),
     ):
         group.create_array(
             name,
             shape=blocks,
-            chunks=(1, 1),  # one file per block: each task writes only its own record
+            # a few files for any scene, written by the driver only (store/records.py)
+            chunks=(min(blocks[0], RECORD_CHUNK), min(blocks[1], RECORD_CHUNK)),
             dtype="uint8",
             fill_value=0,
             compressors=None,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.store.attrs import checked_attrs, read_attrs
-from pipeline.store.create import create_store, looks_like_zarr
+from pipeline.store.create import ZARR_MARKERS, create_store
 from pipeline.store.layout import StoreLayout
 from pipeline.store.records import done_blocks
 from workers.errors import UserError
@@ -25,17 +25,20 @@ def prepare(
     resume: bool,
     background_index: int | None = 0,
     run_keys: Sequence[str] = (),
+    worker_keys: Sequence[str] = (),
 ) -> set[int]:
     """Create the store, or open it for ``resume``; returns the blocks already done.
 
     A resumed store must have been written by the same run (same ``run_fingerprint``);
+    and the same ``worker_keys`` attributes (decided by the workers, e.g. the precision);
     otherwise a UserError names the ``run_keys`` attributes that differ.
     """
     path = Path(path)
-    if resume and looks_like_zarr(path):
-        old = read_attrs(path)
-        if old.get("run_fingerprint") != attrs.get("run_fingerprint"):
-            new = checked_attrs(attrs)
+    if resume and path.is_dir() and any((path / name).exists() for name in ZARR_MARKERS):
+        old, new = read_attrs(path), checked_attrs(attrs)
+        if old.get("run_fingerprint") != new.get("run_fingerprint") or any(
+            old.get(k) != new.get(k) for k in worker_keys
+        ):
             differ = [k for k in run_keys if old.get(k) != new.get(k)] or ["run_fingerprint"]
             raise UserError(
                 f"--resume {path}: the store was written by a different run "
