@@ -5,14 +5,20 @@ The text embeddings are computed once, by a task of their own, and handed to eve
 from __future__ import annotations
 
 import dataclasses
+import logging
+import uuid
 
-from pipeline.blocks.task import BlockTask, run_block
+from pipeline.blocks.task import BlockFailure, BlockTask, run_block
 from pipeline.grid.grids import BlockGrid
-from pipeline.run.bounded import bounded_as_completed, window_for
+from pipeline.run.bounded import POLL_SECONDS, bounded_as_completed
 from pipeline.run.cluster import ClusterInfo
 from pipeline.run.progress import RunProgress
+from pipeline.run.watch import NoWorkerError, NoWorkerWatch
+from pipeline.settings import DEFAULT_NO_WORKER_TIMEOUT
 from workers.errors import UserError
 from workers.model_cache import embed_queries
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,11 +30,26 @@ class Computed:
     megapixels_per_second: float
 
 
-def block_result(future, grid: BlockGrid, out: str):
+def wait_result(future, tick=None):
+    """``future.result()``; with ``tick``, waited for in steps that call ``tick()``: a
+    result held only by a worker that died is recomputed, and if no worker can do that
+    the no-worker watch in ``tick`` ends the run instead of a gather waiting forever."""
+    while True:
+        try:
+            return future.result(timeout=None if tick is None else POLL_SECONDS)
+        except TimeoutError:
+            if tick is None:
+                raise
+            tick()
+
+
+def block_result(future, grid: BlockGrid, out: str, tick=None):
     """A finished block's result; a failed block fails the run with one line that names
     its window, leaving the store resumable (finished blocks keep their records)."""
     try:
-        return future.result()
+        result = wait_result(future, tick)
+    except NoWorkerError:
+        raise  # says itself that finished blocks are kept
     except UserError as exc:
         raise UserError(f"{exc}; finished blocks are kept in {out}: rerun with --resume") from exc
     except Exception as exc:
@@ -40,13 +61,42 @@ def block_result(future, grid: BlockGrid, out: str):
             f"{type(exc).__name__}: {reason}; finished blocks are kept in {out}: "
             "fix the cause and rerun with --resume"
         ) from exc
+    if isinstance(result, BlockFailure):
+        raise failure_error(result, grid, out)
+    return result
+
+
+def failure_error(failure: BlockFailure, grid: BlockGrid, out: str) -> UserError:
+    """The one line of a block task that failed (its traceback is logged at DEBUG)."""
+    log.debug("block %d failed on the worker:\n%s", failure.index, failure.traceback)
+    if failure.user_error:
+        kept = f"finished blocks are kept in {out}: rerun with --resume"
+        return UserError(f"{failure.message}; {kept}")
+    box = grid.block_at(failure.index).native
+    reason = failure.message.splitlines()[0] if failure.message else ""
+    return UserError(
+        f"block {failure.index} (rows {box.y0}:{box.y1}, cols {box.x0}:{box.x1}) failed: "
+        f"{failure.error_type}: {reason}; finished blocks are kept in {out}: "
+        "fix the cause and rerun with --resume"
+    )
 
 
 def submit_blocks(
-    client, info: ClusterInfo, task: BlockTask, *, todo: list[int], done: int, key: str
+    client,
+    info: ClusterInfo,
+    task: BlockTask,
+    *,
+    todo: list[int],
+    done: int,
+    key: str,
+    no_worker_timeout: float = DEFAULT_NO_WORKER_TIMEOUT,
 ) -> Computed:
     """Run blocks ``todo`` through a bounded window; ``done`` blocks are already finished;
-    ``key`` makes the task keys of this run its own."""
+    ``key`` makes the task keys of this run its own. The run ends with one line once no
+    worker could run its tasks for ``no_worker_timeout`` seconds."""
+    watch = NoWorkerWatch(client, gpu=info.gpu_resources, timeout=no_worker_timeout, out=task.store)
+    topic = f"reattn-progress-{uuid.uuid4().hex[:12]}"
+    task = dataclasses.replace(task, progress_topic=topic)
     resources = {"GPU": 1} if info.gpu_resources else None
     queries = client.submit(embed_queries, task.model, task.classes.queries, resources=resources)
 
@@ -55,12 +105,25 @@ def submit_blocks(
             run_block, task, index, queries, resources=resources, key=f"block-{key}-{index}"
         )
 
-    finished = bounded_as_completed(submit, todo, window_for(info.total_threads))
     crops = touched = 0
     with RunProgress(len(task.grid), done_blocks=done) as progress:
-        for future in finished:
-            result = block_result(future, task.grid, task.store)
-            crops += result.crops
-            touched += result.crops_touching
-            progress.advance(result.pixels)
+
+        def on_crops(event) -> None:  # (time, {"block", "crops", "of"}) from a block task
+            message = event[1]
+            progress.crops(message["block"], message["crops"], message["of"])
+
+        def tick() -> None:
+            watch.check()
+            progress.tick()
+
+        client.subscribe_topic(topic, on_crops)
+        try:
+            finished = bounded_as_completed(submit, todo, watch.window, tick=tick)
+            for future in finished:
+                result = block_result(future, task.grid, task.store, tick)
+                crops += result.crops
+                touched += result.crops_touching
+                progress.advance(result.pixels, block=result.index)
+        finally:
+            client.unsubscribe_topic(topic)
         return Computed(crops, touched, progress.megapixels_per_second)

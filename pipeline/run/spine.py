@@ -28,7 +28,7 @@ from pipeline.blocks.submit import submit_blocks
 from pipeline.blocks.task import BlockTask
 from pipeline.run.cluster import ClusterInfo, connect
 from pipeline.run.fingerprint import RUN_KEYS, run_attrs, run_fingerprint
-from pipeline.run.guard import check_block_memory
+from pipeline.run.guard import Source, check_block_memory, model_bytes
 from pipeline.run.plan import plan
 from pipeline.run.request import SceneRequest
 from pipeline.run.summary import RunSummary, finish
@@ -56,6 +56,9 @@ def run_scene(
             batch=request.model.cfg.batch_size,
             upsampler=request.model.upsampler,
             worker_limit=info.worker_memory_limit,
+            workers=info.workers,
+            source=Source.of(scene),
+            model=model_bytes(request.model.cfg.clip_model),
         )
         log.info("block task memory estimate %.2f GiB", need.total / 2**30)
         done = store.prepare(
@@ -99,7 +102,10 @@ def run_scene(
             save_confidence=request.settings.save_confidence,
             torch_threads=info.torch_threads,
         )
-        computed = submit_blocks(client, info, task, todo=todo, done=len(done), key=fingerprint)
+        computed = submit_blocks(
+            client, info, task, todo=todo, done=len(done), key=fingerprint,
+            no_worker_timeout=request.settings.no_worker_timeout,
+        )  # fmt: skip
     finish(
         out,
         todo=len(todo),
