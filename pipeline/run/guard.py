@@ -2,7 +2,7 @@
 tasks would not fit a worker's memory, before anything is computed.
 
 A block task holds, in float32 (4 bytes): the logit sum, the mean and, after resampling
-to native, the logits again and the softmax probabilities, each Q x block pixels
+to native, NATIVE_COPIES arrays (logits, scaled logits, softmax...), each Q x block pixels
 (Q = text queries); plus one batch of crop logits (batch x Q x crop^2), the upsampled
 features of a batch (batch x 512 x crop^2, SimFeatUp only, about three copies live
 inside the upsampler), the image window, the source tiles a read decodes (the source's
@@ -35,7 +35,11 @@ MODEL_BYTES = 1.2e9  # ViT-B/16 fp32 weights, activations of a batch, text tower
 #: peak RSS of one tiny-model block task in a fresh process minus the estimate of its
 #: parts, about 150 MB for 512..2048 px blocks (tests/test_memory_guard.py), rounded up.
 RUNTIME_BYTES = 200_000_000
-HEADROOM = 0.8  # use at most this share of a worker's (or a GPU's) memory
+HEADROOM = 0.8
+#: Q x native-pixel float32 arrays alive at once after resampling back to native (the mean,
+#: scaled logits, softmax, a temporary): 2 let a 201-query task past the guard that then
+#: died at a 1.5 GiB limit (tests/test_memory_guard.py::test_run_refuses_before...).
+NATIVE_COPIES = 4  # use at most this share of a worker's (or a GPU's) memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +119,9 @@ def estimate_block_memory(
     crop_px = grid.crop * grid.crop
     crop_box_px = block.crop_box.shape[0] * block.crop_box.shape[1]
     read_px = block.read.shape[0] * block.read.shape[1]
-    logits = FLOAT * queries * (2 * model_px + 2 * native_px)
+    # model region: the logit sum and the mean; native: the resampled mean, the scaled
+    # logits, their softmax and its temporaries in class_probabilities (4 copies)
+    logits = FLOAT * queries * (2 * model_px + NATIVE_COPIES * native_px)
     features = 3 * batch * 512 * crop_px * FLOAT if upsampler != "bilinear" else 0
     crops = FLOAT * batch * queries * crop_px + features
     image = read_px * (3 + 1 + 3 * FLOAT) + crop_box_px * (1 + 2 * 3 * FLOAT)
