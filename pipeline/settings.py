@@ -40,6 +40,13 @@ DEFAULT_BLOCK_SIZE = AUTO_BLOCK
 #: The halo redundancy ``auto`` keeps the block under (0.10: at most 10 % extra crop runs).
 HALO_TARGET = 0.10
 DEVICES = ("auto", "cpu", "cuda")
+#: Seconds a run waits while no Dask worker can run its tasks before it ends with one line
+#: (zero workers, or none with the GPU resource the tasks request): suits an interactive
+#: run; batch jobs on adaptive clusters that scale from zero may want more.
+DEFAULT_NO_WORKER_TIMEOUT = 300.0
+#: Bounds of the resampling factor native GSD / model GSD (``--gsd``): beyond them the model
+#: grid is absurd (a 1 x 1 grid, or 1e11 pixels) rather than a resolution choice.
+GSD_FACTOR_BOUNDS = (1 / 64, 64.0)
 CLIP_WEIGHT_NAMES = ("openai", "random")  # besides a file path
 
 
@@ -89,12 +96,14 @@ class ModelSettings(Settings):
 class SceneSettings(Settings):
     """How a scene is mapped: the ``run:`` section of a job spec, the `run` flags."""
 
-    gsd: float | None = Field(None, gt=0.0)  # model pixel size in CRS units (None: native)
+    gsd: float | None = Field(None, gt=0.0, allow_inf_nan=False)  # CRS units (None: native)
     block_size: Literal[AUTO_BLOCK] | StrictInt = DEFAULT_BLOCK_SIZE
     bands: tuple[StrictInt, ...] | None = None  # 1-based source bands used as R, G, B
     stretch: tuple[float, float] | None = None  # LO, HI to 0..255 for non-uint8 data
     variable: str | None = None  # the (band, y, x) array of a Zarr scene
     save_confidence: StrictBool = False
+    #: seconds without any worker able to run the tasks before the run ends (not fingerprinted)
+    no_worker_timeout: float = Field(DEFAULT_NO_WORKER_TIMEOUT, gt=0.0, allow_inf_nan=False)
 
     @field_validator("bands", mode="before")
     @classmethod

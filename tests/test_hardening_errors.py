@@ -24,11 +24,6 @@ def scene(tmp_path_factory):
     return h.write_scene(tmp_path_factory.mktemp("scene") / "scene.tif", 300, 260)  # 0.5 m
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 9: a failing block task also prints Dask's 'Compute Failed' "
-    "log and a Python traceback before the one good line",
-)
 def test_a_corrupt_tile_gives_exactly_one_line(tmp_path):
     scene = h.write_scene(tmp_path / "corrupt.tif", 1000, 1000, compress="deflate")
     with rasterio.open(scene) as ds:  # the tile at tile row 3, col 3: rows/cols 768:1000
@@ -47,16 +42,12 @@ def test_a_corrupt_tile_gives_exactly_one_line(tmp_path):
 
 
 GSD_CASES = [
-    pytest.param("nan", marks=pytest.mark.xfail(
-        strict=True, reason="issue 11 item 9: --gsd nan: ValueError traceback in the grid")),
-    pytest.param("inf", marks=pytest.mark.xfail(
-        strict=True, reason="issue 11 item 9: --gsd inf: accepted, a 1 x 1 model grid")),
+    pytest.param("nan"),
+    pytest.param("inf"),
     pytest.param("-inf"),
     pytest.param("0"),
     pytest.param("-0.5"),
-    pytest.param("1e-6", marks=pytest.mark.xfail(
-        strict=True, reason="issue 11 item 9: --gsd 1e-6 on a 0.5 m scene (x500000): "
-        "planning a 1e11-pixel model grid never ends")),
+    pytest.param("1e-6"),
 ]  # fmt: skip
 
 
@@ -71,11 +62,6 @@ def test_bad_gsd_gives_one_line(tmp_path, scene, gsd):
     assert not (tmp_path / "o.zarr").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 9: a UTF-8 BOM becomes part of the first class name "
-    "('\\ufeffbackground'), and a second background class is added",
-)
 def test_a_classes_file_with_a_bom_gives_the_same_classes(tmp_path, scene):
     text = "background\nbuilding\nroad,street\n"
     plain, bom = tmp_path / "plain.txt", tmp_path / "bom.txt"
@@ -91,11 +77,6 @@ def test_a_classes_file_with_a_bom_gives_the_same_classes(tmp_path, scene):
     assert names[1] == names[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 9: equal 2nd/98th percentiles (a constant uint16 scene) "
-    "silently become lo..lo+1, with no warning",
-)
 def test_a_stretch_with_equal_percentiles_warns_or_asks_for_stretch(tmp_path):
     scene = h.write_scene(
         tmp_path / "flat.tif", 300, 260, data=np.full((3, 260, 300), 1000, np.uint16)
@@ -124,11 +105,6 @@ def test_an_explicit_stretch_on_a_constant_scene_works(tmp_path):
     assert (h.labels(store) != 255).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 9: GCP-only georeferencing is ignored: the store is written "
-    "in pixel coordinates with no CRS, after only a warning",
-)
 def test_gcp_only_georeferencing_is_refused_or_warped(tmp_path):
     data = (h.texture(260, 300) * 255).astype("uint8")
     gcps = [

@@ -31,11 +31,6 @@ def cache_env(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 4: a scheduler with zero workers: tasks wait forever "
-    "(no --no-worker-timeout)",
-)
 def test_a_scheduler_without_workers_ends_with_one_line(tmp_path, cache_env):
     scene = h.write_scene(tmp_path / "scene.tif", 300, 260)
     with dask_processes(tmp_path / "dask", n_workers=0, env=cache_env) as procs:
@@ -59,11 +54,6 @@ def _start_cpu_worker(procs, workdir) -> subprocess.Popen:
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 4: the GPU worker is gone (walltime, preemption) and the "
-    "remaining worker lacks the GPU resource the block tasks request: the run hangs",
-)
 def test_losing_the_only_gpu_worker_ends_with_one_line(tmp_path, cache_env):
     """How the run requests resources today: model tasks ask for GPU=1 when any worker
     advertises GPU (pipeline cluster info), so the blocks left after the GPU worker dies
@@ -103,11 +93,6 @@ def test_losing_the_only_gpu_worker_ends_with_one_line(tmp_path, cache_env):
         pytest.param(["--threads-per-worker", "0"], id="threads-0"),
     ],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 4: --workers 0 / --threads-per-worker 0 silently become 1 and "
-    "--workers -1 starts a cluster without workers that never finishes",
-)
 def test_nonpositive_workers_or_threads_are_refused_with_one_line(tmp_path, option):
     scene = h.write_scene(tmp_path / "scene.tif", 300, 260)
     store = tmp_path / "o.zarr"
@@ -136,11 +121,6 @@ cluster:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 4: job specs have no run.no_worker_timeout, and a regional job "
-    "on a cluster without workers hangs",
-)
 def test_a_regional_job_without_workers_records_the_scene_as_failed(tmp_path, cache_env):
     h.write_scene(tmp_path / "scene.tif", 300, 260)
     with dask_processes(tmp_path / "dask", n_workers=0, env=cache_env) as procs:

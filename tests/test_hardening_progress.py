@@ -33,11 +33,6 @@ def _partial_crop_lines(stderr: str) -> list[str]:
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 10: progress counts whole blocks only; a one-block job logs "
-    "nothing until it ends",
-)
 def test_a_one_block_job_logs_crop_progress_inside_the_block(tmp_path):
     scene = h.write_scene(tmp_path / "scene.tif", 1024, 1024)  # one 2048 block, ~100 crops
     interval = {"REATTN_BATCH_PROGRESS_INTERVAL": "1"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import traceback
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from pipeline.report import Clock, TimedSegmenter, model_facts
 from pipeline.scene import SceneInfo
 from pipeline.store import NODATA
 from workers.classes import ClassList
+from workers.errors import UserError
 from workers.model_cache import segmenter_for
 from workers.model_spec import ModelSpec
 from workers.postprocess import labels_from_logits
@@ -41,6 +43,7 @@ class BlockTask:
     store: str  # absolute path of the label store (workers may run elsewhere)
     save_confidence: bool
     torch_threads: int = 0  # intra-op threads for the model (0: leave the worker's setting)
+    progress_topic: str | None = None  # Dask event topic for crop progress (None: silent)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +63,62 @@ class BlockResult:
     facts: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def run_block(task: BlockTask, index: int, queries: np.ndarray) -> BlockResult:
-    """Compute and write block ``index``; returns what it did."""
+@dataclasses.dataclass(frozen=True)
+class BlockFailure:
+    """A block task that raised, returned as a value: Dask then logs no "Compute Failed"
+    with a traceback on the worker, and the driver turns it into one line."""
+
+    index: int
+    error_type: str
+    message: str  # the exception's text (a UserError's is the whole line to show)
+    user_error: bool  # a UserError (bad input): its message stands alone
+    traceback: str  # for --debug
+
+
+def run_block(task: BlockTask, index: int, queries: np.ndarray) -> BlockResult | BlockFailure:
+    """Compute and write block ``index``; returns what it did, or how it failed."""
+    try:
+        return compute_block(task, index, queries)
+    except Exception as exc:
+        return BlockFailure(
+            index=index,
+            error_type=type(exc).__name__,
+            message=str(exc),
+            user_error=isinstance(exc, UserError),
+            traceback=traceback.format_exc(),
+        )
+
+
+class CropProgress:
+    """Reports crops examined / crops touching of one block to the driver (a Dask event on
+    ``topic``), at most every ``every`` seconds; silent outside a Dask worker."""
+
+    def __init__(self, topic: str | None, index: int, total: int, every: float = 0.5) -> None:
+        self.index, self.total, self.every = index, total, every
+        self.done = 0
+        self.last = time.monotonic()
+        self.worker = None
+        if topic:
+            try:
+                from distributed import get_worker
+
+                self.worker = get_worker()
+            except ValueError:  # not in a worker (a direct call)
+                self.worker = None
+        self.topic = topic
+
+    def step(self) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if self.worker is not None and now - self.last >= self.every:
+            self.last = now
+            self.worker.log_event(
+                self.topic, {"block": self.index, "crops": self.done, "of": self.total}
+            )
+
+
+def compute_block(task: BlockTask, index: int, queries: np.ndarray) -> BlockResult:
+    """Compute and write block ``index``; returns what it did (raises on failure)."""
     start = time.perf_counter()
     block = task.grid.block_at(index)
     if task.torch_threads and torch.get_num_threads() != task.torch_threads:
@@ -72,8 +129,10 @@ def run_block(task: BlockTask, index: int, queries: np.ndarray) -> BlockResult:
         touching = task.grid.crops_touching(block.model)
         block_input = BlockInput(task, block)
     crops: list[Box] = []
+    progress = CropProgress(task.progress_topic, index, len(touching))
 
     def keep(crop: Box) -> bool:  # waits for the crop's rows; skips all-nodata crops
+        progress.step()  # crops before this one have run or are in the current batch
         with clock.phase("load"):
             has_data = block_input.crop_has_data(crop)
         if has_data:

@@ -20,11 +20,14 @@ from pipeline.cli.options import (
     scheduler_options,
     take,
 )
+from pipeline.settings import SceneSettings, option_default
 from workers.errors import UserError
 
 log = logging.getLogger("reattn_batch")
 
-SCENE_KEYS = ("gsd", "block_size", "bands", "stretch", "variable", "save_confidence")
+SCENE_KEYS = (
+    "gsd", "block_size", "bands", "stretch", "variable", "save_confidence", "no_worker_timeout"
+)  # fmt: skip
 CLUSTER_KEYS = ("scheduler", "scheduler_file", "workers", "threads_per_worker")
 
 
@@ -39,6 +42,14 @@ CLUSTER_KEYS = ("scheduler", "scheduler_file", "workers", "threads_per_worker")
 @scene_options
 @local_cluster_options
 @scheduler_options
+@click.option(
+    "--no-worker-timeout",
+    type=float,
+    default=option_default(SceneSettings, "no_worker_timeout"),
+    show_default=True,
+    help="Seconds without any worker able to run the tasks (none at all, or none with "
+    "the GPU resource they request) before the run ends with an error.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output store.")
 @click.option(
     "--resume",

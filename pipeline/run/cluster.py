@@ -20,6 +20,16 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
+class WorkerInfo:
+    """One worker as the memory guard sees it."""
+
+    threads: int
+    memory_limit: int | None  # bytes (None: the worker has no limit)
+    gpu: bool  # advertises the GPU resource
+    gpu_memory: int | None = None  # bytes of its CUDA device (None: unknown / no GPU)
+
+
+@dataclasses.dataclass(frozen=True)
 class ClusterInfo:
     """What the job needs to know about the cluster it got."""
 
@@ -27,7 +37,8 @@ class ClusterInfo:
     torch_threads: int  # intra-op threads per model task (0: leave the worker's setting)
     total_threads: int
     dashboard: str | None
-    worker_memory_limit: int | None  # bytes, the smallest worker's limit (None: unlimited)
+    worker_memory_limit: int | None  # bytes, the smallest limit of a worker that has one
+    workers: tuple[WorkerInfo, ...] = ()  # every worker at the start (for the memory guard)
 
 
 CONNECT_TIMEOUT_ENV = "REATTN_BATCH_CONNECT_TIMEOUT"
@@ -94,6 +105,46 @@ def local_cluster(request: ClusterSettings) -> tuple[LocalCluster, int]:
     return cluster, torch_threads
 
 
+def _cuda_memory() -> int | None:
+    """Total bytes of this worker's CUDA device (run on a worker), None without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.mem_get_info()[1])
+
+
+def cluster_info(client: Client, torch_threads: int) -> ClusterInfo:
+    """What the run needs to know about ALL workers (``n_workers=-1``: distributed releases
+    before 2025 list only 5 by default); GPU workers report their device memory."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    gpu_workers = [a for a, w in workers.items() if "GPU" in w.get("resources", {})]
+    gpu_memory: dict[str, int | None] = {}
+    if gpu_workers:
+        try:
+            gpu_memory = client.run(_cuda_memory, workers=gpu_workers)
+        except Exception:  # a worker gone meanwhile, or without torch: memory unknown
+            log.warning("could not read the GPU memory of the GPU workers")
+    infos = tuple(
+        WorkerInfo(
+            threads=int(w.get("nthreads", 1)),
+            memory_limit=int(w["memory_limit"]) if w.get("memory_limit") else None,
+            gpu=address in gpu_workers,
+            gpu_memory=gpu_memory.get(address),
+        )
+        for address, w in workers.items()
+    )
+    limits = [w.memory_limit for w in infos if w.memory_limit]
+    return ClusterInfo(
+        gpu_resources=bool(gpu_workers),
+        torch_threads=torch_threads,
+        total_threads=sum(w.threads for w in infos) or 1,
+        worker_memory_limit=min(limits) if limits else None,
+        dashboard=client.dashboard_link,
+        workers=infos,
+    )
+
+
 @contextlib.contextmanager
 def connect(request: ClusterSettings) -> Iterator[tuple[Client, ClusterInfo]]:
     """A Dask client for the request; closes what it started."""
@@ -133,16 +184,7 @@ def connect(request: ClusterSettings) -> Iterator[tuple[Client, ClusterInfo]]:
         cluster, torch_threads = local_cluster(request)
         client = Client(cluster)
     try:
-        workers = client.scheduler_info()["workers"].values()
-        info = ClusterInfo(
-            gpu_resources=any("GPU" in w.get("resources", {}) for w in workers),
-            torch_threads=torch_threads,
-            total_threads=sum(w.get("nthreads", 1) for w in workers) or 1,
-            worker_memory_limit=min((w.get("memory_limit") or 0 for w in workers), default=0)
-            or None,
-            dashboard=client.dashboard_link,
-        )
-        yield client, info
+        yield client, cluster_info(client, torch_threads)
     finally:
         client.close()
         if cluster is not None:

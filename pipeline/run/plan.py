@@ -10,7 +10,8 @@ from pipeline.grid.block_size import choose_block_size
 from pipeline.grid.grids import BlockGrid, ModelGrid
 from pipeline.run.request import SceneRequest
 from pipeline.scene import SceneInfo, open_scene
-from pipeline.settings import AUTO_BLOCK
+from pipeline.settings import AUTO_BLOCK, GSD_FACTOR_BOUNDS
+from workers.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ def plan(request: SceneRequest) -> Plan:
         request.scene, bands=settings.bands, stretch=settings.stretch, variable=settings.variable
     )
     model_gsd = settings.gsd or scene.gsd
+    check_gsd_factor(scene.gsd, model_gsd)
     model_grid = ModelGrid.for_gsd((scene.height, scene.width), scene.gsd, model_gsd)
     grid = block_grid(model_grid, settings.block_size, request.model.cfg)
     return Plan(scene=scene, grid=grid, model_gsd=model_gsd)
@@ -53,3 +55,15 @@ def block_grid(
             )  # fmt: skip
         block_size = choice.block
     return BlockGrid(model_grid=model_grid, block=block_size, crop=cfg.crop, stride=cfg.stride)
+
+
+def check_gsd_factor(native_gsd: float, model_gsd: float) -> None:
+    """Refuse a model GSD whose factor native/model lies outside ``GSD_FACTOR_BOUNDS``."""
+    lo, hi = GSD_FACTOR_BOUNDS
+    factor = native_gsd / model_gsd
+    if not lo <= factor <= hi:
+        raise UserError(
+            f"--gsd {model_gsd:g} on a scene of GSD {native_gsd:g} resamples it by x{factor:.3g}; "
+            f"the model grid must be between 1/{1 / lo:g} and {hi:g} times the native one: "
+            f"pass a --gsd between {native_gsd / hi:g} and {native_gsd / lo:g}"
+        )

@@ -1,35 +1,63 @@
-"""Progress of a run: a live display on a terminal, periodic log lines otherwise."""
+"""Progress of a run: a live display on a terminal, periodic log lines otherwise.
+
+Blocks are counted as they finish; inside the running blocks, crops are counted as the
+block tasks report them (a Dask event topic, see ``blocks/task.py: CropProgress``), so a
+one-block job shows progress long before its block is done. Log lines come at most every
+``$REATTN_BATCH_PROGRESS_INTERVAL`` seconds (default 10).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
 import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from workers.errors import UserError
+
 log = logging.getLogger(__name__)
+
+INTERVAL_ENV = "REATTN_BATCH_PROGRESS_INTERVAL"
+
+
+def progress_interval() -> float:
+    """Seconds between progress log lines: $REATTN_BATCH_PROGRESS_INTERVAL, default 10."""
+    text = os.environ.get(INTERVAL_ENV, "").strip() or "10"
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise UserError(f"{INTERVAL_ENV}={text!r}: expected a positive number of seconds")
+    return seconds
 
 
 class RunProgress:
-    """Blocks done / total, megapixels per second and ETA."""
+    """Blocks done / total, crops done in the running blocks, megapixels per second, ETA."""
 
-    def __init__(self, total_blocks: int, done_blocks: int = 0, interval: float = 10.0) -> None:
+    def __init__(
+        self, total_blocks: int, done_blocks: int = 0, interval: float | None = None
+    ) -> None:
         self.total = total_blocks
         self.done = done_blocks
         self.start_done = done_blocks
         self.pixels = 0
         self.start = time.monotonic()
-        self.interval = interval
+        self.interval = progress_interval() if interval is None else interval
         self.last_log = self.start
         self.live = sys.stderr.isatty()
         self._progress: Progress | None = None
+        self._crops: dict[int, tuple[int, int]] = {}  # running block -> (crops done, of)
+        self._lock = threading.Lock()
 
     def __enter__(self) -> RunProgress:
         if self.live:
             self._progress = Progress(
-                TextColumn("blocks"),
+                TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"),
@@ -39,6 +67,9 @@ class RunProgress:
             self._progress.start()
             self._task = self._progress.add_task(
                 "blocks", total=self.total, completed=self.done, rate=""
+            )
+            self._crop_task = self._progress.add_task(
+                "crops in running blocks", total=None, completed=0, rate="", visible=False
             )
         return self
 
@@ -58,18 +89,47 @@ class RunProgress:
         per_block = (time.monotonic() - self.start) / finished
         return per_block * (self.total - self.done)
 
-    def advance(self, pixels: int) -> None:
+    def crops(self, block: int, done: int, of: int) -> None:
+        """A running block reports ``done`` of its ``of`` crops (any thread)."""
+        with self._lock:
+            self._crops[block] = (done, of)
+
+    def crop_counts(self) -> tuple[int, int, int]:
+        """(crops done, crops, blocks) over the running blocks that reported."""
+        with self._lock:
+            values = list(self._crops.values())
+        return sum(d for d, _ in values), sum(n for _, n in values), len(values)
+
+    def advance(self, pixels: int, block: int | None = None) -> None:
+        """Block ``block`` finished with ``pixels`` native pixels."""
         self.done += 1
         self.pixels += pixels
+        if block is not None:
+            with self._lock:
+                self._crops.pop(block, None)
+        self.tick(force=self.done == self.total)
+
+    def tick(self, force: bool = False) -> None:
+        """Refresh the display; a log line when ``interval`` has passed (or ``force``)."""
         rate = f"{self.megapixels_per_second:.3g} MP/s"
+        crops_done, crops, running = self.crop_counts()
         if self._progress is not None:
             self._progress.update(self._task, completed=self.done, rate=rate)
+            self._progress.update(
+                self._crop_task, completed=crops_done, total=crops or None, visible=running > 0
+            )
             return
         now = time.monotonic()
-        if now - self.last_log >= self.interval or self.done == self.total:
-            self.last_log = now
-            eta = self.eta_seconds()
-            log.info(
-                "blocks %d/%d, %s, ETA %s",
-                self.done, self.total, rate, "-" if eta is None else f"{eta:.0f}s",
-            )  # fmt: skip
+        if not force and now - self.last_log < self.interval:
+            return
+        self.last_log = now
+        eta = self.eta_seconds()
+        inside = (
+            f", crops {crops_done}/{crops} in {running} running block{'s' * (running != 1)}"
+            if running
+            else ""
+        )
+        log.info(
+            "blocks %d/%d%s, %s, ETA %s",
+            self.done, self.total, inside, rate, "-" if eta is None else f"{eta:.0f}s",
+        )  # fmt: skip

@@ -37,7 +37,14 @@ from pipeline.run.fingerprint import (
     run_fingerprint,
     worker_precision,
 )
-from pipeline.run.guard import check_block_memory, feature_channels, fits_worker, guard_batch_size
+from pipeline.run.guard import (
+    Source,
+    check_block_memory,
+    feature_channels,
+    fits_worker,
+    guard_batch_size,
+    model_bytes,
+)
 from pipeline.run.plan import Plan, block_grid, plan
 from pipeline.run.request import SceneRequest
 from pipeline.run.summary import RunSummary, finish
@@ -71,6 +78,9 @@ def run_scene(
             ),
             "upsampler": request.model.upsampler,
             "worker_limit": info.worker_memory_limit,
+            "workers": info.workers,
+            "source": Source.of(scene),
+            "model": model_bytes(request.model.cfg.clip_model),
             "channels": feature_channels(request.model.cfg),
         }
         layout = dataclasses.replace(layout, grid=_final_grid(request, layout, memory))
@@ -121,7 +131,10 @@ def run_scene(
             save_confidence=request.settings.save_confidence,
             torch_threads=info.torch_threads,
         )
-        computed = submit_blocks(client, info, task, todo=todo, done=len(done), key=fingerprint)
+        computed = submit_blocks(
+            client, info, task, todo=todo, done=len(done), key=fingerprint,
+            no_worker_timeout=request.settings.no_worker_timeout,
+        )  # fmt: skip
     finish(
         out,
         todo=len(todo),

@@ -58,6 +58,13 @@ def open_dataset(uri: str, path: str, bands: tuple[int, ...] | None) -> SceneInf
             and MaskFlags.nodata not in flags
         )
         transform = ds.transform
+        if transform.is_identity and (ds.gcps[0] or ds.rpcs):
+            kind = "ground control points (GCPs)" if ds.gcps[0] else "RPCs"
+            raise UserError(
+                f"{uri}: georeferenced by {kind} only, which reattn-batch does not warp; "
+                "warp it to a map grid first, e.g. `gdalwarp -t_srs EPSG:XXXX "
+                f"{'-rpc ' if not ds.gcps[0] else ''}in.tif out.tif`, and map out.tif"
+            )
         crs_wkt = ds.crs.to_wkt() if ds.crs else None
         if is_remote(path):
             meta = repr(
@@ -82,6 +89,8 @@ def open_dataset(uri: str, path: str, bands: tuple[int, ...] | None) -> SceneInf
             path=path,
             variable=None,
             internal_mask=internal,
+            tile=tuple(int(v) for v in ds.block_shapes[0]),
+            tile_bands=count if ds.interleaving and ds.interleaving.name == "pixel" else 1,
         )
 
 

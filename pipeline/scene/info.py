@@ -28,6 +28,11 @@ class SceneInfo:
     #: What the reader opens: an absolute local path or a GDAL /vsi path (not the user's text).
     path: str
     variable: str | None = None
+    #: The source's internal tile (rows, cols): a read decodes whole tiles (a scene stored
+    #: as one strip of every row decodes the whole strip); None: unknown.
+    tile: tuple[int, int] | None = None
+    #: Bands of a source tile (pixel-interleaved files decode every band of a tile).
+    tile_bands: int = 1
     #: GDAL reports a per-dataset mask band (internal or .msk mask) that is not alpha.
     internal_mask: bool = False
 

@@ -85,5 +85,11 @@ def _estimate_stretch(scene: SceneInfo) -> tuple[float, float]:
         return lo, hi
     lo, hi = (float(v) for v in np.percentile(sample, STRETCH_PERCENTILES))
     if not hi > lo:
+        log.warning(
+            "%s: the 2nd and 98th percentiles of the stretch sample are equal (%g): the scene "
+            "is (nearly) constant and maps to one grey; pass --stretch LO,HI to choose the range",
+            scene.path,
+            lo,
+        )
         hi = lo + 1.0
     return lo, hi

@@ -10,6 +10,20 @@ from pipeline.scene.info import SceneInfo, WindowReadError
 from pipeline.scene.policy import to_rgb
 from workers.errors import UserError
 
+#: Failures during a read that are not about the file: they keep their own type and message
+#: and are never retried (a read is retried, or reported as corrupt, only for I/O and
+#: format errors: rasterio/GDAL, OS and decoder errors).
+NOT_READ_ERRORS: tuple[type[BaseException], ...] = (
+    MemoryError,
+    TypeError,
+    AttributeError,
+    NameError,
+    LookupError,
+    AssertionError,
+    NotImplementedError,
+    RecursionError,
+)
+
 
 def read_window(
     scene: SceneInfo, row0: int, col0: int, height: int, width: int
@@ -33,8 +47,8 @@ def read_window(
     try:
         reader = zarr_backend.read if scene.is_zarr else gdal_backend.read
         values, ok = reader(scene, r0, r1, c0, c1)
-    except UserError:
-        raise
+    except (UserError, *NOT_READ_ERRORS):
+        raise  # our own message, or out of memory / a code bug: not a corrupt file, no retry
     except Exception as exc:
         failure = exc
     if failure is not None:

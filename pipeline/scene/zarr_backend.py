@@ -107,7 +107,19 @@ def open_dataset(
             identity=identity,
             path=path,
             variable=str(da.name),
+            tile=_chunk_tile(da),
+            tile_bands=int(da.encoding.get("chunks", (1,))[0]) if band_dim else 1,
         )
+
+
+def _chunk_tile(da: Any) -> tuple[int, int] | None:
+    """The (rows, cols) of a Zarr variable's chunks (its last two axes), if known."""
+    chunks = da.encoding.get("chunks") or da.encoding.get("preferred_chunks")
+    if isinstance(chunks, dict):
+        chunks = tuple(chunks.values())
+    if not chunks or len(chunks) < 2:
+        return None
+    return int(chunks[-2]), int(chunks[-1])
 
 
 def store_identity(path: str, variable: str) -> str:
