@@ -51,6 +51,41 @@ log = logging.getLogger("reattn_batch")
     show_default=True,
     help="COG compression (ZSTD needs GDAL >= 2.3 to read).",
 )
+@click.option(
+    "--vector",
+    type=click.Path(path_type=Path),
+    help="Write class polygons: .gpkg, .fgb or .parquet (GeoParquet), by extension.",
+)
+@click.option(
+    "--classes", help="Classes to polygonize, comma-separated (default: all but background)."
+)
+@click.option(
+    "--min-area", type=float, default=0.0, help="Drop polygons smaller than this (CRS units^2)."
+)
+@click.option(
+    "--simplify",
+    type=float,
+    default=0.0,
+    help="Topology-preserving simplification tolerance (CRS units).",
+)
+@click.option(
+    "--connectivity",
+    type=click.Choice(["4", "8"]),
+    default="4",
+    show_default=True,
+    help="Pixel connectivity of a region.",
+)
+@click.option(
+    "--stac",
+    type=click.Path(path_type=Path),
+    help="Write a STAC Item for the store (and these outputs) into this folder.",
+)
+@click.option(
+    "--scheduler", help="Polygonize on an existing Dask scheduler (default: a local cluster)."
+)
+@click.option(
+    "--workers", type=int, help="Local cluster workers for --vector (default: one per core)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 def export_command(
     store_path: Path,
@@ -59,13 +94,36 @@ def export_command(
     max_size: int,
     overview_resampling: str,
     compress: str,
+    vector: Path | None,
+    classes: str | None,
+    min_area: float,
+    simplify: float,
+    connectivity: str,
+    stac: Path | None,
+    scheduler: str | None,
+    workers: int | None,
     overwrite: bool,
 ) -> None:
-    """Export a label STORE as a COG and/or a PNG quicklook with a legend."""
+    """Export a label STORE: COG, PNG quicklook, class polygons, STAC Item."""
     from pipeline import export
+    from pipeline.outputs import stac as stac_item
+    from pipeline.outputs import vector as polygons
 
-    if cog is None and quicklook is None:
-        raise UserError("nothing to export: pass --cog OUT.tif and/or --quicklook OUT.png")
+    if vector is None and (classes is not None or min_area or simplify or connectivity != "4"):
+        raise UserError("--classes, --min-area, --simplify and --connectivity need --vector OUT")
+    if cog is None and quicklook is None and vector is None and stac is None:
+        raise UserError(
+            "nothing to export: pass --cog OUT.tif, --quicklook OUT.png, --vector OUT.gpkg "
+            "and/or --stac DIR"
+        )
+    vector_request = None
+    if vector is not None:
+        vector_request = polygons.plan_vector(
+            store_path, vector, classes=classes, min_area=min_area, simplify=simplify,
+            connectivity=int(connectivity), overwrite=overwrite,
+        )  # fmt: skip
+    if stac is not None:
+        stac_item.check_dir(store_path, stac, overwrite)
     if cog is not None and quicklook is not None and cog.absolute() == quicklook.absolute():
         raise UserError(f"--cog and --quicklook are the same file ({cog}); pass two paths")
     if max_size < 1:
@@ -92,6 +150,12 @@ def export_command(
     if quicklook is not None:
         width, height = export.export_quicklook(ls.path, quicklook, max_size, overwrite=overwrite)
         log.info("wrote %s (%d x %d)", quicklook, width, height)
+    if vector_request is not None:
+        done = polygons.run_vector(vector_request, scheduler, workers)
+        log.info("wrote %s (%d polygons, %d across blocks)", vector, done.features, done.merged)
+    if stac is not None:
+        item = stac_item.write_item(ls.path, stac, cog=cog, vector=vector, quicklook=quicklook)
+        log.info("wrote %s", item)
 
 
 @click.command("info")

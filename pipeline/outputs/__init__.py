@@ -1,0 +1,1 @@
+"""Outputs built from a label store: class polygons and STAC Items."""
