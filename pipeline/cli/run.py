@@ -23,7 +23,7 @@ from workers.errors import UserError
 
 log = logging.getLogger("reattn_batch")
 
-SCENE_KEYS = ("gsd", "block_size", "bands", "stretch", "variable", "save_confidence")
+SCENE_KEYS = ("gsd", "block_size", "bands", "stretch", "variable", "asset", "save_confidence")
 CLUSTER_KEYS = ("scheduler", "scheduler_file", "workers", "threads_per_worker")
 
 
@@ -47,7 +47,8 @@ CLUSTER_KEYS = ("scheduler", "scheduler_file", "workers", "threads_per_worker")
 def run_command(
     scene: str, out: Path | None, overwrite: bool, resume: bool, **options: Any
 ) -> None:
-    """Map a whole scene (GeoTIFF/COG/Zarr, local or remote) into a label Zarr store."""
+    """Map a whole scene (GeoTIFF/COG/Zarr or a STAC Item, local or remote) into a label
+    Zarr store."""
     from pipeline.run.request import SceneRequest, default_out
     from pipeline.run.spine import run_scene
 
@@ -61,7 +62,7 @@ def run_command(
         scene=scene,
         model=spec,
         classes=classes,
-        out=out or default_out(scene),
+        out=out or default_out(scene, settings.asset),
         settings=settings,
         cluster=cluster,
         overwrite=overwrite,
