@@ -410,3 +410,27 @@ def test_bad_catalogue_keys_name_the_key(tmp_path, capsys, scenes, words):
     assert job("validate", spec) == 2
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1, err
+
+
+def test_the_deploy_examples_hold_valid_job_specs():
+    """deploy/jobs/stac_region.yaml and the spec in the CronJob's ConfigMap pass the job
+    spec schema (the search itself needs the network, so it is not run)."""
+    import yaml
+
+    from pipeline.regional.spec import JobFile
+
+    root = Path(__file__).resolve().parents[1] / "deploy"
+    spec = yaml.safe_load((root / "jobs" / "stac_region.yaml").read_text())
+    docs = list(yaml.safe_load_all((root / "kubernetes" / "cronjob-stac.yaml").read_text()))
+    (config_map,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    (cron,) = [d for d in docs if d["kind"] == "CronJob"]
+    embedded = yaml.safe_load(config_map["data"]["stac_region.yaml"])
+    for data in (spec, embedded):
+        job_file = JobFile.model_validate(data)
+        assert job_file.scenes.stac_search.query == {"eo:cloud_cover": {"lt": 20}}
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["job", "run", "/etc/reattn-batch/stac_region.yaml"]
+    timer = (root / "systemd" / "reattn-batch-stac.timer").read_text()
+    service = (root / "systemd" / "reattn-batch-stac.service").read_text()
+    assert "OnCalendar=" in timer and "job run /etc/reattn-batch/stac_region.yaml" in service
