@@ -68,6 +68,26 @@ def test_the_wheel_carries_the_configs_and_no_source_tree_is_used(installed, tmp
     assert method == "reattnclip"
 
 
+def test_the_wheel_carries_the_viewer_page_and_leaflet(installed, tmp_path):
+    """`reattn-batch view` serves its page from the package (no CDN): every allow-listed
+    static file, read the way the server reads it, equals the source tree's copy."""
+    from pipeline.viewer.server import STATIC
+
+    static = installed / "pipeline" / "viewer" / "static"
+    for name in (*STATIC, "THIRD_PARTY.md", "LICENSE-leaflet.txt"):
+        source = ROOT / "pipeline" / "viewer" / "static" / name
+        assert (static / name).read_bytes() == source.read_bytes(), name
+    code = (
+        "import pipeline.viewer.server as s; d = s.load_static(); "
+        "print(s.__file__); print(sorted(d) == sorted(s.STATIC), sum(map(len, d.values())))"
+    )
+    out = run_installed(installed, tmp_path, "-c", code)
+    assert out.returncode == 0, out.stderr[-3000:]
+    module, same, size = out.stdout.split()
+    assert Path(module).is_relative_to(installed) and same == "True"
+    assert int(size) == sum((static / name).stat().st_size for name in STATIC)
+
+
 def test_segment_and_a_small_run_from_the_installed_wheel(installed, tmp_path):
     rng = np.random.default_rng(0)
     image = tmp_path / "tile.png"

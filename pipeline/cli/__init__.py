@@ -19,6 +19,7 @@ from pipeline.cli.info import info_command
 from pipeline.cli.job import job_group
 from pipeline.cli.run import run_command
 from pipeline.cli.segment import segment_command
+from pipeline.cli.view import view_command
 from workers.errors import UserError
 
 #: Every command of `reattn-batch`, in --help order.
@@ -29,6 +30,7 @@ COMMANDS: tuple[click.Command, ...] = (
     eval_command,
     export_command,
     info_command,
+    view_command,
 )
 
 

@@ -1,0 +1,45 @@
+"""`reattn-batch view STORE`: a local web map of a label store (pipeline/viewer/)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from pipeline.viewer.server import DEFAULT_HOST, DEFAULT_PORT
+
+log = logging.getLogger("reattn_batch")
+
+
+@click.command("view")
+@click.argument("store_path", metavar="STORE", type=click.Path(path_type=Path))
+@click.option(
+    "--scene",
+    help="Imagery under the labels (default: the input the store records).",
+)
+@click.option(
+    "--host",
+    default=DEFAULT_HOST,
+    show_default=True,
+    help="Address to listen on (the loopback: only this machine can connect).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_PORT,
+    show_default=True,
+    help="Port to listen on (0: a free one, printed at start).",
+)
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in a web browser.")
+def view_command(
+    store_path: Path, scene: str | None, host: str, port: int, open_browser: bool
+) -> None:
+    """Look at a label STORE in a web browser: labels over the imagery, a legend with areas."""
+    from pipeline.viewer.server import Viewer, make_server, serve
+
+    viewer = Viewer(store_path, scene)
+    server = make_server(viewer, host, port)
+    if viewer.page_info["random_weights"]:
+        log.warning("%s was made with RANDOM CLIP weights: its labels mean nothing", store_path)
+    serve(server, open_browser, echo=lambda text: click.echo(text, nl=True))
