@@ -101,6 +101,7 @@ class SceneSettings(Settings):
     bands: tuple[StrictInt, ...] | None = None  # 1-based source bands used as R, G, B
     stretch: tuple[float, float] | None = None  # LO, HI to 0..255 for non-uint8 data
     variable: str | None = None  # the (band, y, x) array of a Zarr scene
+    asset: str | None = Field(None, min_length=1)  # a STAC Item scene's asset (None: RGB/visual)
     save_confidence: StrictBool = False
     #: seconds without any worker able to run the tasks before the run ends (not fingerprinted)
     no_worker_timeout: float = Field(DEFAULT_NO_WORKER_TIMEOUT, gt=0.0, allow_inf_nan=False)

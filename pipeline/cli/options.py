@@ -130,6 +130,10 @@ scene_options = apply(
         ),
         click.option("--variable", help="Array of a Zarr scene holding (band, y, x)."),
         click.option(
+            "--asset",
+            help="Asset of a STAC Item SCENE to read (default: its RGB/visual asset).",
+        ),
+        click.option(
             "--save-confidence",
             is_flag=True,
             help="Also write `confidence` (max class probability x 254).",

@@ -26,7 +26,8 @@ from workers.errors import UserError
 log = logging.getLogger("reattn_batch")
 
 SCENE_KEYS = (
-    "gsd", "block_size", "bands", "stretch", "variable", "save_confidence", "no_worker_timeout"
+    "gsd", "block_size", "bands", "stretch", "variable", "asset", "save_confidence",
+    "no_worker_timeout",
 )  # fmt: skip
 CLUSTER_KEYS = ("scheduler", "scheduler_file", "workers", "threads_per_worker")
 
@@ -65,7 +66,8 @@ def run_command(
     report: Path | None,
     **options: Any,
 ) -> None:
-    """Map a whole scene (GeoTIFF/COG/Zarr, local or remote) into a label Zarr store."""
+    """Map a whole scene (GeoTIFF/COG/Zarr or a STAC Item, local or remote) into a label
+    Zarr store."""
     from pipeline.report import Clock, write_run_report
     from pipeline.run.request import SceneRequest, default_out
     from pipeline.run.spine import run_scene
@@ -81,7 +83,7 @@ def run_command(
         scene=scene,
         model=spec,
         classes=classes,
-        out=out or default_out(scene),
+        out=out or default_out(scene, settings.asset),
         settings=settings,
         cluster=cluster,
         overwrite=overwrite,

@@ -5,6 +5,8 @@ through ``pipeline.store.open_store``:
     cog.py         Cloud-Optimised GeoTIFF with palette and mode overviews
     quicklook.py   PNG colour map with a legend
     info.py        per-class areas and the store's facts
+    vector.py      class polygons merged across blocks on Dask (.gpkg, .fgb, .parquet)
+    stac.py        a STAC Item for the store (footprint, classes, run, assets)
 
 A new export format is a module here plus one entry in ``pipeline/cli/export.py``'s
 ``EXPORTS``.

@@ -16,7 +16,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, StrictBool, StrictInt, ValidationError, model_validator
+from pydantic import (
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.run.request import SceneRequest, default_out
 from pipeline.settings import (
@@ -25,6 +32,7 @@ from pipeline.settings import (
     ModelSettings,
     SceneSettings,
     Settings,
+    _comma_list,
     require_background,
     settings_error,
 )
@@ -34,17 +42,92 @@ from workers.errors import UserError
 from workers.model_spec import ModelSpec
 
 
+class StacSearchSection(Settings):
+    """``scenes.stac_search``: Items of a STAC API search (pystac-client)."""
+
+    url: str = Field(min_length=1)  # the API's root, e.g. https://earth-search.aws.element84.com/v1
+    collections: list[str] | None = None
+    bbox: tuple[float, float, float, float] | None = None  # lon/lat: west, south, east, north
+    intersects: dict[str, Any] | None = None  # a GeoJSON geometry in lon/lat
+    datetime: str | None = None  # an instant or a window, e.g. 2024-06-01/2024-08-31
+    query: dict[str, Any] | None = None  # property filter, e.g. {eo:cloud_cover: {lt: 20}}
+    max_items: StrictInt | None = Field(None, ge=1)
+
+    _split_collections = field_validator("collections", mode="before")(_comma_list)
+
+    @field_validator("bbox")
+    @classmethod
+    def _bbox(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if value is not None:
+            west, south, east, north = value
+            if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
+                raise ValueError("expected [west, south, east, north] in degrees, west < east")
+        return value
+
+    @field_validator("intersects")
+    @classmethod
+    def _geometry(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            import shapely.geometry
+
+            try:
+                shapely.geometry.shape(value)
+            except Exception as exc:
+                raise ValueError(f"not a GeoJSON geometry ({exc})") from None
+        return value
+
+    @field_validator("datetime")
+    @classmethod
+    def _datetime(cls, value: str | None) -> str | None:
+        if value is not None:
+            from pystac.utils import str_to_datetime
+
+            for part in value.split("/"):
+                if part not in ("", ".."):
+                    try:
+                        str_to_datetime(part)
+                    except ValueError:
+                        raise ValueError(
+                            f"{part!r} is not an ISO 8601 date/time; e.g. 2024-06-01/2024-08-31"
+                        ) from None
+        return value
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        ops = {"eq", "neq", "lt", "lte", "gt", "gte", "startsWith", "endsWith", "contains", "in"}
+        for prop, test in (value or {}).items():
+            if not isinstance(test, dict) or not test or set(test) - ops:
+                raise ValueError(
+                    f"{prop}: expected a mapping of operators ({', '.join(sorted(ops))}) "
+                    "to values, e.g. {eo:cloud_cover: {lt: 20}}"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _one_area(self) -> StacSearchSection:
+        if self.bbox is not None and self.intersects is not None:
+            raise ValueError("give bbox or intersects, not both")
+        return self
+
+
+SCENE_SOURCES = ("list", "glob", "url_file", "stac_search", "stac_catalog")
+
+
 class ScenesSection(Settings):
-    """Exactly one of ``list``, ``glob``, ``url_file``."""
+    """Exactly one of ``list``, ``glob``, ``url_file``, ``stac_search``, ``stac_catalog``."""
 
     items: list[str] | None = Field(None, alias="list")
     glob: str | None = None
     url_file: str | None = None
+    stac_search: StacSearchSection | None = None
+    stac_catalog: str | None = Field(None, min_length=1)  # a static catalog/collection JSON
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ScenesSection:
-        if sum(v is not None for v in (self.items, self.glob, self.url_file)) != 1:
-            raise ValueError("give exactly one of list, glob, url_file")
+        given = (self.items, self.glob, self.url_file, self.stac_search, self.stac_catalog)
+        if sum(v is not None for v in given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(SCENE_SOURCES)}")
         return self
 
 
@@ -114,7 +197,7 @@ class RegionalJob:
         return cls(
             path=path.absolute(),
             name=raw.name.strip() if raw.name and raw.name.strip() else path.stem,
-            scenes=spec.scenes(raw.scenes, output_root),
+            scenes=spec.scenes(raw.scenes, output_root, raw.run.asset),
             model=model,
             classes=spec.classes(raw, model.cfg.prob_thd),
             output_root=output_root,
@@ -124,7 +207,7 @@ class RegionalJob:
 
     def store_for(self, scene: str) -> Path:
         """``<output_root>/<scene stem>.labels.zarr``."""
-        return self.output_root / default_out(scene).name
+        return self.output_root / default_out(scene, self.settings.asset).name
 
     def request(self, scene: str, resume: bool = False) -> SceneRequest:
         return SceneRequest(
@@ -245,8 +328,25 @@ class _Resolver:
         local = cluster.local or LocalClusterSection()
         return ClusterSettings(workers=local.workers, threads_per_worker=local.threads_per_worker)
 
-    def scenes(self, scenes: ScenesSection, output_root: Path) -> tuple[str, ...]:
-        if scenes.items is not None:
+    def scenes(
+        self, scenes: ScenesSection, output_root: Path, asset: str | None = None
+    ) -> tuple[str, ...]:
+        from pipeline.regional.catalogue import catalog_items, search_items
+
+        if scenes.stac_search is not None:
+            key = "scenes.stac_search"
+            try:
+                uris = search_items(scenes.stac_search)
+            except UserError as exc:
+                raise self.error(key, str(exc)) from None
+        elif scenes.stac_catalog is not None:
+            key = "scenes.stac_catalog"
+            href = self.uri(scenes.stac_catalog, self.base)
+            try:
+                uris = catalog_items(href)
+            except UserError as exc:
+                raise self.error(key, str(exc)) from None
+        elif scenes.items is not None:
             key = "scenes.list"
             uris = [self.uri(s, self.base) for s in scenes.items if s.strip()]
         elif scenes.glob is not None:
@@ -275,7 +375,10 @@ class _Resolver:
             raise self.error(key, "names no scenes")
         stores: dict[str, str] = {}
         for uri in uris:
-            name = default_out(uri).name
+            try:
+                name = default_out(uri, asset).name
+            except UserError as exc:
+                raise self.error(key, str(exc)) from None
             if name in stores:
                 raise self.error(
                     key,

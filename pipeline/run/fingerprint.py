@@ -117,6 +117,11 @@ def run_attrs(
         "save_confidence": request.settings.save_confidence,
         "precision": precision,
     }
+    if scene.stac_item:
+        attrs["source_stac_item"] = scene.stac_item  # pipeline/outputs/stac.py: derived_from
+        attrs["stac_asset"] = request.settings.asset
+    if scene.scene_datetime:
+        attrs["scene_datetime"] = scene.scene_datetime
     if attrs["random_weights"]:
         attrs["warning"] = "CLIP weights were RANDOM: these labels are for tests and mean nothing."
     return attrs

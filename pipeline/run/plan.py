@@ -29,7 +29,11 @@ def plan(request: SceneRequest) -> Plan:
     """Open the scene and lay out the grids; fails fast, before any cluster or store."""
     settings = request.settings
     scene = open_scene(
-        request.scene, bands=settings.bands, stretch=settings.stretch, variable=settings.variable
+        request.scene,
+        bands=settings.bands,
+        stretch=settings.stretch,
+        variable=settings.variable,
+        asset=settings.asset,
     )
     model_gsd = settings.gsd or scene.gsd
     check_gsd_factor(scene.gsd, model_gsd)

@@ -24,8 +24,13 @@ class SceneRequest:
     resume: bool = False
 
 
-def default_out(scene: str) -> Path:
-    """<scene stem>.labels.zarr in the working directory."""
+def default_out(scene: str, asset: str | None = None) -> Path:
+    """<scene stem>.labels.zarr in the working directory; a STAC Item's: <item id>.labels.zarr."""
+    from pipeline.scene.uri import resolve_scene
+
+    _, item = resolve_scene(scene, asset)
+    if item is not None:
+        return Path.cwd() / f"{item.item_id}.labels.zarr"
     name = scene.rstrip("/").rsplit("/", 1)[-1]
     stem = name.split("?", 1)[0]
     for suffix in (".zarr", ".tiff", ".tif", ".vrt", ".jp2"):

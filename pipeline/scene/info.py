@@ -35,6 +35,9 @@ class SceneInfo:
     tile_bands: int = 1
     #: GDAL reports a per-dataset mask band (internal or .msk mask) that is not alpha.
     internal_mask: bool = False
+    #: The STAC Item the scene came from (its href) and its datetime, when it came from one.
+    stac_item: str | None = None
+    scene_datetime: str | None = None
 
     @property
     def is_zarr(self) -> bool:

@@ -11,7 +11,7 @@ import numpy as np
 from pipeline.scene import gdal_backend, zarr_backend
 from pipeline.scene.info import SceneInfo
 from pipeline.scene.policy import STRETCH_PERCENTILES, STRETCH_SAMPLE_LONG_SIDE
-from pipeline.scene.uri import error_text, is_remote, resolve_uri
+from pipeline.scene.uri import error_text, is_remote, resolve_scene, resolve_uri
 from pipeline.settings import SceneSettings, from_flags
 from workers.errors import UserError
 
@@ -23,10 +23,12 @@ def open_scene(
     bands: tuple[int, ...] | None = None,
     stretch: tuple[float, float] | None = None,
     variable: str | None = None,
+    asset: str | None = None,
 ) -> SceneInfo:
     """Metadata of a scene (and its stretch for non-uint8 data); see the module docstring."""
     checked = from_flags(SceneSettings, {"bands": bands, "stretch": stretch})
     bands, stretch = checked.bands, checked.stretch
+    uri, item = resolve_scene(uri, asset)
     kind, path = resolve_uri(uri)
     if kind == "gdal" and not is_remote(path) and not Path(path).exists():
         raise UserError(f"{uri}: no such file; pass the path of a GeoTIFF/COG or a .zarr store")
@@ -36,6 +38,9 @@ def open_scene(
         scene = zarr_backend.open_dataset(uri, path, bands, variable)
     else:
         scene = gdal_backend.open_dataset(uri, path, bands)
+    if item is not None:
+        scene.stac_item, scene.scene_datetime = item.item_href, item.datetime
+        log.info("%s: STAC Item %s, asset %r", uri, item.item_id, item.asset_key)
     if scene.crs_wkt is None:
         log.warning("%s: no CRS; outputs will be in pixel coordinates", uri)
     if stretch is not None:

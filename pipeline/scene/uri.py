@@ -3,7 +3,8 @@ remote files (SPEC 3.2).
 
 ``http(s)://`` becomes ``/vsicurl/...``, ``s3://`` ``/vsis3/...``, ``gs://`` ``/vsigs/...``;
 ``zarr://PATH``, ``*.zarr`` and folders holding Zarr metadata are Zarr stores; local paths
-become absolute.
+become absolute. A STAC Item (``*.json``, local or http(s)) stands for one of its
+assets (``scene/stac_item.py``): :func:`resolve_scene` is where a SCENE is resolved.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+
+from workers.errors import UserError
 
 #: GDAL options for remote (``/vsi*``) files, set at open and around every read unless
 #: the environment sets them (timeouts turn a stalled server into a retryable error).
@@ -24,6 +27,23 @@ REMOTE_GDAL_OPTIONS = {
 
 
 ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray", ".zmetadata", ".zattrs")
+
+
+def resolve_scene(uri: str, asset: str | None = None):
+    """A user's SCENE -> (location of the raster, the ``StacScene`` or None).
+
+    A STAC Item is replaced by the asset it names (``asset``, else its RGB/visual one);
+    any other SCENE is its own location, and ``asset`` is refused (UserError)."""
+    from pipeline.scene.stac_item import is_stac_item, resolve_item
+
+    if is_stac_item(uri):
+        item = resolve_item(uri, asset)
+        return item.asset_href, item
+    if asset is not None:
+        raise UserError(
+            f"--asset {asset} needs a STAC Item (.json file or URL) as SCENE; got {uri}"
+        )
+    return uri, None
 
 
 def resolve_uri(uri: str) -> tuple[str, str]:
