@@ -8,7 +8,8 @@ features of a batch (batch x C x crop^2, SimFeatUp only, about three copies live
 inside the upsampler; C = tokens per crop, 196 for 224 crops of 16 px patches, on the
 rank-reduced path, 512 with ``upsampler_path: full``; ``batch`` as the workers resolve
 ``batch_size: auto``: :func:`guard_batch_size`), the image window, the source tiles a
-read decodes (the source's internal tile size: a scene stored as one strip of every row decodes the whole strip),
+read decodes (the source's internal tile size: a scene stored as one strip of every row
+decodes the whole strip),
 and the model (weights and the activations of a batch; shared by a worker's threads).
 
 Per worker: the model once + threads x one block task, against its memory limit (a
