@@ -71,7 +71,7 @@ def check_ran_on_gpu_workers(client: Client, since: float) -> None:
     assert len(gpu_workers) == 2, workers
     seen = client.run_on_scheduler(recorded_tasks, clear=True)
     blocks = {k: v for k, v in seen.items() if k.startswith("block-")}
-    embeds = {k: v for k, v in seen.items() if k.startswith("embed_queries-")}
+    embeds = {k: v for k, v in seen.items() if k.startswith("embed_queries_timed-")}
     assert len(blocks) == 4 and len(embeds) == 1, sorted(seen)
     for key, (restrictions, worker) in {**blocks, **embeds}.items():
         assert restrictions == {"GPU": 1}, (key, restrictions)

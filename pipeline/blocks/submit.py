@@ -133,7 +133,7 @@ def submit_blocks(
     task = dataclasses.replace(task, progress_topic=topic)
     resources = {"GPU": 1} if info.gpu_resources else None
     text = client.submit(embed_queries_timed, task.model, task.classes.queries, resources=resources)
-    queries = client.submit(operator.itemgetter(0), text)
+    queries = client.submit(operator.itemgetter(0), text, resources=resources)
 
     records = RunRecords(task.store)
 
