@@ -34,7 +34,6 @@ MODEL_CONFIGS = CONFIG_DIR / "models"
 open_clip.add_model_config(MODEL_CONFIGS)
 
 
-@cache
 def allowed_clip_models() -> tuple[str, ...]:
     """The ``clip_model`` names this program builds: open_clip's own CLIP ViT architectures
     (``open_clip.list_models()``, plus ours from configs/models), restricted to those built
@@ -42,7 +41,8 @@ def allowed_clip_models() -> tuple[str, ...]:
 
     Refused: ``hf-hub:``/``local-dir:`` names (remote or arbitrary configs and weights),
     and architectures with a timm vision tower or a Hugging Face text tower or tokenizer,
-    whose construction fetches code, configs or weights from a hub.
+    whose construction fetches code, configs or weights from a hub. Not cached: configs
+    registered after start-up (``open_clip.add_model_config``) count too.
     """
     allowed = []
     for name in open_clip.list_models():
