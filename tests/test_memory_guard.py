@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from distributed import LocalCluster
 
@@ -160,23 +161,24 @@ def test_one_strip_sources_count_the_whole_strip():
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("size, block", [(512, 512), (1024, 1024)])
-@pytest.mark.xfail(
-    strict=False,
-    reason="quarantined: passed alone, but measured 1.88 GB vs a 0.27 GB estimate in one "
-    "full run from a clean clone; cause not yet found (issue 11 item 5)",
-)
 def test_the_estimate_covers_the_measured_peak_rss_of_a_block_task(tmp_path, size, block):
     """One block task of the tiny model on a real (in-process) Dask worker, in a fresh
-    process: its measured peak RSS increase (getrusage) is within the guard's estimate,
-    and the estimate is not absurdly above it (<= 3x)."""
+    process: its measured peak RSS increase is within the guard's estimate, and the
+    estimate is not absurdly above it (<= 3x).
+
+    The test process holds 1 GiB of ballast while the probe runs, as a full test run's
+    process does after loading ViT-B models: a probe that read ru_maxrss (which Linux
+    carries from parent to child across vfork/exec) measured that instead of the task."""
     from tests import hardening_helpers as h
 
     scene = h.write_scene(tmp_path / "scene.tif", size, size)
+    ballast = np.ones(1 << 27)  # 1 GiB, touched
     probe = subprocess.run(
         [sys.executable, str(Path(__file__).with_name("guard_probe.py")),
          str(scene), str(tmp_path / "o.zarr"), str(block)],
         capture_output=True, text=True, env=h.env(), timeout=540,
     )  # fmt: skip
+    del ballast
     assert probe.returncode == 0, probe.stderr[-3000:]
     figures = json.loads(probe.stdout.strip().splitlines()[-1])
     assert figures["blocks"] == 1
