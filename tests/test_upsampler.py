@@ -50,6 +50,20 @@ def test_adaptive_conv_matches_naive_loop() -> None:
         adaptive_conv(src[..., 1:], kernel)
 
 
+@pytest.mark.parametrize(
+    "h, w, big_h, big_w, pad",
+    [(14, 14, 28, 28, 3), (112, 112, 224, 224, 3), (7, 10, 14, 20, 5), (3, 5, 6, 10, 1)],
+)
+def test_bicubic_reflect_padded_equals_interpolate_then_pad(h, w, big_h, big_w, pad) -> None:
+    """The separable-matrix resize equals torch's bicubic (align_corners=False, edge
+    clamped) followed by reflect padding, including non-square maps and the borders."""
+    src = torch.randn(2, 5, h, w, generator=torch.Generator().manual_seed(h + w))
+    resized = F.interpolate(src, size=(big_h, big_w), mode="bicubic", align_corners=False)
+    expected = F.pad(resized, [pad] * 4, mode="reflect")
+    out = up.bicubic_reflect_padded(src, (big_h, big_w), pad)
+    torch.testing.assert_close(out, expected, atol=2e-6, rtol=0)
+
+
 def test_range_kernel_planted_neighbour_gives_row_major_tap() -> None:
     r, dy, dx = 5, -1, 2
     step = JointBilateralStep(radius=r).eval()

@@ -18,7 +18,9 @@ fixup weights of released checkpoints depend on this order.
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -138,16 +140,69 @@ def tap_loop(source_padded: Tensor, kernel: Tensor) -> Tensor:
     b, c, _, _ = source_padded.shape
     _, h, w, d, _ = kernel.shape
     taps = kernel.to(source_padded.dtype).permute(0, 3, 4, 1, 2).unsqueeze(3).contiguous()
-    out = source_padded.new_zeros(b, c, h, w)
-    # On CPU, 16-channel chunks keep the accumulator in cache (~2x faster); on a GPU one
-    # pass over all channels keeps the kernel launches at D*D.
-    chunk = 16 if source_padded.device.type == "cpu" else c
+    out = source_padded.new_empty(b, c, h, w)
+    # On CPU, 32-channel chunks keep the accumulator near the cores (measured fastest of
+    # 2..196 at 112 and 224 px on 196 channels); on a GPU one pass over all channels
+    # keeps the kernel launches at D*D.
+    chunk = 32 if source_padded.device.type == "cpu" else c
     for c0 in range(0, c, chunk):
         acc, src = out[:, c0 : c0 + chunk], source_padded[:, c0 : c0 + chunk]
+        torch.mul(src[:, :, :h, :w], taps[:, 0, 0], out=acc)  # the first tap sets acc
         for i in range(d):
             for j in range(d):
-                acc.addcmul_(src[:, :, i : i + h, j : j + w], taps[:, i, j])
+                if i or j:
+                    acc.addcmul_(src[:, :, i : i + h, j : j + w], taps[:, i, j])
     return out
+
+
+def _cubic_weights(t: float, a: float = -0.75) -> tuple[float, float, float, float]:
+    """Keys' cubic convolution weights (a = -0.75, as torch's bicubic) of the four source
+    samples at offsets -1, 0, 1, 2 from floor(x), for the fraction t = x - floor(x)."""
+
+    def near(x: float) -> float:  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x: float) -> float:  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return far(t + 1), near(t), near(1 - t), far(2 - t)
+
+
+@functools.lru_cache(maxsize=128)
+def _bicubic_reflect_matrix(
+    n_in: int, n_out: int, pad: int, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """(n_out + 2 pad, n_in) on ``device`` in ``dtype`` (built in float64): row k is
+    output sample reflect(k - pad) of a 1-D bicubic resize n_in -> n_out.
+
+    Matches ``F.interpolate(mode="bicubic", align_corners=False)`` (source coordinate
+    (o + 0.5) n_in / n_out - 0.5, neighbours clamped to the edge) followed by
+    ``F.pad(mode="reflect")`` (index -k -> k, n_out - 1 + k -> n_out - 1 - k).
+    """
+    rows = torch.zeros(n_out, n_in, dtype=torch.float64)
+    scale = n_in / n_out
+    for o in range(n_out):
+        x = scale * (o + 0.5) - 0.5
+        x0 = math.floor(x)
+        for k, weight in enumerate(_cubic_weights(x - x0)):
+            rows[o, min(max(x0 - 1 + k, 0), n_in - 1)] += weight
+    index = [abs(k - pad) for k in range(n_out + 2 * pad)]
+    index = [i if i < n_out else 2 * (n_out - 1) - i for i in index]
+    return rows[index].to(device, dtype)
+
+
+def bicubic_reflect_padded(source: Tensor, size: tuple[int, int], pad: int) -> Tensor:
+    """Bicubic resize to ``size`` then reflect padding by ``pad``, as two matrix products.
+
+    source (B, C, h, w) -> (B, C, H + 2 pad, W + 2 pad). Equal to ``F.pad(F.interpolate(
+    source, size, mode="bicubic", align_corners=False), [pad] * 4, mode="reflect")`` up to
+    float rounding (tested), and about 2x faster on the CPU: the resize is separable, so
+    it is (rows) @ source @ (cols)^T, with the padding folded into the matrices.
+    """
+    (h, w), (big_h, big_w) = source.shape[-2:], size
+    rows = _bicubic_reflect_matrix(h, big_h, pad, source.device, source.dtype)
+    cols = _bicubic_reflect_matrix(w, big_w, pad, source.device, source.dtype)
+    return rows @ (source @ cols.T)
 
 
 class JointBilateralStep(nn.Module):
@@ -156,7 +211,8 @@ class JointBilateralStep(nn.Module):
     forward(source (B, C, h, w), guidance (B, 3, H, W)) -> (B, C, H, W); H, W are usually
     2h, 2w. The kernel (B, D*D, H, W), D = 2r + 1, is a softmax range kernel on a learned
     32-d projection of the guidance times a Gaussian spatial kernel, normalised to sum 1,
-    plus a learned fixup; it is applied to the bicubically upsampled source.
+    plus a learned fixup; it is applied to the bicubically upsampled, reflect-padded source
+    (:func:`bicubic_reflect_padded`).
     """
 
     def __init__(self, radius: int = 3, guidance_dim: int = 3, key_dim: int = 32) -> None:
@@ -213,8 +269,7 @@ class JointBilateralStep(nn.Module):
         b, _, h, w = guidance.shape
         d = self.diameter
         kernel = self.kernel(guidance).permute(0, 2, 3, 1).reshape(b, h, w, d, d)
-        hr = F.interpolate(source, size=(h, w), mode="bicubic", align_corners=False)
-        return adaptive_conv(F.pad(hr, [self.radius] * 4, mode="reflect"), kernel)
+        return adaptive_conv(bicubic_reflect_padded(source, (h, w), self.radius), kernel)
 
 
 class _JBU(nn.Module):
