@@ -116,3 +116,96 @@ def test_an_http_object_without_validators_falls_back_to_metadata(http_folder):
     path = f"/vsicurl/{base}/missing.tif"  # 404: no validators
     assert "meta-sha256" in remote_identity(path, "a")
     assert remote_identity(path, "a") != remote_identity(path, "b")
+
+
+class _FakeS3(http.server.BaseHTTPRequestHandler):
+    """A path-style S3 endpoint over a folder: GET (with Range) and HEAD of
+    ``/bucket/<name>``, each reply carrying the class's ETag; nothing else exists."""
+
+    etag = '"s3-v1"'
+    folder: Path
+
+    def _object(self) -> bytes | None:
+        name = self.path.split("?")[0].removeprefix("/bucket/")
+        path = self.folder / name
+        return path.read_bytes() if "/" not in name and path.is_file() else None
+
+    def _reply(self, code: int, length: int, extra: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        self.send_header("ETag", type(self).etag)
+        self.send_header("Last-Modified", "Wed, 02 Dec 2026 08:00:00 GMT")
+        self.send_header("Content-Length", str(length))
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+
+    def do_HEAD(self) -> None:
+        data = self._object()
+        self._reply(200, len(data)) if data is not None else self._reply(404, 0)
+
+    def do_GET(self) -> None:
+        data = self._object()
+        if data is None:
+            self._reply(404, 0)
+            return
+        first, _, last = self.headers.get("Range", "bytes=0-").split("=")[1].partition("-")
+        start, end = int(first), min(int(last or len(data) - 1), len(data) - 1)
+        self._reply(206, end - start + 1, {"Content-Range": f"bytes {start}-{end}/{len(data)}"})
+        self.wfile.write(data[start : end + 1])
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+
+@pytest.fixture
+def s3_bucket(tmp_path, monkeypatch):
+    """A fake S3 endpoint on loopback that GDAL's /vsis3/ reads (unsigned, path style)."""
+    handler = type("Handler", (_FakeS3,), {"folder": tmp_path})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for key, value in {
+        "AWS_S3_ENDPOINT": f"127.0.0.1:{server.server_address[1]}",
+        "AWS_HTTPS": "NO",
+        "AWS_VIRTUAL_HOSTING": "FALSE",
+        "AWS_NO_SIGN_REQUEST": "YES",
+        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+        "GDAL_HTTP_MAX_RETRY": "0",
+    }.items():
+        monkeypatch.setenv(key, value)
+    try:
+        yield tmp_path, handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_s3_object_is_identified_by_its_etag_as_gdal_reads_it(s3_bucket):
+    """s3:// scenes: the identity holds the ETag, Last-Modified and size of GDAL's own
+    (credentialed) request, so a replaced object with the same metadata is noticed."""
+    folder, handler = s3_bucket
+    h.write_scene(folder / "scene.tif", 300, 260)
+    size = (folder / "scene.tif").stat().st_size
+    first = open_scene("s3://bucket/scene.tif").identity
+    assert 'ETag="s3-v1"' in first and f"Content-Length={size}" in first, first
+    assert "meta-sha256" not in first
+    assert open_scene("s3://bucket/scene.tif").identity == first
+    handler.etag = '"s3-v2"'  # replaced in the bucket: same bytes of metadata, new object
+    assert open_scene("s3://bucket/scene.tif").identity != first
+
+
+def test_a_remote_zarr_sees_an_edited_chunk_through_fsspec(tmp_path):
+    """A Zarr behind a URL (fsspec, as s3:// or gs:// stores are read) is identified by
+    its metadata, chunk listing and chunk bytes, not by its URL: rewriting one chunk with
+    the metadata files untouched changes the identity; nothing changed keeps it."""
+    import zarr
+
+    scene = h.write_zarr_scene(tmp_path / "scene.zarr", 300, 260)
+    url = f"file://{scene}"
+    first = open_scene(url).identity
+    assert first.startswith(f"{url}|image|") and "chunks not listed" not in first, first
+    assert open_scene(url).identity == first
+    meta = {p: os.stat(p).st_mtime_ns for p in scene.rglob(".z*")}
+    image = zarr.open_array(str(scene / "image"), mode="r+")
+    image[:, :128, :128] = 255 - image[:, :128, :128]  # rewrites one chunk object
+    assert {p: os.stat(p).st_mtime_ns for p in meta} == meta
+    assert open_scene(url).identity != first

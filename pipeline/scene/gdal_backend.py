@@ -71,7 +71,8 @@ def open_dataset(uri: str, path: str, bands: tuple[int, ...] | None) -> SceneInf
                 (ds.width, ds.height, ds.count, ds.dtypes, tuple(transform), crs_wkt,
                  ds.block_shapes, ds.overviews(1), ds.nodatavals, ds.compression)
             )  # fmt: skip
-            identity = remote_identity(path, meta)
+            with gdal_env(path):
+                identity = remote_identity(path, meta)
         else:  # content sample of the file, its sidecars and a VRT's sources
             identity = local_raster_identity(path, ds.files)
         return SceneInfo(

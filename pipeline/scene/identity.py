@@ -7,16 +7,23 @@ read per file whatever its size.
   :data:`STRIDES` blocks of :data:`BLOCK` bytes spread evenly in between);
 - the files GDAL reads with it: sidecars (``.ovr``, ``.msk``, ``.aux.xml``) and a VRT's
   sources (rasterio's ``ds.files``), with the same recipe;
-- an HTTP(S) object: its ``ETag``, ``Last-Modified`` and ``Content-Length`` (a HEAD
-  request), or, where a server sends none of them, the metadata GDAL read;
+- a remote object (S3, GCS, Azure, HTTP(S): any GDAL network path): its ``ETag``,
+  ``Last-Modified`` and size as GDAL's own request sees them, with the credentials it
+  reads with (``pipeline/scene/_vsi_headers.py``); for an HTTP(S) URL GDAL gave none for,
+  a HEAD request; where the server sends no validator, the metadata GDAL read;
 - a local Zarr variable: its metadata files and the listing of its chunk files (name,
-  size, mtime_ns), plus the content sample of up to :data:`STRIDES` chunk files.
+  size, mtime_ns), plus the content sample of up to :data:`STRIDES` chunk files;
+- a remote Zarr variable (any fsspec URL: s3://, gs://, https://, ...): the content of its
+  metadata files, the listing of its chunk objects (name, size, ETag or modification time)
+  where the store can be listed, and the first :data:`EDGE` bytes of up to
+  :data:`STRIDES` chunks.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
@@ -80,22 +87,38 @@ def http_headers(url: str) -> dict[str, str]:
     return {key: headers[key] for key in keys if headers.get(key)}
 
 
+def validators(headers: dict[str, str]) -> dict[str, str]:
+    """``ETag``, ``Last-Modified`` and ``Content-Length`` (the object's size: the total of a
+    ranged reply's ``Content-Range``) from response headers of any letter case."""
+    folded = {name.lower(): value for name, value in headers.items()}
+    out = {key: folded[key.lower()] for key in ("ETag", "Last-Modified") if folded.get(key.lower())}
+    total = folded.get("content-range", "").rpartition("/")[2]
+    size = total if total.isdigit() else folded.get("content-length")
+    if out and size:
+        out["Content-Length"] = size
+    return out
+
+
 def remote_identity(path: str, meta: str) -> str:
-    """A remote raster: its validators where the server gives them (HTTP(S)), else the
-    sha256 of the metadata GDAL read (``meta``)."""
+    """A remote raster (a GDAL /vsi... path): its validators where the server gives them,
+    else the sha256 of the metadata GDAL read (``meta``). Call it inside the GDAL
+    environment the raster is read with (credentials, endpoint)."""
+    from pipeline.scene._vsi_headers import vsi_headers
+
+    found = validators(vsi_headers(path))
     url = path.removeprefix("/vsicurl/")
-    if url.startswith(("http://", "https://")):
-        headers = http_headers(url)
-        if "ETag" in headers or "Last-Modified" in headers:
-            return f"{path}|" + "|".join(f"{k}={v}" for k, v in sorted(headers.items()))
+    if not found and url.startswith(("http://", "https://")):
+        found = validators(http_headers(url))
+    if found:
+        return f"{path}|" + "|".join(f"{k}={v}" for k, v in sorted(found.items()))
     return f"{path}|meta-sha256={hashlib.sha256(meta.encode()).hexdigest()[:16]}"
 
 
 def zarr_identity(path: str, variable: str, markers: Iterable[str]) -> str:
-    """A local Zarr variable: its metadata files and chunk files (listing + a sample of
-    their bytes); a remote one: its path and variable name only."""
+    """A Zarr variable: its metadata files and chunk files (listing + a sample of their
+    bytes), local or remote (:func:`remote_zarr_identity`)."""
     if "://" in path:
-        return f"{path}|{variable}"
+        return remote_zarr_identity(path, variable, markers)
     root = Path(path)
     listing = hashlib.sha256()
     for folder in (root, root / variable):
@@ -113,3 +136,42 @@ def zarr_identity(path: str, variable: str, markers: Iterable[str]) -> str:
     for chunk in chunks[::step][:STRIDES] + chunks[-1:]:
         listing.update(file_identity(chunk).rsplit("|", 1)[1].encode())
     return f"{path}|{variable}|{len(chunks)} chunks|sha256={listing.hexdigest()[:16]}"
+
+
+def _object_version(info: dict) -> str:
+    """What changes when an object is rewritten: its ETag where the store gives one,
+    else its modification time."""
+    for key in ("ETag", "etag", "md5Hash", "LastModified", "last_modified", "mtime", "updated"):
+        if info.get(key):
+            return f"{key}={info[key]}"
+    return "unversioned"
+
+
+def remote_zarr_identity(path: str, variable: str, markers: Iterable[str]) -> str:
+    """A Zarr variable behind an fsspec URL: metadata file contents, the chunk listing
+    (name, size, ETag or mtime) and the first bytes of up to :data:`STRIDES` chunks. A
+    store that cannot be listed (plain HTTP) is identified by its metadata alone."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path)
+    folder = posixpath.join(root, variable)
+    digest = hashlib.sha256()
+    for where in (root, folder):
+        for marker in markers:
+            name = posixpath.join(where, marker)
+            if fs.isfile(name):
+                digest.update(f"{name}:".encode() + fs.cat_file(name))
+    try:
+        listing = fs.find(folder, detail=True)
+    except (OSError, NotImplementedError, ValueError):
+        listing = {}
+    chunks = sorted(name for name in listing if not posixpath.basename(name).startswith("."))
+    for name in chunks:
+        info = listing[name]
+        rel = posixpath.relpath(name, root)
+        digest.update(f"{rel}:{info.get('size')}:{_object_version(info)};".encode())
+    step = max(1, len(chunks) // STRIDES)
+    for name in chunks[::step][:STRIDES] + chunks[-1:]:
+        digest.update(hashlib.sha256(fs.cat_file(name, start=0, end=EDGE)).digest())
+    listed = f"{len(chunks)} chunks" if chunks else "chunks not listed"
+    return f"{path}|{variable}|{listed}|sha256={digest.hexdigest()[:16]}"
