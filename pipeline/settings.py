@@ -56,7 +56,7 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _comma_list(value: Any) -> Any:
+def comma_list(value: Any) -> Any:
     """ "3,2,1" -> ["3", "2", "1"] (a flag or a YAML string); lists pass through."""
     if isinstance(value, str):
         return [v.strip() for v in value.split(",")]
@@ -110,12 +110,12 @@ class SceneSettings(Settings):
     @classmethod
     def _band_numbers(cls, value: Any) -> Any:
         """ "3,2,1" (a flag, a YAML string) -> [3, 2, 1]; a list passes through."""
-        value = _comma_list(value)
+        value = comma_list(value)
         if isinstance(value, list):
             return [int(v) if isinstance(v, str) and v.lstrip("-").isdigit() else v for v in value]
         return value
 
-    _split_stretch = field_validator("stretch", mode="before")(_comma_list)
+    _split_stretch = field_validator("stretch", mode="before")(comma_list)
 
     @field_validator("block_size", mode="before")
     @classmethod

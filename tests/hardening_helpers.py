@@ -38,6 +38,15 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--clip-weights", "random", "--set", "clip_model=ViT-T-16-test",
         "--upsampler", "bilinear", "--device", "cpu"]  # fmt: skip
 CLASSES = ["--classes", "building,road,water,tree"]
+#: The same model as a job spec's ``model:`` section (YAML text, no braces: str.format safe)
+TINY_MODEL_YAML = """\
+model:
+  clip_weights: random
+  upsampler: bilinear
+  device: cpu
+  config:
+    clip_model: ViT-T-16-test
+"""
 ERROR_PREFIX = "reattn-batch: error:"
 
 

@@ -102,22 +102,21 @@ def test_nonpositive_workers_or_threads_are_refused_with_one_line(tmp_path, opti
     assert not store.exists()
 
 
-JOB_SPEC = """\
+JOB_SPEC = (
+    """\
 scenes:
   list: [scene.tif]
 classes: building,road,water,tree
-model:
-  clip_weights: random
-  upsampler: bilinear
-  device: cpu
-  config:
-    clip_model: ViT-T-16-test
+"""
+    + h.TINY_MODEL_YAML
+    + """\
 run:
   no_worker_timeout: 5
 output_root: labels
 cluster:
   scheduler_file: {scheduler_file}
 """
+)
 
 
 @pytest.mark.timeout(300)

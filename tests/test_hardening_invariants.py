@@ -204,23 +204,22 @@ def test_an_existing_scheduler_runs_the_model_tasks_on_its_gpu_workers(
 
 # ----------------------------------------------------------------------------- regional
 
-SPEC = """\
+SPEC = (
+    """\
 name: test-region
 scenes:
   glob: scenes/*.tif
 classes: building,road,water,tree
-model:
-  clip_weights: random
-  upsampler: bilinear
-  device: cpu
-  config:
-    clip_model: ViT-T-16-test
+"""
+    + h.TINY_MODEL_YAML
+    + """\
 run:
   block_size: 512
 output_root: labels
 cluster:
   local: {workers: 1, threads_per_worker: 1}
 """
+)
 
 
 def _mtimes(path: Path) -> dict[str, int]:

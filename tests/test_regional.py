@@ -22,25 +22,26 @@ from pipeline import store
 from pipeline.cli import main
 from pipeline.regional import runner
 from pipeline.regional.spec import RegionalJob
+from tests import hardening_helpers as h
 from tests.conftest import shared_file
 from workers.errors import UserError
 
-SPEC = """\
+SPEC = (
+    """\
 name: test-region
 scenes:
   glob: scenes/*.tif
 classes: building,road,water,tree
-model:
-  clip_weights: random
-  upsampler: bilinear
-  config:
-    clip_model: ViT-T-16-test
+"""
+    + h.TINY_MODEL_YAML
+    + """\
 run:
   block_size: 512
 output_root: labels
 cluster:
   local: {workers: 1, threads_per_worker: 1}
 """
+)
 
 
 def _window(src: Path, out: Path, window: Window) -> tuple[float, float, float, float]:

@@ -24,6 +24,7 @@ from rasterio.transform import from_origin
 
 from pipeline import store
 from pipeline.cli import main
+from tests import hardening_helpers as h
 
 TINY = ["--clip-weights", "random", "--set", "clip_model=ViT-T-16-test", "--upsampler", "bilinear"]
 RUN = ["--classes", "building,water", *TINY, "--block-size", "512", "--workers", "1"]
@@ -294,7 +295,8 @@ class StacApi:
         self.server.server_close()
 
 
-SEARCH_SPEC = """\
+SEARCH_SPEC = (
+    """\
 name: from-stac-api
 scenes:
   stac_search:
@@ -304,17 +306,16 @@ scenes:
     datetime: 2024-05-01T00:00:00Z/2024-07-01T00:00:00Z
     query: {{eo:cloud_cover: {{lt: 20}}}}
 classes: building,water
-model:
-  clip_weights: random
-  upsampler: bilinear
-  config:
-    clip_model: ViT-T-16-test
+"""
+    + h.TINY_MODEL_YAML
+    + """\
 run:
   block_size: 512
 output_root: labels
 cluster:
   local: {{workers: 1, threads_per_worker: 1}}
 """
+)
 
 
 def job(*args) -> int:

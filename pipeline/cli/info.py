@@ -24,15 +24,13 @@ def info_command(store_path: Path, as_json: bool) -> None:
     print_info(info)
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
 def print_info(info: dict[str, Any]) -> None:
     """The summary as rich tables on stdout."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
+
+    from pipeline.outputs.info import number_text
 
     console = Console()
     if info["random_weights"]:
@@ -51,7 +49,7 @@ def print_info(info: dict[str, Any]) -> None:
     if progress:
         state.append(
             f"  {progress['blocks_done']}/{progress['blocks_total']} blocks"
-            f" ({_fmt(progress['percent'], 1)}%)"
+            f" ({number_text(progress['percent'], 1)}%)"
         )
 
     head = Table.grid(padding=(0, 2))
@@ -71,7 +69,7 @@ def print_info(info: dict[str, Any]) -> None:
         ("pixel size", " x ".join(f"{v:g}" for v in info["pixel_size"])),
         (
             "valid",
-            f"{pixels['valid']:,} px ({_fmt(info['valid_hectares'])} ha), "
+            f"{pixels['valid']:,} px ({number_text(info['valid_hectares'])} ha), "
             f"nodata {pixels['nodata']:,} px",
         ),
         ("fingerprint", info["run_fingerprint"] or "-"),
@@ -97,8 +95,8 @@ def print_info(info: dict[str, Any]) -> None:
             name,
             ", ".join(s for s in c["synonyms"] if s != c["name"]),
             f"{c['pixels']:,}",
-            _fmt(c["hectares"]),
-            _fmt(c["percent"], 1),
+            number_text(c["hectares"]),
+            number_text(c["percent"], 1),
         )
     console.print(classes)
     if not info["area_available"]:

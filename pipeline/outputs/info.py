@@ -22,6 +22,11 @@ KEY_HYPERPARAMETERS = (
 )  # fmt: skip
 
 
+def number_text(value: float | None, digits: int = 2) -> str:
+    """A figure as `info` shows it (thousands separators, fixed digits; "-" for none)."""
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
 def class_counts(ls: LabelStore) -> np.ndarray:
     """(256,) int64 pixel count of every label value: a bincount per chunk, summed."""
     import dask.array as da

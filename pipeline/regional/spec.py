@@ -32,7 +32,7 @@ from pipeline.settings import (
     ModelSettings,
     SceneSettings,
     Settings,
-    _comma_list,
+    comma_list,
     require_background,
     settings_error,
 )
@@ -53,7 +53,7 @@ class StacSearchSection(Settings):
     query: dict[str, Any] | None = None  # property filter, e.g. {eo:cloud_cover: {lt: 20}}
     max_items: StrictInt | None = Field(None, ge=1)
 
-    _split_collections = field_validator("collections", mode="before")(_comma_list)
+    _split_collections = field_validator("collections", mode="before")(comma_list)
 
     @field_validator("bbox")
     @classmethod

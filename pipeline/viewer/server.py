@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
+from pipeline.outputs.info import number_text
 from pipeline.store import NODATA
 from pipeline.viewer import tiles
 from workers.errors import UserError
@@ -60,11 +61,6 @@ CONTENT_SECURITY_POLICY = (
 
 _TILE = re.compile(r"/tiles/(labels|scene)/(\d{1,2})/(\d{1,8})/(\d{1,8})\.png")
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
-
-
-def _area_text(value: float | None, digits: int) -> str:
-    """A number as `reattn-batch info` prints it (thousands separators, fixed digits)."""
-    return "-" if value is None else f"{value:,.{digits}f}"
 
 
 def load_static() -> dict[str, bytes]:
@@ -150,8 +146,8 @@ class Viewer:
             classes.append(
                 {
                     **c,
-                    "hectares_text": _area_text(c["hectares"], 2),
-                    "percent_text": _area_text(c["percent"], 1),
+                    "hectares_text": number_text(c["hectares"], 2),
+                    "percent_text": number_text(c["percent"], 1),
                 }
             )
         weights = info["weights"] or {}
@@ -181,7 +177,7 @@ class Viewer:
             "area_available": info["area_available"],
             "area_note": info["area_note"],
             "valid_hectares": info["valid_hectares"],
-            "valid_hectares_text": _area_text(info["valid_hectares"], 2),
+            "valid_hectares_text": number_text(info["valid_hectares"], 2),
             "classes": classes,
             "has_confidence": self.confidence is not None,
         }
