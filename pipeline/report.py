@@ -134,9 +134,9 @@ def write_run_report(path: Path, summary, *, wall_seconds: float) -> None:
 
 
 def write_eval_report(path: Path, results, *, wall_seconds: float) -> None:
-    """`eval`'s report: phases summed over its settings (local runs), ``total`` wall time.
-    On a Dask cluster (--scheduler) the images run in worker tasks whose phases are not
-    measured: they are reported as 0 and ``seconds_are`` says so."""
+    """`eval`'s report: phases summed over its settings and, on a Dask cluster
+    (--scheduler), over the image tasks (measured on the workers, overlapping in time);
+    ``total`` is the command's wall time."""
     clocks = [r.clock for r in results if r.clock is not None]
     seconds = dict.fromkeys(PHASES, 0.0)
     facts: dict[str, Any] = {"device": None, "dtype": None, "batch_size": None}
@@ -146,17 +146,16 @@ def write_eval_report(path: Path, results, *, wall_seconds: float) -> None:
             seconds[phase] = seconds.get(phase, 0.0) + value
         crops += clock.facts.get("crops_run", 0)
         facts |= {k: v for k, v in clock.facts.items() if k != "crops_run"}
-    note = (
-        "phases summed over the settings evaluated; total is the command's wall time"
-        if len(clocks) == len(results)
-        else "images ran on a Dask cluster: phases and crops_run are not measured there (0)"
-    )
     write_report(
         path,
         seconds=seconds | {"total": wall_seconds},
         crops_run=crops,
         images=sum(r.images for r in results),
         settings=len(results),
-        seconds_are=note,
+        seconds_are=(
+            "phases summed over the settings evaluated and, on a Dask cluster, over the "
+            "image tasks (they overlap in time across workers); total is the command's "
+            "wall time"
+        ),
         **facts,
     )

@@ -353,18 +353,30 @@ def test_grid_rows_and_the_base_equality(tmp_path, small_set, capsys):
 
 
 def test_dask_scheduler_gives_the_local_result(tmp_path, small_set):
+    """Same confusion matrix and predictions on a Dask cluster as locally, and the same
+    --report facts: crops counted on the workers (two 224 px images: one crop each),
+    model seconds measured there, device, dtype and batch size."""
     from distributed import LocalCluster
 
     images, labels = small_set
     args = ["--dataset", "potsdam", "--images", images, "--labels", labels, *TINY,
             "--resize", "none", "--set", "batch_size=1"]  # fmt: skip
-    run_eval(*args, "--json", tmp_path / "local.json", "--save-predictions", tmp_path / "L")
+    run_eval(*args, "--json", tmp_path / "local.json", "--save-predictions", tmp_path / "L",
+             "--report", tmp_path / "local-report.json")  # fmt: skip
     with LocalCluster(
         n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
     ) as cluster:
         address = cluster.scheduler_address
         run_eval(*args, "--scheduler", address, "--json", tmp_path / "dask.json",
-                 "--save-predictions", tmp_path / "D")  # fmt: skip
+                 "--save-predictions", tmp_path / "D",
+                 "--report", tmp_path / "dask-report.json")  # fmt: skip
+    reports = [json.loads((tmp_path / f"{n}-report.json").read_text()) for n in ("local", "dask")]
+    for report in reports:
+        assert report["crops_run"] == 2 and report["images"] == 2, report
+        assert (report["device"], report["dtype"], report["batch_size"]) == ("cpu", "fp32", 1)
+        seconds = report["seconds"]
+        assert seconds["model"] > 0 and seconds["load"] > 0 and seconds["text"] > 0, seconds
+        assert seconds["total"] >= seconds["write"], seconds
     local = json.loads((tmp_path / "local.json").read_text())
     dask = json.loads((tmp_path / "dask.json").read_text())
     assert dask["confusion_matrix"] == local["confusion_matrix"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections import Counter
 
 import numpy as np
@@ -106,11 +107,20 @@ def segmenter_for(spec: ModelSpec, queries: np.ndarray) -> CropSegmenter:
         return segmenter
 
 
+def embed_queries_timed(spec: ModelSpec, queries: list[str]) -> tuple[np.ndarray, dict[str, float]]:
+    """A job's text task: (Q, D) float32 unit text embeddings with this process's cached
+    model, and its seconds: ``load`` (the model, from the cache) and ``text``."""
+    start = time.perf_counter()
+    backbone, _ = model_parts(spec)
+    loaded = time.perf_counter()
+    with _lock:
+        embeddings = query_embeddings(backbone, queries).numpy()
+    return embeddings, {"load": loaded - start, "text": time.perf_counter() - loaded}
+
+
 def embed_queries(spec: ModelSpec, queries: list[str]) -> np.ndarray:
     """(Q, D) float32 unit text embeddings with this process's cached model."""
-    backbone, _ = model_parts(spec)
-    with _lock:
-        return query_embeddings(backbone, queries).numpy()
+    return embed_queries_timed(spec, queries)[0]
 
 
 def load_count(spec_fingerprint: str | None = None) -> int:

@@ -8,11 +8,8 @@ import dataclasses
 import hashlib
 import logging
 import operator
-import time
 import uuid
 from typing import Any
-
-import numpy as np
 
 from pipeline.blocks.task import BlockFailure, BlockTask, run_block
 from pipeline.grid.grids import BlockGrid
@@ -23,8 +20,7 @@ from pipeline.run.watch import NoWorkerError, NoWorkerWatch
 from pipeline.settings import DEFAULT_NO_WORKER_TIMEOUT
 from pipeline.store.records import RunRecords
 from workers.errors import UserError
-from workers.model_cache import model_parts
-from workers.text import query_embeddings
+from workers.model_cache import embed_queries_timed
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +37,6 @@ class Computed:
     crops_in_scene: int = 0
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     facts: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-def embed_queries_timed(spec, queries: list[str]) -> tuple[np.ndarray, dict[str, float]]:
-    """The text task: (Q, D) unit text embeddings with this worker's cached model, and
-    its seconds: ``load`` (the model, from the worker cache) and ``text``."""
-    start = time.perf_counter()
-    backbone, _ = model_parts(spec)
-    loaded = time.perf_counter()
-    embeddings = query_embeddings(backbone, queries).numpy()
-    return embeddings, {"load": loaded - start, "text": time.perf_counter() - loaded}
 
 
 def wait_result(future, tick=None):

@@ -84,7 +84,7 @@ class SettingResult:
     counts: np.ndarray
     images: int
     seconds: float
-    clock: Clock | None = None  # --report: phases and facts (local runs)
+    clock: Clock | None = None  # --report: phases and facts
 
 
 def load_sample(sample: Sample, rules: LabelRules) -> tuple[np.ndarray, np.ndarray]:
@@ -147,16 +147,24 @@ def score(task: ImageTask, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
 
 def image_task(
     spec: ModelSpec, queries: np.ndarray, task: ImageTask, sample: Sample
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Dask task: one image on this worker's cached model -> (counts, prediction or None)."""
+) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Dask task: one image on this worker's cached model -> (counts, prediction or None,
+    timing). ``timing``: seconds of ``load`` (the cached model, the image and its label)
+    and ``model`` (pixels to logits), ``crops_run``, and the model facts for --report."""
     from workers.model_cache import segmenter_for
 
     if task.torch_threads and torch.get_num_threads() != task.torch_threads:
         torch.set_num_threads(task.torch_threads)  # Dask sets OMP_NUM_THREADS=1 in workers
-    segmenter = segmenter_for(spec, queries)
+    start = time.perf_counter()
+    segmenter = TimedSegmenter(segmenter_for(spec, queries))
     rgb, truth = load_sample(sample, task.rules)
+    loaded = time.perf_counter() - start
     counts, pred = score_image(segmenter, task, rgb, truth)
-    return counts, (pred if task.want_prediction else None)
+    timing = {
+        "load": loaded, "model": segmenter.model_seconds,
+        "crops_run": _crops(rgb, task, spec), **model_facts(segmenter),
+    }  # fmt: skip
+    return counts, (pred if task.want_prediction else None), timing
 
 
 def _prefetched(samples: list[Sample], rules: LabelRules) -> Iterator[tuple[Sample, tuple]]:
@@ -232,11 +240,22 @@ def _crops(rgb: np.ndarray, task: ImageTask, spec: ModelSpec) -> int:
 
 
 def run_dask(
-    setting: Setting, samples: list[Sample], task: ImageTask, on_image: OnImage, client, info
+    setting: Setting,
+    samples: list[Sample],
+    task: ImageTask,
+    on_image: OnImage,
+    clock: Clock,
+    client,
+    info,
 ) -> np.ndarray:
-    """One task per image on a connected Dask cluster -> summed (C + 1, C) counts."""
+    """One task per image on a connected Dask cluster -> summed (C + 1, C) counts.
+
+    ``clock`` gets the workers' seconds summed over tasks (they overlap in time across
+    workers and threads) and this process's ``write``."""
+    import operator
+
     from pipeline.run.bounded import bounded_as_completed, window_for
-    from workers.model_cache import embed_queries
+    from workers.model_cache import embed_queries_timed
 
     c = task.rules.num_classes
     total = np.zeros((c + 1, c), dtype=np.int64)
@@ -244,10 +263,13 @@ def run_dask(
     task = dataclasses.replace(task, torch_threads=info.torch_threads)
     spec = setting.spec
     run = uuid.uuid4().hex[:12]  # keys unique to this run: a shared scheduler may hold others
-    queries = client.submit(
-        embed_queries, spec, task.classes.queries, resources=resources,
-        key=f"eval-queries-{run}",
+    text = client.submit(
+        embed_queries_timed, spec, task.classes.queries, resources=resources,
+        key=f"eval-text-{run}",
     )  # fmt: skip
+    queries = client.submit(
+        operator.itemgetter(0), text, resources=resources, key=f"eval-queries-{run}"
+    )
     owner: dict[str, Sample] = {}
 
     def submit(index: int, sample: Sample):
@@ -264,7 +286,7 @@ def run_dask(
     for future in finished:
         sample = owner.pop(future.key)
         try:
-            counts, pred = future.result()
+            counts, pred, timing = future.result()
         except UserError:
             raise
         except Exception as exc:
@@ -273,7 +295,14 @@ def run_dask(
                 f"{sample.image}: evaluation failed on a worker: {type(exc).__name__}: {reason}"
             ) from exc
         total += counts
-        on_image(sample, pred)
+        for phase in ("load", "model"):
+            clock.add(phase, timing.pop(phase))
+        clock.facts["crops_run"] = clock.facts.get("crops_run", 0) + timing.pop("crops_run")
+        clock.facts |= timing
+        with clock.phase("write"):
+            on_image(sample, pred)
+    for phase, seconds in text.result()[1].items():
+        clock.add(phase, seconds)
     return total
 
 
@@ -322,8 +351,7 @@ def run_setting(
     if dask is None:
         counts = run_local(setting, samples, task, on_image, clock)
     else:
-        counts = run_dask(setting, samples, task, on_image, *dask)
-        clock = None
+        counts = run_dask(setting, samples, task, on_image, clock, *dask)
     return SettingResult(setting, counts, len(samples), time.perf_counter() - start, clock)
 
 
