@@ -29,6 +29,25 @@ def koeln_window_tif(directory: Path, width: int, height: int, name: str = "koel
     return str(out)
 
 
+def framed_rgb_byte(directory: Path) -> Path:
+    """RGB.byte.tif (Landsat, nodata 0 border) placed in a 300 px wider nodata frame on its
+    top and left, so that whole crops hold nothing but nodata: ``directory/framed.tif``."""
+    import numpy as np
+    import rasterio
+
+    scene = directory / "framed.tif"
+    with rasterio.open(shared_file("rasters/RGB.byte.tif")) as ds:
+        data = np.zeros((3, ds.height + 300, ds.width + 300), np.uint8)
+        data[:, 300:, 300:] = ds.read()
+        origin = ds.transform * (-300, -300)
+        transform = rasterio.Affine(ds.transform.a, 0, origin[0], 0, ds.transform.e, origin[1])
+        profile = ds.profile | {"height": data.shape[1], "width": data.shape[2],
+                                "transform": transform}  # fmt: skip
+        with rasterio.open(scene, "w", **profile) as out:
+            out.write(data)
+    return scene
+
+
 def labels_of(store):
     """The `labels` array of an output store."""
     import zarr

@@ -12,7 +12,7 @@ import zarr
 
 from pipeline.cli import main
 from pipeline.grid.grids import BlockGrid, ModelGrid
-from tests.conftest import koeln_window_tif, shared_file
+from tests.conftest import framed_rgb_byte, koeln_window_tif
 from workers.sliding import crop_grid
 
 TINY = ["--clip-weights", "random", "--set", "clip_model=ViT-T-16-test", "--upsampler", "bilinear"]
@@ -83,17 +83,7 @@ def test_run_report_counts_halo_and_batches_do_not_change_labels(tmp_path, koeln
 def test_run_report_counts_only_crops_with_data(tmp_path):
     """RGB.byte.tif (nodata 0 border) in a wider nodata frame: crops_in_scene equals the
     crops of the global grid with any valid pixel, counted here from the dataset mask."""
-    src = shared_file("rasters/RGB.byte.tif")
-    scene = tmp_path / "framed.tif"
-    with rasterio.open(src) as ds:
-        data = np.zeros((3, ds.height + 300, ds.width + 300), np.uint8)
-        data[:, 300:, 300:] = ds.read()
-        origin = ds.transform * (-300, -300)
-        transform = rasterio.Affine(ds.transform.a, 0, origin[0], 0, ds.transform.e, origin[1])
-        profile = ds.profile | {"height": data.shape[1], "width": data.shape[2],
-                                "transform": transform}  # fmt: skip
-        with rasterio.open(scene, "w", **profile) as out:
-            out.write(data)
+    scene = framed_rgb_byte(tmp_path)
     with rasterio.open(scene) as ds:
         valid = ds.dataset_mask() > 0
     crops = crop_grid(*valid.shape, 224, 112)

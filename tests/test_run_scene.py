@@ -15,7 +15,7 @@ import zarr
 from distributed import Client, LocalCluster
 
 from pipeline.cli import main
-from tests.conftest import koeln_window_tif, labels_of, shared_file
+from tests.conftest import framed_rgb_byte, koeln_window_tif, labels_of
 from workers import model_cache
 
 TINY = ["--clip-weights", "random", "--set", "clip_model=ViT-T-16-test", "--upsampler", "bilinear"]
@@ -77,20 +77,7 @@ def test_gdal_xarray_and_rioxarray_read_the_georeferencing(tmp_path, koeln_crop)
 def test_nodata_border_is_255_and_all_nodata_crops_are_skipped(tmp_path):
     """RGB.byte.tif (Landsat, nodata 0 border) placed in a wider nodata frame, so that
     whole crops hold nothing but nodata."""
-    src = shared_file("rasters/RGB.byte.tif")
-    scene = tmp_path / "framed.tif"
-    with rasterio.open(src) as ds:
-        data = np.zeros((3, ds.height + 300, ds.width + 300), np.uint8)
-        data[:, 300:, 300:] = ds.read()
-        origin = ds.transform * (-300, -300)
-        transform = rasterio.Affine(ds.transform.a, 0, origin[0], 0, ds.transform.e, origin[1])
-        profile = ds.profile | {
-            "height": data.shape[1],
-            "width": data.shape[2],
-            "transform": transform,
-        }
-        with rasterio.open(scene, "w", **profile) as out:
-            out.write(data)
+    scene = framed_rgb_byte(tmp_path)
     store = tmp_path / "landsat.zarr"
     run_cli(scene, *CLASSES, *TINY, "--out", store)
     labels = labels_of(store)
