@@ -13,7 +13,7 @@ from pathlib import Path
 import dask
 from distributed import Client, LocalCluster
 
-from pipeline.settings import ClusterSettings
+from pipeline.settings import ClusterSettings, env_seconds
 from workers.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -45,15 +45,9 @@ CONNECT_TIMEOUT_ENV = "REATTN_BATCH_CONNECT_TIMEOUT"
 
 
 def connect_timeout() -> float:
-    """Seconds to wait for an existing scheduler: $REATTN_BATCH_CONNECT_TIMEOUT, default 15."""
-    text = os.environ.get(CONNECT_TIMEOUT_ENV, "").strip() or "15"
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise UserError(f"{CONNECT_TIMEOUT_ENV}={text!r}: expected a positive number of seconds")
-    return seconds
+    """Seconds to wait for an existing scheduler: $REATTN_BATCH_CONNECT_TIMEOUT, default 15
+    (``inf``: wait for ever)."""
+    return env_seconds(CONNECT_TIMEOUT_ENV, 15.0, allow_infinite=True)
 
 
 TLS_ENV_HINT = (

@@ -9,7 +9,6 @@ one-block job shows progress long before its block is done. Log lines come at mo
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time
@@ -17,7 +16,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from workers.errors import UserError
+from pipeline.settings import env_seconds
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +25,7 @@ INTERVAL_ENV = "REATTN_BATCH_PROGRESS_INTERVAL"
 
 def progress_interval() -> float:
     """Seconds between progress log lines: $REATTN_BATCH_PROGRESS_INTERVAL, default 10."""
-    text = os.environ.get(INTERVAL_ENV, "").strip() or "10"
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not 0 < seconds < float("inf"):
-        raise UserError(f"{INTERVAL_ENV}={text!r}: expected a positive number of seconds")
-    return seconds
+    return env_seconds(INTERVAL_ENV, 10.0)
 
 
 class RunProgress:
