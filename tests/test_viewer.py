@@ -110,16 +110,22 @@ def planted(tmp_path_factory) -> Path:
 # ----------------------------------------------------------------------------- tiles
 
 
-def independent_tile(labels: np.ndarray, z: int, x: int, y: int) -> np.ndarray:
-    """The store's labels at the pixel centres of WebMercatorQuad tile (z, x, y), by nearest
-    (the store pixel containing each centre), 255 outside; no code of the viewer used."""
+def store_pixels_of_tile(z: int, x: int, y: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols), each (256, 256) int: the store pixel containing the centre of each
+    pixel of WebMercatorQuad tile (z, x, y), computed by hand (may fall outside)."""
     size = 2 * MERCATOR_HALF / 2**z
     left, top = -MERCATOR_HALF + x * size, MERCATOR_HALF - y * size
     centres = (np.arange(256) + 0.5) * size / 256
     mx, my = np.meshgrid(left + centres, top - centres)
     sx, sy = Transformer.from_crs(3857, 32632, always_xy=True).transform(mx, my)
     cols, rows = ~TRANSFORM @ (sx, sy)
-    cols, rows = np.floor(cols).astype(int), np.floor(rows).astype(int)
+    return np.floor(rows).astype(int), np.floor(cols).astype(int)
+
+
+def independent_tile(labels: np.ndarray, z: int, x: int, y: int) -> np.ndarray:
+    """The store's labels at the pixel centres of WebMercatorQuad tile (z, x, y), by nearest
+    (the store pixel containing each centre), 255 outside; no code of the viewer used."""
+    rows, cols = store_pixels_of_tile(z, x, y)
     inside = (rows >= 0) & (rows < H) & (cols >= 0) & (cols < W)
     out = np.full((256, 256), 255, np.uint8)
     out[inside] = labels[rows[inside], cols[inside]]
@@ -194,13 +200,7 @@ def test_low_zooms_read_a_mode_overview_not_the_store(tmp_path):
 
 def _uniform_neighbourhood(labels, z, x, y, radius):
     """Tile pixels whose store pixel has one label within +-radius store pixels."""
-    size = 2 * MERCATOR_HALF / 2**z
-    left, top = -MERCATOR_HALF + x * size, MERCATOR_HALF - y * size
-    centres = (np.arange(256) + 0.5) * size / 256
-    mx, my = np.meshgrid(left + centres, top - centres)
-    sx, sy = Transformer.from_crs(3857, 32632, always_xy=True).transform(mx, my)
-    cols, rows = ~TRANSFORM @ (sx, sy)
-    cols, rows = np.floor(cols).astype(int), np.floor(rows).astype(int)
+    rows, cols = store_pixels_of_tile(z, x, y)
     out = np.zeros((256, 256), bool)
     for i, j in zip(*np.nonzero((rows >= 0) & (rows < H) & (cols >= 0) & (cols < W)), strict=True):
         r, c = rows[i, j], cols[i, j]
