@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from workers.config import MethodConfig
+from reattn_batch.workers.config import MethodConfig
 
 KEY_DIM = 32  # JBU range projection width
 BICUBIC_TAPS = 16

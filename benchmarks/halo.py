@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from pipeline.grid.block_size import choose_block_size
-from pipeline.grid.grids import BlockGrid, ModelGrid
-from pipeline.run.guard import estimate_block_memory
+from reattn_batch.grid.block_size import choose_block_size
+from reattn_batch.grid.grids import BlockGrid, ModelGrid
+from reattn_batch.run.guard import estimate_block_memory
 
 SCENES = {"64 MP": 8000, "400 MP": 20000}
 FACTORS = (1.0, 0.77, 0.5, 1.6)

@@ -31,14 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from workers.backbone import load_backbone
-from workers.classes import parse_classes
-from workers.config import METHODS, load_config
-from workers.errors import UserError
-from workers.segmenter import CropSegmenter, autocast_dtype, resolve_device
-from workers.text import query_embeddings
-from workers.upsampler import JBUOne, JBUStack, load_upsampler
+from reattn_batch.workers.backbone import load_backbone
+from reattn_batch.workers.classes import parse_classes
+from reattn_batch.workers.config import METHODS, load_config
+from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.segmenter import CropSegmenter, autocast_dtype, resolve_device
+from reattn_batch.workers.text import query_embeddings
+from reattn_batch.workers.upsampler import JBUOne, JBUStack, load_upsampler
 
 DEFAULT_CLIP_MODEL = "ViT-B-16-quickgelu"
 QUICK_CLIP_MODEL = "ViT-T-16-test"

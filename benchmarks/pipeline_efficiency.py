@@ -1,9 +1,9 @@
-"""Efficiency of the scene job (`pipeline.run.spine.run_scene`) against the model alone.
+"""Efficiency of the scene job (`reattn_batch.run.spine.run_scene`) against the model alone.
 
 Five figures, each printed with its settings (and written with ``--json OUT``):
 
 1. Scene vs model-only time (target ratio >= 0.9). The script opens ONE cluster the
-   way the job does (``pipeline.run.cluster.connect``: the embedded LocalCluster's layout,
+   way the job does (``reattn_batch.run.cluster.connect``: the embedded LocalCluster's layout,
    ``--workers/--threads-per-worker``, or ``--scheduler ADDR``), warms it up (every
    worker loads the model and runs one batch, and a small scene goes through the whole
    job), and hands that connection to ``run_scene`` for every scene. So the scene time,
@@ -85,23 +85,22 @@ import psutil
 import rasterio
 import torch
 from rasterio.windows import Window
-
-from pipeline import store
-from pipeline.blocks.task import BlockTask, run_block
-from pipeline.grid.grids import BlockGrid, ModelGrid
-from pipeline.run.cluster import connect
-from pipeline.run.plan import plan
-from pipeline.run.request import SceneRequest
-from pipeline.run.spine import run_scene
-from pipeline.settings import ClusterSettings, SceneSettings
-from workers.batching import CPU_BATCH
-from workers.classes import parse_classes
-from workers.config import METHODS, load_config
-from workers.errors import UserError
-from workers.model_cache import embed_queries, segmenter_for
-from workers.model_spec import ModelSpec
-from workers.segmenter import autocast_dtype, resolve_device
-from workers.upsampler import JBUOne, JBUStack
+from reattn_batch import store
+from reattn_batch.blocks.task import BlockTask, run_block
+from reattn_batch.grid.grids import BlockGrid, ModelGrid
+from reattn_batch.run.cluster import connect
+from reattn_batch.run.plan import plan
+from reattn_batch.run.request import SceneRequest
+from reattn_batch.run.spine import run_scene
+from reattn_batch.settings import ClusterSettings, SceneSettings
+from reattn_batch.workers.batching import CPU_BATCH
+from reattn_batch.workers.classes import parse_classes
+from reattn_batch.workers.config import METHODS, load_config
+from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.model_cache import embed_queries, segmenter_for
+from reattn_batch.workers.model_spec import ModelSpec
+from reattn_batch.workers.segmenter import autocast_dtype, resolve_device
+from reattn_batch.workers.upsampler import JBUOne, JBUStack
 
 SOURCE = Path(__file__).resolve().parents[2] / "shared/data/rasters/oem_koeln_50.tif"
 DEFAULT_CLASSES = "building,road,water,tree"
@@ -132,17 +131,17 @@ DEFAULTS = {
 # What the block profile times inside run_block: (label, module, attribute). A missing
 # attribute is skipped, so the profile follows the block task as it changes.
 PROFILE_TARGETS = (
-    ("model cache lookup", "pipeline.blocks.task", "segmenter_for"),
-    ("started record (zarr)", "pipeline.blocks.task", "store.mark_block_started"),
-    ("read window (GDAL)", "pipeline.blocks.reading", "read_window"),
-    ("resample image to model grid", "pipeline.grid.resample", "Resampler.bilinear"),
-    ("resample mask (nearest)", "pipeline.grid.resample", "Resampler.nearest"),
-    ("normalise", "pipeline.blocks.reading", "normalise_chw"),
-    ("wait for pixel rows", "pipeline.blocks.reading", "BlockInput.wait_rows"),
-    ("stack crops, pad, sum logits", "pipeline.blocks.task", "accumulate_logits"),
-    ("labels (softmax, argmax)", "pipeline.blocks.task", "labels_from_logits"),
-    ("write labels (zarr)", "pipeline.blocks.task", "store.write_block"),
-    ("done record (zarr)", "pipeline.blocks.task", "store.mark_block_done"),
+    ("model cache lookup", "reattn_batch.blocks.task", "segmenter_for"),
+    ("started record (zarr)", "reattn_batch.blocks.task", "store.mark_block_started"),
+    ("read window (GDAL)", "reattn_batch.blocks.reading", "read_window"),
+    ("resample image to model grid", "reattn_batch.grid.resample", "Resampler.bilinear"),
+    ("resample mask (nearest)", "reattn_batch.grid.resample", "Resampler.nearest"),
+    ("normalise", "reattn_batch.blocks.reading", "normalise_chw"),
+    ("wait for pixel rows", "reattn_batch.blocks.reading", "BlockInput.wait_rows"),
+    ("stack crops, pad, sum logits", "reattn_batch.blocks.task", "accumulate_logits"),
+    ("labels (softmax, argmax)", "reattn_batch.blocks.task", "labels_from_logits"),
+    ("write labels (zarr)", "reattn_batch.blocks.task", "store.write_block"),
+    ("done record (zarr)", "reattn_batch.blocks.task", "store.mark_block_done"),
 )
 MODEL_LABEL = "model (crop_logits)"
 
@@ -425,7 +424,7 @@ def _worker_env() -> dict[str, str | None]:
 PLAIN_SCRIPT = """
 import json, pickle, sys, time
 import torch
-from workers.model_cache import segmenter_for
+from reattn_batch.workers.model_cache import segmenter_for
 spec, queries, calls, threads = pickle.loads(open(sys.argv[1], "rb").read())
 if threads:
     torch.set_num_threads(threads)

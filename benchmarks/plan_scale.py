@@ -37,9 +37,9 @@ def main() -> None:
     parser.add_argument("--flush", type=int, default=1000, help="blocks between flushes")
     args = parser.parse_args()
 
-    from pipeline.grid.grids import BlockGrid, ModelGrid
-    from pipeline.store import StoreLayout, create_store, done_blocks, started_blocks
-    from pipeline.store.records import RunRecords
+    from reattn_batch.grid.grids import BlockGrid, ModelGrid
+    from reattn_batch.store import StoreLayout, create_store, done_blocks, started_blocks
+    from reattn_batch.store.records import RunRecords
 
     baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # after imports
     side = math.ceil(math.sqrt(args.blocks))

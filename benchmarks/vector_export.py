@@ -6,7 +6,7 @@ of global pixel coordinates, written block by block (the script never holds a wh
 scene either): 5 classes, each a smooth value-noise field at a 96 px cell plus a 24 px
 one, the label the argmax, so regions run from a few pixels to tens of thousands, with
 ragged outlines, crossing every block edge. Each size is exported (``export_vector``)
-on a FRESH embedded cluster (``pipeline.run.cluster.connect``, N local worker processes of
+on a FRESH embedded cluster (``reattn_batch.run.cluster.connect``, N local worker processes of
 one thread), so each worker's peak RSS (Linux VmHWM high-water mark, read from every
 worker at the end) belongs to that size alone. The driver's own high-water mark is
 printed too (it only grows: read it for the largest size).
@@ -32,11 +32,10 @@ from pathlib import Path
 import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
-
-from pipeline.outputs import vector
-from pipeline.run.cluster import connect
-from pipeline.settings import ClusterSettings
-from pipeline.store import StoreLayout, create_store, write_block
+from reattn_batch.outputs import vector
+from reattn_batch.run.cluster import connect
+from reattn_batch.settings import ClusterSettings
+from reattn_batch.store import StoreLayout, create_store, write_block
 
 CLASSES = ["background", "building", "road", "water", "tree"]
 BLOCK = 2048

@@ -24,8 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from affine import Affine  # noqa: E402
 from pyproj import Transformer  # noqa: E402
 from rasterio.crs import CRS  # noqa: E402
-
-from pipeline.store import StoreLayout, create_store, write_block  # noqa: E402
+from reattn_batch.store import StoreLayout, create_store, write_block  # noqa: E402
 
 CLASSES = ["background", "building", "road", "water"]
 
@@ -53,8 +52,8 @@ def main() -> None:
         build(store, args.size)
         print(f"built {args.size}x{args.size} store in {time.perf_counter() - t:.1f} s")
 
-    from pipeline.viewer.server import Viewer
-    from pipeline.viewer.tiles import web_mercator
+    from reattn_batch.viewer.server import Viewer
+    from reattn_batch.viewer.tiles import web_mercator
 
     t = time.perf_counter()
     viewer = Viewer(store)

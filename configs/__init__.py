@@ -1,3 +1,3 @@
 """Configuration as data, shipped inside the package: method.yaml (every hyperparameter),
 datasets/ (benchmark presets), ablations/, jobs/ (example job specs), models/ (a tiny test
-architecture). Read through importlib.resources (``workers.config.CONFIG_DIR``)."""
+architecture). Read through importlib.resources (``reattn_batch.workers.config.CONFIG_DIR``)."""

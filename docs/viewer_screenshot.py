@@ -41,7 +41,7 @@ def main() -> None:
 
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     server = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "view", str(args.store), "--port", "0"],
+        [sys.executable, "-m", "reattn_batch", "view", str(args.store), "--port", "0"],
         stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     url = None

@@ -1,5 +1,5 @@
-"""`python -m pipeline` is `reattn-batch`."""
+"""`python -m reattn_batch` is `reattn-batch`."""
 
-from pipeline.cli import main
+from reattn_batch.cli import main
 
 main()

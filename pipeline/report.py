@@ -82,7 +82,7 @@ class TimedSegmenter:
 
 def dtype_name(segmenter) -> str:
     """fp32, fp16 or bf16: the dtype the segmenter's crops run in."""
-    from workers.segmenter import autocast_dtype
+    from reattn_batch.workers.segmenter import autocast_dtype
 
     dtype = autocast_dtype(segmenter.cfg.dtype, segmenter.device)
     return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
@@ -114,7 +114,7 @@ def write_report(path: Path, *, seconds: dict[str, float], crops_run: int, **fac
 
 def write_run_report(path: Path, summary, *, wall_seconds: float) -> None:
     """`run`'s report: phases summed over its tasks, ``total`` the command's wall time;
-    ``crops_in_scene`` and ``blocks`` too (pipeline.run.summary.RunSummary)."""
+    ``crops_in_scene`` and ``blocks`` too (reattn_batch.run.summary.RunSummary)."""
     seconds = dict.fromkeys(PHASES, 0.0) | summary.seconds | {"total": wall_seconds}
     facts = {"device": None, "dtype": None, "batch_size": None} | summary.facts
     write_report(

@@ -27,11 +27,10 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-
-from pipeline.store.layout import CHUNK
-from workers.config import METHODS
-from workers.errors import UserError
-from workers.upsampler import UPSAMPLER_KINDS
+from reattn_batch.store.layout import CHUNK
+from reattn_batch.workers.config import METHODS
+from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.upsampler import UPSAMPLER_KINDS
 
 #: ``--block-size auto``: the smallest chunk multiple whose halo redundancy is at most
 #: HALO_TARGET for the scene and model grid, within the memory guard (pipeline/grid/block_size.py).
@@ -92,8 +91,8 @@ class ModelSettings(Settings):
 
     def model_spec(self, sets: Sequence[str] = ()):
         """The workers' ModelSpec: method.yaml, then ``config``, method/prob_thd, ``sets``."""
-        from workers.config import load_config
-        from workers.model_spec import ModelSpec
+        from reattn_batch.workers.config import load_config
+        from reattn_batch.workers.model_spec import ModelSpec
 
         overrides = dict(self.config) if isinstance(self.config, dict) else {}
         overrides |= {"method": self.method, "prob_thd": self.prob_thd}

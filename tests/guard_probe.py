@@ -35,14 +35,13 @@ def peak_rss() -> int:
 def main(scene: str, out: str, block: int) -> None:
     import torch  # noqa: F401  (imported before the baseline: the runtime is not the task)
     from distributed import Client, LocalCluster
-
-    from pipeline.run.cluster import cluster_info
-    from pipeline.run.guard import Source, estimate_block_memory, model_bytes
-    from pipeline.run.plan import plan
-    from pipeline.run.request import SceneRequest
-    from pipeline.run.spine import run_scene
-    from pipeline.settings import ModelSettings, SceneSettings
-    from workers.classes import parse_classes
+    from reattn_batch.run.cluster import cluster_info
+    from reattn_batch.run.guard import Source, estimate_block_memory, model_bytes
+    from reattn_batch.run.plan import plan
+    from reattn_batch.run.request import SceneRequest
+    from reattn_batch.run.spine import run_scene
+    from reattn_batch.settings import ModelSettings, SceneSettings
+    from reattn_batch.workers.classes import parse_classes
 
     spec = ModelSettings(clip_weights="random", upsampler="bilinear", device="cpu").model_spec(
         ["clip_model=ViT-T-16-test"]

@@ -1,6 +1,6 @@
 """Black-box helpers for the issue-11 hardening tests (tests/test_hardening_*.py).
 
-These tests drive ``python -m pipeline ...`` as subprocesses, talk to real Dask
+These tests drive ``python -m reattn_batch ...`` as subprocesses, talk to real Dask
 schedulers and workers on loopback (tests/cluster_helpers.py) and read stores with
 zarr / rasterio only: they import nothing from ``pipeline`` or ``workers``, so that they
 survive the restructuring of pipeline/ into subpackages unchanged.
@@ -171,7 +171,7 @@ def start(
     cwd=None,
     memory_cap: int | None = None,
 ) -> subprocess.Popen:
-    """``python -m pipeline ARGS`` in a session of its own; stdout/stderr piped.
+    """``python -m reattn_batch ARGS`` in a session of its own; stdout/stderr piped.
     memory_cap: bytes of address space (RLIMIT_AS) for it and its local workers."""
 
     def limit() -> None:
@@ -181,7 +181,7 @@ def start(
             resource.setrlimit(resource.RLIMIT_AS, (memory_cap, memory_cap))
 
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *(str(a) for a in args)],
+        [sys.executable, "-m", "reattn_batch", *(str(a) for a in args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -209,7 +209,7 @@ def finish(proc: subprocess.Popen, timeout: float, started: float | None = None)
 
 
 def cli(*args: object, timeout: float = 240, extra_env: dict[str, str] | None = None) -> Result:
-    """Run ``python -m pipeline ARGS`` to the end (or ``timeout``)."""
+    """Run ``python -m reattn_batch ARGS`` to the end (or ``timeout``)."""
     started = time.monotonic()
     return finish(start(*args, extra_env=extra_env), timeout, started)
 

@@ -69,10 +69,9 @@ from pathlib import Path
 
 import numpy as np
 import open_clip
+import reattn_batch.workers.backbone  # registers configs/models, incl. ViT-T-16-test
 import torch
-
-import workers.backbone  # registers configs/models, incl. ViT-T-16-test
-from workers.segmenter import CLIP_MEAN, CLIP_STD
+from reattn_batch.workers.segmenter import CLIP_MEAN, CLIP_STD
 
 CLIP_MODEL = "ViT-T-16-test"
 WIDE_CLIP_MODEL = "ViT-T-16-planted512"
@@ -216,7 +215,9 @@ def register_wide_config(directory: Path) -> str:
     """Register WIDE_CLIP_MODEL: ViT-T-16-test with a 512-d joint space (for FeatUp's
     512-channel upsamplers). The JSON goes to ``directory``; open_clip keeps the config
     registered for the rest of the process."""
-    base = json.loads((workers.backbone.MODEL_CONFIGS / f"{CLIP_MODEL}.json").read_text())
+    base = json.loads(
+        (reattn_batch.workers.backbone.MODEL_CONFIGS / f"{CLIP_MODEL}.json").read_text()
+    )
     base["embed_dim"] = 512
     path = Path(directory) / f"{WIDE_CLIP_MODEL}.json"
     path.write_text(json.dumps(base))

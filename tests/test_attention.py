@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from workers.attention import (
+from reattn_batch.workers.attention import (
     ReAttnParts,
     base_attention,
     final_block,
     refine_attention,
 )
-from workers.backbone import load_backbone
-from workers.config import BASES, load_config
-from workers.encoder import _reattn_parts, _trunk_passes, encode_crops
-from workers.rotation import rotate, to_ground_order, unrotate_order
-from workers.vit import qkv, run_trunk
+from reattn_batch.workers.backbone import load_backbone
+from reattn_batch.workers.config import BASES, load_config
+from reattn_batch.workers.encoder import _reattn_parts, _trunk_passes, encode_crops
+from reattn_batch.workers.rotation import rotate, to_ground_order, unrotate_order
+from reattn_batch.workers.vit import qkv, run_trunk
 
 TINY = "clip_model=ViT-T-16-test"
 

@@ -11,10 +11,9 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-
-from workers.backbone import _hub_reachable, load_backbone
-from workers.errors import UserError
-from workers.vit import qkv, run_trunk, softmax_attention
+from reattn_batch.workers.backbone import _hub_reachable, load_backbone
+from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.vit import qkv, run_trunk, softmax_attention
 
 
 def test_random_weights_give_peaked_attention_and_distinct_tokens():

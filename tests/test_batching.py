@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from workers.batching import CUDA_BATCH_CAP, crop_bytes, cuda_batch_size, resolve_batch_size
-from workers.config import AUTO_BATCH, load_config
-from workers.errors import UserError
+from reattn_batch.workers.batching import (
+    CUDA_BATCH_CAP,
+    crop_bytes,
+    cuda_batch_size,
+    resolve_batch_size,
+)
+from reattn_batch.workers.config import AUTO_BATCH, load_config
+from reattn_batch.workers.errors import UserError
 
 
 def test_auto_is_the_default_and_round_trips() -> None:

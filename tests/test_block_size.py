@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from pipeline.grid.block_size import choose_block_size
-from pipeline.grid.grids import BlockGrid, ModelGrid
-from pipeline.grid.resample import Axis
-from pipeline.run.guard import fits_worker
-from pipeline.settings import DEFAULT_BLOCK_SIZE, HALO_TARGET, SceneSettings
-from workers.sliding import crop_grid
+from reattn_batch.grid.block_size import choose_block_size
+from reattn_batch.grid.grids import BlockGrid, ModelGrid
+from reattn_batch.grid.resample import Axis
+from reattn_batch.run.guard import fits_worker
+from reattn_batch.settings import DEFAULT_BLOCK_SIZE, HALO_TARGET, SceneSettings
+from reattn_batch.workers.sliding import crop_grid
 
 
 def model_grid(native: tuple[int, int], f: float) -> ModelGrid:
@@ -83,7 +82,7 @@ def test_auto_is_capped_by_the_memory_guard():
     memory = {"queries": 6, "batch": 1, "upsampler": "bilinear"}
     unlimited = choose_block_size(grid, 224, 112)
     small = BlockGrid(grid, 1024, 224, 112)
-    from pipeline.run.guard import estimate_block_memory
+    from reattn_batch.run.guard import estimate_block_memory
 
     limit = int(estimate_block_memory(small, **memory).total / 0.8) + 1  # 1024 fits, 1536 not
 
@@ -108,15 +107,14 @@ def test_fingerprint_ignores_block_size_and_resume_keeps_the_stores(tmp_path):
     """Labels do not depend on the block size, so neither does the fingerprint; a resumed
     run takes the store's recorded block size (its completion records are per block)."""
     import zarr
-
-    from pipeline.cli import main
-    from pipeline.run.fingerprint import run_fingerprint
-    from pipeline.run.plan import plan
-    from pipeline.run.request import SceneRequest
-    from pipeline.settings import ModelSettings
-    from tests.conftest import koeln_window_tif
-    from workers.classes import parse_classes
-    from workers.model_spec import describe_weights
+    from conftest import koeln_window_tif
+    from reattn_batch.cli import main
+    from reattn_batch.run.fingerprint import run_fingerprint
+    from reattn_batch.run.plan import plan
+    from reattn_batch.run.request import SceneRequest
+    from reattn_batch.settings import ModelSettings
+    from reattn_batch.workers.classes import parse_classes
+    from reattn_batch.workers.model_spec import describe_weights
 
     scene = koeln_window_tif(tmp_path, 600, 500)
     spec = ModelSettings(method="segearth-ov", clip_weights="random", upsampler="bilinear")

@@ -16,9 +16,8 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
-
-from workers.checkpoint import read_clip_state_dict
-from workers.errors import UserError
+from reattn_batch.workers.checkpoint import read_clip_state_dict
+from reattn_batch.workers.errors import UserError
 
 OPENAI_METADATA = ("input_resolution", "context_length", "vocab_size")
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from workers.classes import parse_classes
-from workers.errors import UserError
+from reattn_batch.workers.classes import parse_classes
+from reattn_batch.workers.errors import UserError
 
 
 def test_background_is_prepended_when_no_class_names_it():

@@ -6,10 +6,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
-from pipeline.cli import main
-from tests.conftest import shared_file
-from workers.postprocess import labels_from_logits
+from conftest import shared_file
+from reattn_batch.cli import main
+from reattn_batch.workers.postprocess import labels_from_logits
 
 TINY = ["--clip-weights", "random", "--set", "clip_model=ViT-T-16-test", "--upsampler", "bilinear"]
 

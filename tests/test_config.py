@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from workers.config import load_config
-from workers.errors import UserError
+from reattn_batch.workers.config import load_config
+from reattn_batch.workers.errors import UserError
 
 
 def test_defaults_are_the_spec_values():
@@ -92,7 +91,7 @@ def test_open_clip_vits_and_our_test_architecture_are_allowed(name):
 def test_backbone_refuses_a_hub_model_without_touching_the_network(monkeypatch):
     import socket
 
-    from workers.backbone import load_backbone
+    from reattn_batch.workers.backbone import load_backbone
 
     def no_network(*args, **kwargs):
         raise AssertionError("network must not be used")

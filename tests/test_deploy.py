@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 import zarr
-
-from tests.cluster_helpers import TINY, self_signed, tiny_scene
+from cluster_helpers import TINY, self_signed, tiny_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -13,11 +13,11 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from conftest import SHARED_DATA, shared_file
 from PIL import Image
-
-from pipeline.cli import main
-from pipeline.cli.options import build_model_spec
-from pipeline.eval.datasets import (
+from reattn_batch.cli import main
+from reattn_batch.cli.options import build_model_spec
+from reattn_batch.eval.datasets import (
     Sample,
     available,
     load_preset,
@@ -26,11 +26,10 @@ from pipeline.eval.datasets import (
     read_label,
     reduce_zero_label,
 )
-from pipeline.eval.metrics import confusion_matrix, per_class_iou, summarise
-from pipeline.eval.runner import ImageTask, LabelRules, Setting
-from pipeline.eval.settings import load_grid, with_preset
-from tests.conftest import SHARED_DATA, shared_file
-from workers.errors import UserError
+from reattn_batch.eval.metrics import confusion_matrix, per_class_iou, summarise
+from reattn_batch.eval.runner import ImageTask, LabelRules, Setting
+from reattn_batch.eval.settings import load_grid, with_preset
+from reattn_batch.workers.errors import UserError
 
 TINY = ["--clip-weights", "random", "--set", "clip_model=ViT-T-16-test", "--upsampler", "bilinear"]
 ROOT = Path(__file__).resolve().parents[1]

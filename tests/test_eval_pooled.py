@@ -7,10 +7,9 @@ import json
 
 import cv2
 import numpy as np
+from conftest import SHARED_DATA, shared_file
 from PIL import Image
-
-from pipeline.cli import main
-from tests.conftest import SHARED_DATA, shared_file
+from reattn_batch.cli import main
 
 TINY = ["--clip-weights", "random", "--set", "clip_model=ViT-T-16-test", "--upsampler", "bilinear"]
 # (y, x, h, w) windows of the Potsdam tile: 1, 4, 1, 1 (smaller than a crop: other shape) crops
@@ -55,11 +54,11 @@ def test_batch_4_pools_images_and_equals_batch_1(tmp_path):
 def test_pooled_logits_equal_image_by_image_within_rounding():
     """Pooling maps each crop's logits back to its own image: the pooled logits equal
     per-image ones at batch 1 within float rounding (max |diff| reported on failure)."""
-    from pipeline.eval.pooled import pooled_segmentations
-    from pipeline.image.segment import segment_array
-    from pipeline.settings import ModelSettings
-    from workers.classes import parse_classes
-    from workers.model_spec import build_segmenter
+    from reattn_batch.eval.pooled import pooled_segmentations
+    from reattn_batch.image.segment import segment_array
+    from reattn_batch.settings import ModelSettings
+    from reattn_batch.workers.classes import parse_classes
+    from reattn_batch.workers.model_spec import build_segmenter
 
     image = cv2.imread(str(shared_file("labelled/potsdam/img/2_10_0_0_512_512.png")))[..., ::-1]
     rgbs = [np.ascontiguousarray(image[y : y + h, x : x + w]) for y, x, h, w in WINDOWS]

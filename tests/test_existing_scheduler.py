@@ -10,18 +10,17 @@ import time
 import numpy as np
 import pytest
 import zarr
-from distributed import Client
-
-from pipeline.cli import main
-from tests.cluster_helpers import (
+from cluster_helpers import (
     TINY,
     dask_processes,
     install_task_recorder,
     recorded_tasks,
     register_by_value,
 )
-from tests.conftest import koeln_window_tif, labels_of
-from workers import model_cache
+from conftest import koeln_window_tif, labels_of
+from distributed import Client
+from reattn_batch.cli import main
+from reattn_batch.workers import model_cache
 
 CLASSES = ["--classes", "building,road,water,tree"]
 

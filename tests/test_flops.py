@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from reattn_batch.workers.config import load_config
+
 from benchmarks.flops import VitShape, encoder_flops, upsampler_flops
-from workers.config import load_config
 
 TINY = VitShape(width=64, mlp=128, layers=12, patch=16, embed=64)
 

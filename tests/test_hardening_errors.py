@@ -1,7 +1,7 @@
 """Issue 11 item 9: clean errors everywhere. One line on stderr, non-zero exit, no
 traceback, no Dask "Compute Failed" log; odd inputs that must work do work.
 
-All through ``python -m pipeline run`` on the embedded LocalCluster, so the workers'
+All through ``python -m reattn_batch run`` on the embedded LocalCluster, so the workers'
 own stderr is the run's stderr, as a user sees it.
 """
 
@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import re
 
+import hardening_helpers as h
 import numpy as np
 import pytest
 import rasterio
 from rasterio.control import GroundControlPoint
-
-from tests import hardening_helpers as h
 
 pytestmark = pytest.mark.timeout(300)
 

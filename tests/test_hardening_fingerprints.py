@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 
+import hardening_helpers as h
 import numpy as np
 import pytest
 import rasterio
 import zarr
 from rasterio.windows import Window
-
-from tests import hardening_helpers as h
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -109,9 +108,8 @@ def _tiny_state_dict(path, seed: int) -> None:
 
 @pytest.mark.timeout(900)
 def test_a_replaced_weights_file_is_seen_by_a_live_cluster(tmp_path, tmp_path_factory):
+    from cluster_helpers import dask_processes
     from distributed import Client
-
-    from tests.cluster_helpers import dask_processes
 
     scene = h.write_scene(tmp_path / "scene.tif", 300, 260)
     weights, other = tmp_path / "w.pt", tmp_path / "other.pt"

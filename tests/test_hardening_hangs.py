@@ -15,11 +15,10 @@ import signal
 import subprocess
 import time
 
+import hardening_helpers as h
 import pytest
+from cluster_helpers import DASK, dask_processes
 from distributed import Client
-
-from tests import hardening_helpers as h
-from tests.cluster_helpers import DASK, dask_processes
 
 NO_WORKER_TIMEOUT = ["--no-worker-timeout", "5"]
 BOUND_S = 120  # far above 5 s plus start-up on a loaded 2-core machine; "never" fails it

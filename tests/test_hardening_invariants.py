@@ -12,7 +12,7 @@ skip without ../shared (the real-file variants stay where they are):
 - a regional job maps, records a broken scene, skips finished stores and resumes a
   partial one (tests/test_regional.py).
 
-Black-box (``python -m pipeline`` subprocesses, real Dask processes): they pass today and
+Black-box (``python -m reattn_batch`` subprocesses, real Dask processes): they pass today and
 must keep passing through the pipeline/ restructure and the issue-11 fixes.
 """
 
@@ -23,19 +23,18 @@ import os
 import signal
 from pathlib import Path
 
+import hardening_helpers as h
 import numpy as np
 import pytest
 import rasterio
 import zarr
-from distributed import Client
-
-from tests import hardening_helpers as h
-from tests.cluster_helpers import (
+from cluster_helpers import (
     dask_processes,
     install_task_recorder,
     recorded_tasks,
     register_by_value,
 )
+from distributed import Client
 
 BLOCK = ["--block-size", "512"]
 MOSAIC_BLOCKS = 9  # 1500 x 1500 px in blocks of 512

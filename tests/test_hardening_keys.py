@@ -2,7 +2,7 @@
 
 Two runs of the same scene with the same settings into two different stores, on ONE
 existing scheduler, at the same time: both must complete and each must equal a clean
-run. Black-box: ``python -m pipeline run`` subprocesses, a real ``dask scheduler`` and
+run. Black-box: ``python -m reattn_batch run`` subprocesses, a real ``dask scheduler`` and
 ``dask worker`` on loopback.
 
 Overlap is made certain, not left to timing: the worker's only thread is held by a task
@@ -15,12 +15,11 @@ import sys
 import time
 
 import cloudpickle
+import hardening_helpers as h
 import numpy as np
 import pytest
+from cluster_helpers import dask_processes
 from distributed import Client, Event
-
-from tests import hardening_helpers as h
-from tests.cluster_helpers import dask_processes
 
 BLOCK = ["--block-size", "512"]
 

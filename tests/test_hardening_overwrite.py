@@ -7,11 +7,10 @@ store; a store of reattn-batch is still replaced.
 
 from __future__ import annotations
 
+import hardening_helpers as h
 import numpy as np
 import pytest
 import zarr
-
-from tests import hardening_helpers as h
 
 pytestmark = pytest.mark.timeout(300)
 

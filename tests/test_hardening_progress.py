@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import re
 
+import hardening_helpers as h
 import pytest
-
-from tests import hardening_helpers as h
 
 FRACTION = re.compile(r"(\d+)\s*/\s*(\d+)")
 

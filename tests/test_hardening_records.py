@@ -11,11 +11,10 @@ before its block's data is durable (fsync); see store/records.py and README.
 
 from __future__ import annotations
 
+import hardening_helpers as h
 import numpy as np
 import pytest
 import zarr
-
-from tests import hardening_helpers as h
 
 pytestmark = pytest.mark.timeout(400)
 BLOCK = ["--block-size", "512"]

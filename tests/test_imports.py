@@ -16,17 +16,22 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("pipeline", "workers", "configs")
+# the repository's folders and the import names they install as (pyproject.toml)
+PACKAGES = {
+    "pipeline": "reattn_batch",
+    "workers": "reattn_batch.workers",
+    "configs": "reattn_batch.configs",
+}
 
 
 def project_modules() -> list[str]:
     names = []
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            parts = path.relative_to(ROOT).with_suffix("").parts
+    for folder, package in PACKAGES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
             if parts[-1] == "__main__":
-                continue  # running it is the CLI itself (tested through python -m pipeline)
-            names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+                continue  # running it is the CLI itself (tested through python -m reattn_batch)
+            names.append(".".join((package, *(parts[:-1] if parts[-1] == "__init__" else parts))))
     return names
 
 
@@ -35,7 +40,7 @@ import importlib, json, os, sys, traceback
 for lib in ("torch", "open_clip", "distributed", "rasterio", "zarr", "xarray", "rioxarray",
             "pydantic", "click", "rich", "cv2", "yaml", "odc.geo", "rio_cogeo"):
     importlib.import_module(lib)
-assert not [m for m in sys.modules if m.split(".")[0] in ("pipeline", "workers", "configs")]
+assert not [m for m in sys.modules if m.split(".")[0] == "reattn_batch"]
 results = {}
 for name in json.loads(sys.argv[1]):
     read, write = os.pipe()
@@ -69,7 +74,7 @@ def import_failures() -> dict[str, str]:
         capture_output=True,
         text=True,
         timeout=600,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        env={"PATH": "/usr/bin:/bin"},
     )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -82,5 +87,6 @@ def test_module_imports_alone(import_failures, module):
 
 def test_every_module_is_checked():
     modules = project_modules()
-    assert "pipeline.cli" in modules and "pipeline.run.spine" in modules
+    assert "reattn_batch.cli" in modules and "reattn_batch.run.spine" in modules
+    assert "reattn_batch.workers.attention" in modules
     assert len(modules) == len(set(modules)) > 50

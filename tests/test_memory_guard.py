@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import koeln_window_tif
 from distributed import LocalCluster
-
-from pipeline.cli import main
-from pipeline.grid.grids import BlockGrid, ModelGrid
-from pipeline.run.guard import (
+from reattn_batch.cli import main
+from reattn_batch.grid.grids import BlockGrid, ModelGrid
+from reattn_batch.run.guard import (
     FLOAT,
     HEADROOM,
     MODEL_BYTES,
@@ -22,8 +22,7 @@ from pipeline.run.guard import (
     check_block_memory,
     estimate_block_memory,
 )
-from tests.conftest import koeln_window_tif
-from workers.errors import UserError
+from reattn_batch.workers.errors import UserError
 
 BILINEAR = {"batch": 8, "upsampler": "bilinear"}
 
@@ -169,7 +168,7 @@ def test_the_estimate_covers_the_measured_peak_rss_of_a_block_task(tmp_path, siz
     The test process holds 1 GiB of ballast while the probe runs, as a full test run's
     process does after loading ViT-B models: a probe that read ru_maxrss (which Linux
     carries from parent to child across vfork/exec) measured that instead of the task."""
-    from tests import hardening_helpers as h
+    import hardening_helpers as h
 
     scene = h.write_scene(tmp_path / "scene.tif", size, size)
     ballast = np.ones(1 << 27)  # 1 GiB, touched

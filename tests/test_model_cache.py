@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from workers import model_cache
-from workers.backbone import load_backbone
-from workers.config import load_config
-from workers.model_spec import ModelSpec
-from workers.segmenter import CropSegmenter
+from reattn_batch.workers import model_cache
+from reattn_batch.workers.backbone import load_backbone
+from reattn_batch.workers.config import load_config
+from reattn_batch.workers.model_spec import ModelSpec
+from reattn_batch.workers.segmenter import CropSegmenter
 
 TINY = "ViT-T-16-test"
 

@@ -13,13 +13,11 @@ import zarr
 from affine import Affine
 from PIL import Image
 from rasterio.crs import CRS
-from rio_cogeo.cogeo import cog_validate
-
-from pipeline.cli import main
-from pipeline.outputs import quicklook
-from pipeline.outputs.cog import export_cog
-from pipeline.outputs.info import store_info
-from pipeline.store import (
+from reattn_batch.cli import main
+from reattn_batch.outputs import quicklook
+from reattn_batch.outputs.cog import export_cog
+from reattn_batch.outputs.info import store_info
+from reattn_batch.store import (
     StoreLayout,
     class_palette,
     create_store,
@@ -27,7 +25,8 @@ from pipeline.store import (
     open_store,
     write_block,
 )
-from workers.errors import UserError
+from reattn_batch.workers.errors import UserError
+from rio_cogeo.cogeo import cog_validate
 
 CLASSES = ["background", "building", "road", "water"]
 H, W = 1100, 1300  # rows, cols

@@ -16,13 +16,12 @@ import numpy as np
 import planted
 import pytest
 import torch
-
-from pipeline.cli import main
-from workers.backbone import load_backbone
-from workers.config import METHODS, load_config
-from workers.encoder import encode_crops
-from workers.segmenter import normalise
-from workers.text import query_embeddings
+from reattn_batch.cli import main
+from reattn_batch.workers.backbone import load_backbone
+from reattn_batch.workers.config import METHODS, load_config
+from reattn_batch.workers.encoder import encode_crops
+from reattn_batch.workers.segmenter import normalise
+from reattn_batch.workers.text import query_embeddings
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 STACK_CKPT = DATA / "weights" / "featup_clip_jbu_stack_cocostuff.ckpt"

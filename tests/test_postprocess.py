@@ -6,8 +6,7 @@ import math
 
 import pytest
 import torch
-
-from workers.postprocess import class_probabilities, labels_from_logits
+from reattn_batch.workers.postprocess import class_probabilities, labels_from_logits
 
 
 def test_synonym_max_after_softmax_over_all_queries_hand_computed():

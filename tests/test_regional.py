@@ -11,20 +11,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import hardening_helpers as h
 import numpy as np
 import pytest
 import rasterio
 import zarr
+from conftest import shared_file
 from pyproj import Transformer
 from rasterio.windows import Window
-
-from pipeline import store
-from pipeline.cli import main
-from pipeline.regional import runner
-from pipeline.regional.spec import RegionalJob
-from tests import hardening_helpers as h
-from tests.conftest import shared_file
-from workers.errors import UserError
+from reattn_batch import store
+from reattn_batch.cli import main
+from reattn_batch.regional import runner
+from reattn_batch.regional.spec import RegionalJob
+from reattn_batch.workers.errors import UserError
 
 SPEC = (
     """\

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import rasterio
 import zarr
-
-from pipeline.cli import main
-from pipeline.grid.grids import BlockGrid, ModelGrid
-from tests.conftest import framed_rgb_byte, koeln_window_tif
-from workers.sliding import crop_grid
+from conftest import framed_rgb_byte, koeln_window_tif
+from reattn_batch.cli import main
+from reattn_batch.grid.grids import BlockGrid, ModelGrid
+from reattn_batch.workers.sliding import crop_grid
 
 TINY = ["--clip-weights", "random", "--set", "clip_model=ViT-T-16-test", "--upsampler", "bilinear"]
 SEGEARTH = ["--method", "segearth-ov"]  # one trunk pass a crop: keeps the runs short

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import rasterio
 import zarr
+from conftest import shared_file
 from distributed import Client, LocalCluster
-
-from pipeline.cli import main
-from pipeline.store import done_blocks, read_attrs
-from tests.conftest import shared_file
+from reattn_batch.cli import main
+from reattn_batch.store import done_blocks, read_attrs
 
 TINY = ["--clip-weights", "random", "--set", "clip_model=ViT-T-16-test", "--upsampler", "bilinear"]
 CLASSES = ["--classes", "building,road,water,tree"]
@@ -126,7 +125,7 @@ def test_worker_loss_mid_job_gives_a_complete_identical_store(mosaic, clean, tmp
 
 def test_job_killed_mid_run_then_resumed(mosaic, clean, tmp_path):
     store = tmp_path / "s.zarr"
-    cmd = [sys.executable, "-m", "pipeline", "run", str(mosaic), *CLASSES, *TINY,
+    cmd = [sys.executable, "-m", "reattn_batch", "run", str(mosaic), *CLASSES, *TINY,
            "--block-size", "512", "--out", str(store)]  # fmt: skip
     proc = subprocess.Popen(cmd, start_new_session=True, stderr=subprocess.DEVNULL)
     try:

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import rasterio
 import zarr
+from conftest import shared_file
 from distributed import LocalCluster
 from rasterio.transform import from_origin
-
-from pipeline.cli import main
-from pipeline.store import read_attrs
-from tests.conftest import shared_file
+from reattn_batch.cli import main
+from reattn_batch.store import read_attrs
 
 TINY = ["--clip-weights", "random", "--set", "clip_model=ViT-T-16-test", "--upsampler", "bilinear"]
 CLASSES = ["--classes", "building,road"]

@@ -12,11 +12,10 @@ import pytest
 import rasterio
 import xarray as xr
 import zarr
+from conftest import framed_rgb_byte, koeln_window_tif, labels_of
 from distributed import Client, LocalCluster
-
-from pipeline.cli import main
-from tests.conftest import framed_rgb_byte, koeln_window_tif, labels_of
-from workers import model_cache
+from reattn_batch.cli import main
+from reattn_batch.workers import model_cache
 
 TINY = ["--clip-weights", "random", "--set", "clip_model=ViT-T-16-test", "--upsampler", "bilinear"]
 CLASSES = ["--classes", "building,road,water,tree"]

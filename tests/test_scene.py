@@ -16,12 +16,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import rasterio
+from conftest import shared_file
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 from rasterio.windows import Window
-
-from pipeline.scene import (
+from reattn_batch.scene import (
     SceneInfo,
     WindowReadError,
     close_cached_datasets,
@@ -30,8 +30,7 @@ from pipeline.scene import (
     resolve_uri,
     stretch_to_uint8,
 )
-from tests.conftest import shared_file
-from workers.errors import UserError
+from reattn_batch.workers.errors import UserError
 
 
 @pytest.fixture(autouse=True)
@@ -422,7 +421,7 @@ def test_scene_without_crs(tmp_path, caplog):
     data = np.full((1, 30, 40), 7, dtype=np.uint8)
     path = tmp_path / "nocrs.tif"
     _write(path, data, crs=None, transform=from_origin(0, 30, 2, 2))
-    with caplog.at_level(logging.WARNING, logger="pipeline.scene"):
+    with caplog.at_level(logging.WARNING, logger="reattn_batch.scene"):
         scene = open_scene(str(path))
     assert scene.crs_wkt is None and scene.gsd == 2.0
     assert any("CRS" in r.getMessage() for r in caplog.records)

@@ -10,13 +10,12 @@ import os
 import threading
 from pathlib import Path
 
+import hardening_helpers as h
 import pytest
 import rasterio
 from rasterio.windows import Window
-
-from pipeline.scene import open_scene
-from pipeline.scene.identity import EDGE, remote_identity
-from tests import hardening_helpers as h
+from reattn_batch.scene import open_scene
+from reattn_batch.scene.identity import EDGE, remote_identity
 
 
 def _edit_keeping_size_and_mtime(path: Path, window=Window(0, 0, 16, 16)) -> None:

@@ -4,18 +4,17 @@ CLI and job specs; errors name the flag or the key."""
 from __future__ import annotations
 
 import pytest
-
-from pipeline.cli import cli
-from pipeline.settings import (
+from reattn_batch.cli import cli
+from reattn_batch.settings import (
     DEFAULT_BLOCK_SIZE,
     ModelSettings,
     SceneSettings,
     from_flags,
     option_choices,
 )
-from workers.config import METHODS
-from workers.errors import UserError
-from workers.upsampler import UPSAMPLER_KINDS
+from reattn_batch.workers.config import METHODS
+from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.upsampler import UPSAMPLER_KINDS
 
 
 def choices(command: str, flag: str) -> list[str]:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-
-from workers.sliding import Box, crop_grid, crop_starts
+from reattn_batch.workers.sliding import Box, crop_grid, crop_starts
 
 
 def test_crop_starts_clamp_the_last_crop_to_the_edge():

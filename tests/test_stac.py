@@ -17,10 +17,9 @@ import rasterio
 from affine import Affine
 from pyproj import Transformer
 from rasterio.crs import CRS
-
-from pipeline.cli import main
-from pipeline.outputs import stac
-from pipeline.store import StoreLayout, class_palette, create_store, update_attrs, write_block
+from reattn_batch.cli import main
+from reattn_batch.outputs import stac
+from reattn_batch.store import StoreLayout, class_palette, create_store, update_attrs, write_block
 
 CLASSES = ["background", "building", "parking lot", "water"]
 H, W = 600, 700

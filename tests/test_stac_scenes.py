@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+import hardening_helpers as h
 import numpy as np
 import pystac
 import pytest
@@ -21,10 +22,8 @@ import rasterio
 import shapely.geometry
 from pyproj import Transformer
 from rasterio.transform import from_origin
-
-from pipeline import store
-from pipeline.cli import main
-from tests import hardening_helpers as h
+from reattn_batch import store
+from reattn_batch.cli import main
 
 TINY = ["--clip-weights", "random", "--set", "clip_model=ViT-T-16-test", "--upsampler", "bilinear"]
 RUN = ["--classes", "building,water", *TINY, "--block-size", "512", "--workers", "1"]
@@ -417,8 +416,7 @@ def test_the_deploy_examples_hold_valid_job_specs():
     """deploy/jobs/stac_region.yaml and the spec in the CronJob's ConfigMap pass the job
     spec schema (the search itself needs the network, so it is not run)."""
     import yaml
-
-    from pipeline.regional.spec import JobFile
+    from reattn_batch.regional.spec import JobFile
 
     root = Path(__file__).resolve().parents[1] / "deploy"
     spec = yaml.safe_load((root / "jobs" / "stac_region.yaml").read_text())

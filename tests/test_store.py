@@ -14,8 +14,7 @@ import xarray as xr
 import zarr
 from affine import Affine
 from rasterio.crs import CRS
-
-from pipeline.store import (
+from reattn_batch.store import (
     StoreLayout,
     class_palette,
     create_store,
@@ -24,7 +23,7 @@ from pipeline.store import (
     update_attrs,
     write_block,
 )
-from workers.errors import UserError
+from reattn_batch.workers.errors import UserError
 
 CLASSES = ["background", "building", "low vegetation", "water", "road"]
 H, W, CHUNK = 1000, 1300, 512

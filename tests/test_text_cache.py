@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from workers.backbone import load_backbone
-from workers.text import _cache_file, query_embeddings
+from reattn_batch.workers.backbone import load_backbone
+from reattn_batch.workers.text import _cache_file, query_embeddings
 
 QUERIES = ["road"]
 
@@ -49,7 +48,7 @@ def test_damaged_cache_file_is_recomputed(
     else:
         np.save(path, np.full(fresh.shape[1], np.nan, dtype=np.float32))
 
-    with caplog.at_level(logging.WARNING, logger="workers.text"):
+    with caplog.at_level(logging.WARNING, logger="reattn_batch.workers.text"):
         got = query_embeddings(backbone, QUERIES)
     assert torch.equal(got, fresh)
     assert any(str(path) in r.getMessage() for r in caplog.records)

@@ -10,10 +10,9 @@ from __future__ import annotations
 import dask
 import pytest
 import zarr
+from cluster_helpers import TINY, dask_processes, self_signed, tiny_scene
 from distributed import Client
-
-from pipeline.cli import main
-from tests.cluster_helpers import TINY, dask_processes, self_signed, tiny_scene
+from reattn_batch.cli import main
 
 
 @pytest.fixture

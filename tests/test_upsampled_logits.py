@@ -9,14 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from reattn_batch.workers.backbone import load_backbone
+from reattn_batch.workers.config import load_config
+from reattn_batch.workers.segmenter import CropSegmenter
+from reattn_batch.workers.upsampled_logits import full_cosines, reduced_cosines, upsampled_cosines
+from reattn_batch.workers.upsampler import JBUOne, JBUStack, load_upsampler
+from test_upsampler import STACK_CKPT, needs_stack_ckpt
 from torch import nn
-
-from tests.test_upsampler import STACK_CKPT, needs_stack_ckpt
-from workers.backbone import load_backbone
-from workers.config import load_config
-from workers.segmenter import CropSegmenter
-from workers.upsampled_logits import full_cosines, reduced_cosines, upsampled_cosines
-from workers.upsampler import JBUOne, JBUStack, load_upsampler
 
 TOL = 1e-6
 

@@ -10,14 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import reattn_batch.workers.upsampler as up
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-import workers.upsampler as up
-from workers.download import PinnedFile
-from workers.errors import UserError
-from workers.upsampler import (
+from reattn_batch.workers.download import PinnedFile
+from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.upsampler import (
     JBUOne,
     JBUStack,
     JointBilateralStep,
@@ -25,6 +23,7 @@ from workers.upsampler import (
     default_upsampler_weights,
     load_upsampler,
 )
+from torch import nn
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 STACK_CKPT = DATA / "weights" / "featup_clip_jbu_stack_cocostuff.ckpt"

@@ -21,13 +21,12 @@ import rasterio.features
 import shapely
 import shapely.geometry
 from affine import Affine
+from conftest import koeln_window_tif, labels_of
 from distributed import Client, LocalCluster
 from rasterio.crs import CRS
-
-from pipeline.cli import main
-from pipeline.outputs import vector
-from pipeline.store import StoreLayout, create_store, write_block
-from tests.conftest import koeln_window_tif, labels_of
+from reattn_batch.cli import main
+from reattn_batch.outputs import vector
+from reattn_batch.store import StoreLayout, create_store, write_block
 
 CLASSES = ["background", "building", "road", "water"]
 H, W = 1300, 1100  # 3 x 3 blocks of 512, the last ones partial

@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from conftest import shared_file
 from PIL import Image
 from pyproj import Transformer
 from rasterio.crs import CRS
-
-from pipeline.store import (
+from reattn_batch.store import (
     StoreLayout,
     class_palette,
     create_store,
@@ -34,7 +34,6 @@ from pipeline.store import (
     update_attrs,
     write_block,
 )
-from tests.conftest import shared_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -148,8 +147,8 @@ def gdal_labels(store: Path) -> np.ndarray:
 
 @pytest.mark.parametrize("z", [15, 16, 17, 18, 19])
 def test_label_tile_is_the_store_sampled_by_nearest_at_pixel_centres(planted, z):
-    from pipeline.store import open_store
-    from pipeline.viewer.tiles import LabelTiler
+    from reattn_batch.store import open_store
+    from reattn_batch.viewer.tiles import LabelTiler
 
     labels = gdal_labels(planted)
     assert (labels == planted_labels()).all()
@@ -168,8 +167,8 @@ def test_low_zooms_read_a_mode_overview_not_the_store(tmp_path):
     """At zoom 12-13 (12-24 store pixels per tile pixel) tiles come from the in-memory
     overview: they still show the planted regions, and stay the same once the store's label
     chunks are deleted, while a full-resolution tile then reads the (now empty) store."""
-    from pipeline.store import open_store
-    from pipeline.viewer.tiles import OVERVIEW_MIN_FACTOR, LabelTiler
+    from reattn_batch.store import open_store
+    from reattn_batch.viewer.tiles import OVERVIEW_MIN_FACTOR, LabelTiler
 
     store = make_store(tmp_path)
     labels = planted_labels()
@@ -217,10 +216,9 @@ def test_imagery_tiles_show_the_scene_over_the_store_footprint(planted, tmp_path
     (its decimated copy): opaque exactly where the store's label tile is inside the scene
     (2 px margin for the bilinear edge), with the scene's colour, transparent far outside."""
     import rioxarray
-
-    from pipeline.scene import open_scene
-    from pipeline.store import open_store
-    from pipeline.viewer.tiles import LabelTiler, SceneTiler
+    from reattn_batch.scene import open_scene
+    from reattn_batch.store import open_store
+    from reattn_batch.viewer.tiles import LabelTiler, SceneTiler
 
     uri = str(planted.parent / "scene.tif")
     if kind == "zarr":
@@ -272,7 +270,7 @@ def start_server(store: Path, *args: str) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed by stop_server)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "view", str(store), "--port", "0", *args],
+        [sys.executable, "-m", "reattn_batch", "view", str(store), "--port", "0", *args],
         stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=ROOT,
     )  # fmt: skip
     proc.stderr_file = stderr
@@ -323,7 +321,7 @@ def raw_get(url: str, path: str, host: str | None = None) -> tuple[int, bytes]:
 
 
 def test_only_allow_listed_paths_are_served(server):
-    from pipeline.viewer.server import STATIC, load_static
+    from reattn_batch.viewer.server import STATIC, load_static
 
     static = load_static()
     for name in STATIC:
@@ -382,7 +380,7 @@ def test_ctrl_c_stops_cleanly(planted):
 
 
 def test_bad_stores_get_one_line(tmp_path):
-    from pipeline.store import StoreLayout as Layout
+    from reattn_batch.store import StoreLayout as Layout
 
     plain = tmp_path / "plain"
     plain.mkdir()
@@ -392,7 +390,7 @@ def test_bad_stores_get_one_line(tmp_path):
     for store, text in ((tmp_path / "missing.zarr", "no such label store"),
                         (plain, "not a label store"), (no_crs, "has no CRS")):  # fmt: skip
         result = subprocess.run(
-            [sys.executable, "-m", "pipeline", "view", str(store)],
+            [sys.executable, "-m", "reattn_batch", "view", str(store)],
             capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
             timeout=120,
         )  # fmt: skip
@@ -568,7 +566,7 @@ def test_legend_areas_are_infos(server, browser, planted):
     from selenium.webdriver.common.by import By
 
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "info", str(planted), "--json"],
+        [sys.executable, "-m", "reattn_batch", "info", str(planted), "--json"],
         capture_output=True, text=True, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )  # fmt: skip
     info = json.loads(result.stdout)

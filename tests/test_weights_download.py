@@ -1,7 +1,7 @@
 """The default SimFeatUp weights: pinned, checked, cached atomically, re-fetched when bad.
 
 A real HTTP server on loopback serves the file; the pin (URL and digests) is replaced in
-one place, ``workers.upsampler.JBU_ONE``. No part of urllib is replaced.
+one place, ``reattn_batch.workers.upsampler.JBU_ONE``. No part of urllib is replaced.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import reattn_batch.workers.upsampler as up
 import torch
-
-import workers.upsampler as up
-from workers.download import PinnedFile, content_problem, file_digests
-from workers.errors import UserError
-from workers.upsampler import JBUOne, default_upsampler_weights, load_upsampler
+from reattn_batch.workers.download import PinnedFile, content_problem, file_digests
+from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.upsampler import JBUOne, default_upsampler_weights, load_upsampler
 
 
 class Server:
@@ -76,7 +75,7 @@ def ckpt_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 
 def git_blob_id(path: Path) -> str:
-    """git's own object id of a file (an oracle independent of workers.download)."""
+    """git's own object id of a file (an oracle independent of reattn_batch.workers.download)."""
     return subprocess.run(
         ["git", "hash-object", "--no-filters", str(path)],
         check=True,
@@ -154,7 +153,7 @@ def test_damaged_cache_is_fetched_again_with_a_warning(
     }[damage]
     cached.write_bytes(bad)
 
-    with caplog.at_level(logging.WARNING, logger="workers.download"):
+    with caplog.at_level(logging.WARNING, logger="reattn_batch.workers.download"):
         assert default_upsampler_weights("jbu_one") == cached
     assert cached.read_bytes() == ckpt_bytes
     assert server.requests == ["/rev/w.ckpt"]

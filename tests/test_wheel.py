@@ -27,7 +27,7 @@ TINY = ["--clip-weights", "random", "--set", "clip_model=ViT-T-16-test", "--upsa
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
-    """A folder holding only the installed wheel (pipeline, workers, configs, dist-info)."""
+    """A folder holding only the installed wheel (reattn_batch and its dist-info)."""
     work = tmp_path_factory.mktemp("wheel")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run(
@@ -54,31 +54,32 @@ def run_installed(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProc
 
 
 def test_the_wheel_carries_the_configs_and_no_source_tree_is_used(installed, tmp_path):
-    assert (installed / "configs" / "method.yaml").is_file()
-    assert (installed / "configs" / "datasets" / "loveda.yaml").is_file()
-    assert (installed / "configs" / "models" / "ViT-T-16-test.json").is_file()
+    configs = installed / "reattn_batch" / "configs"
+    assert (configs / "method.yaml").is_file()
+    assert (configs / "datasets" / "loveda.yaml").is_file()
+    assert (configs / "models" / "ViT-T-16-test.json").is_file()
     code = (
-        "import pipeline, workers.config as c; "
-        "print(pipeline.__file__); print(c.CONFIG_DIR); print(c.load_config().method)"
+        "import reattn_batch, reattn_batch.workers.config as c; "
+        "print(reattn_batch.__file__); print(c.CONFIG_DIR); print(c.load_config().method)"
     )
     out = run_installed(installed, tmp_path, "-c", code)
     assert out.returncode == 0, out.stderr
     package, config_dir, method = out.stdout.split()
-    assert Path(package).is_relative_to(installed) and Path(config_dir) == installed / "configs"
+    assert Path(package).is_relative_to(installed) and Path(config_dir) == configs
     assert method == "reattnclip"
 
 
 def test_the_wheel_carries_the_viewer_page_and_leaflet(installed, tmp_path):
     """`reattn-batch view` serves its page from the package (no CDN): every allow-listed
     static file, read the way the server reads it, equals the source tree's copy."""
-    from pipeline.viewer.server import STATIC
+    from reattn_batch.viewer.server import STATIC
 
-    static = installed / "pipeline" / "viewer" / "static"
+    static = installed / "reattn_batch" / "viewer" / "static"
     for name in (*STATIC, "THIRD_PARTY.md", "LICENSE-leaflet.txt"):
         source = ROOT / "pipeline" / "viewer" / "static" / name
         assert (static / name).read_bytes() == source.read_bytes(), name
     code = (
-        "import pipeline.viewer.server as s; d = s.load_static(); "
+        "import reattn_batch.viewer.server as s; d = s.load_static(); "
         "print(s.__file__); print(sorted(d) == sorted(s.STATIC), sum(map(len, d.values())))"
     )
     out = run_installed(installed, tmp_path, "-c", code)
@@ -93,7 +94,7 @@ def test_segment_and_a_small_run_from_the_installed_wheel(installed, tmp_path):
     image = tmp_path / "tile.png"
     Image.fromarray(rng.integers(0, 255, (120, 150, 3), np.uint8)).save(image)
     out = run_installed(
-        installed, tmp_path, "-m", "pipeline", "segment", str(image),
+        installed, tmp_path, "-m", "reattn_batch", "segment", str(image),
         "--classes", "building,road", *TINY, "-o", "pred.png",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
@@ -108,7 +109,7 @@ def test_segment_and_a_small_run_from_the_installed_wheel(installed, tmp_path):
     with rasterio.open(scene, "w", **profile) as ds:
         ds.write(rng.integers(0, 255, (3, 300, 260), np.uint8))
     out = run_installed(
-        installed, tmp_path, "-m", "pipeline", "run", str(scene), "--classes", "building,road",
+        installed, tmp_path, "-m", "reattn_batch", "run", str(scene), "--classes", "building,road",
         *TINY, "--block-size", "512", "--workers", "1", "--out", "scene.labels.zarr",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
@@ -116,3 +117,30 @@ def test_segment_and_a_small_run_from_the_installed_wheel(installed, tmp_path):
     labels = store["labels"][:]
     assert labels.shape == (300, 260) and labels.max() <= 2
     assert store.attrs["complete"] is True
+
+
+def test_the_wheel_installs_one_import_name_and_every_package_folder(installed, tmp_path):
+    """Only `reattn_batch` reaches site-packages: the repository's generic folder names
+    (pipeline, workers, configs) do not import, and every package folder of the source
+    tree is in the wheel (pyproject.toml lists them by hand)."""
+    tops = {p.name for p in installed.iterdir() if not p.name.endswith(".dist-info")}
+    assert tops - {"bin"} == {"reattn_batch"}
+    folders = {"pipeline": "", "workers": "workers", "configs": "configs"}
+    for folder, inside in folders.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            assert (installed / "reattn_batch" / inside / rel / "__init__.py").is_file(), rel
+    code = (
+        "import importlib, importlib.metadata as md, reattn_batch\n"
+        "for name in ('pipeline', 'workers', 'configs'):\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except ModuleNotFoundError:\n"
+        "        print(name, 'missing')\n"
+        "print(reattn_batch.__version__ == md.version('reattn-batch'), reattn_batch.__version__)\n"
+    )
+    out = run_installed(installed, tmp_path, "-c", code)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == [
+        "pipeline", "missing", "workers", "missing", "configs", "missing", "True", "0.1.0"
+    ]  # fmt: skip

@@ -20,10 +20,9 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from reattn_batch.workers.config import MethodConfig
+from reattn_batch.workers.vit import merge_heads, qkv, softmax_attention
 from torch import Tensor, nn
-
-from workers.config import MethodConfig
-from workers.vit import merge_heads, qkv, softmax_attention
 
 KEEPS_RESIDUAL = {
     "vanilla": True,

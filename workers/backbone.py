@@ -4,7 +4,7 @@
 
 - ``openai``: OpenAI's weights through open_clip's downloader (needs internet once);
 - a local file: OpenAI's TorchScript ``ViT-B-16.pt`` or a plain state dict, read
-  without executing code (see :mod:`workers.checkpoint`);
+  without executing code (see :mod:`reattn_batch.workers.checkpoint`);
 - ``random``: a seeded, deliberately non-degenerate init for offline tests and
   benchmarks. Numbers from it are never accuracy; it is recorded as such.
 """
@@ -21,10 +21,9 @@ from pathlib import Path
 
 import open_clip
 import torch
+from reattn_batch.workers.config import CONFIG_DIR
+from reattn_batch.workers.errors import UserError
 from torch import nn
-
-from workers.config import CONFIG_DIR
-from workers.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +207,7 @@ def _load_openai(clip_model: str) -> tuple[open_clip.CLIP, WeightsIdentity]:
 
 
 def _load_file(path: Path, clip_model: str) -> tuple[open_clip.CLIP, WeightsIdentity]:
-    from workers.checkpoint import read_clip_state_dict
+    from reattn_batch.workers.checkpoint import read_clip_state_dict
 
     state = read_clip_state_dict(path)
     model = open_clip.create_model(clip_model, pretrained=None)

@@ -13,7 +13,7 @@
   labels bitwise identical across block sizes and workers.
 
 A crop's logits never depend on its position in a batch: batches have a fixed shape
-(the last one padded with zero crops, workers.sliding).
+(the last one padded with zero crops, reattn_batch.workers.sliding).
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import logging
 import math
 
 import torch
-
-from workers.config import AUTO_BATCH, MethodConfig
+from reattn_batch.workers.config import AUTO_BATCH, MethodConfig
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-
-from workers.errors import UserError
+from reattn_batch.workers.errors import UserError
 
 # Tensors OpenAI's TorchScript CLIP carries for its own loader; no model parameter.
 _OPENAI_METADATA = ("input_resolution", "context_length", "vocab_size")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from workers.errors import UserError
+from reattn_batch.workers.errors import UserError
 
 BACKGROUND = "background"
 MAX_CLASSES = 255  # labels 0..254; 255 = nodata

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from workers.errors import UserError
+from reattn_batch.workers.errors import UserError
 
 #: The ``configs`` package (shipped in the wheel), found through importlib.resources.
-CONFIG_DIR = Path(str(files("configs")))
+CONFIG_DIR = Path(str(files("reattn_batch.configs")))
 DEFAULTS_FILE = CONFIG_DIR / "method.yaml"
 
 METHODS = ("vanilla", "maskclip", "sclip", "clearclip", "segearth-ov", "reattnclip")
@@ -26,7 +25,9 @@ BASES = ("maskclip", "sclip", "clearclip", "segearth-ov")
 ROTATIONS = (0, 90, 180, 270)
 UPSAMPLER_PATHS = ("rank_reduced", "full")  # workers/upsampled_logits.py
 AUTO = "auto"
-AUTO_BATCH = 0  # how `batch_size: auto` is held: resolved per device by workers.batching
+AUTO_BATCH = (
+    0  # how `batch_size: auto` is held: resolved per device by reattn_batch.workers.batching
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +55,9 @@ class MethodConfig:
     prob_thd: float
     crop: int
     stride: int
-    batch_size: int  # crops per forward pass; AUTO_BATCH (0) = 'auto', see workers.batching
+    batch_size: (
+        int  # crops per forward pass; AUTO_BATCH (0) = 'auto', see reattn_batch.workers.batching
+    )
     dtype: str
     upsampler_path: str
 
@@ -167,7 +170,9 @@ def _check_ranges(cfg: MethodConfig, source: str) -> None:
         raise bad("stride", "must lie in 1..crop")
     if cfg.logit_scale <= 0:
         raise bad("logit_scale", "must be positive")
-    from workers.backbone import check_clip_model  # open_clip's registry, imported lazily
+    from reattn_batch.workers.backbone import (
+        check_clip_model,  # open_clip's registry, imported lazily
+    )
 
     check_clip_model(cfg.clip_model, where=f"config key 'clip_model' ({source})")
 

@@ -21,7 +21,7 @@ import urllib.request
 from http.client import HTTPException
 from pathlib import Path
 
-from workers.errors import UserError
+from reattn_batch.workers.errors import UserError
 
 log = logging.getLogger(__name__)
 

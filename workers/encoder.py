@@ -10,19 +10,18 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch import Tensor
-
-from workers.attention import (
+from reattn_batch.workers.attention import (
     ReAttnParts,
     final_block,
     fused_patch_attention,
     mean_cls_row,
     rotated_similarity,
 )
-from workers.backbone import Backbone
-from workers.config import MethodConfig
-from workers.rotation import rotate, to_ground_order
-from workers.vit import TrunkOutput, run_trunk
+from reattn_batch.workers.backbone import Backbone
+from reattn_batch.workers.config import MethodConfig
+from reattn_batch.workers.rotation import rotate, to_ground_order
+from reattn_batch.workers.vit import TrunkOutput, run_trunk
+from torch import Tensor
 
 
 @dataclasses.dataclass

@@ -2,7 +2,7 @@
 
 A Dask worker process loads each model once, lazily, on the first task that needs it,
 keyed by the ModelSpec fingerprint and the CONTENT of its weights files
-(:func:`workers.model_spec.weights_content_key`), not only their paths: a weights file
+(:func:`reattn_batch.workers.model_spec.weights_content_key`), not only their paths: a weights file
 replaced at the same path (same size even) gives a new model on a live worker, and the
 model of the old content is dropped. Tasks carry only the small spec, never the model.
 Text embeddings are computed once per job by ``embed_queries`` (a task of its own)
@@ -19,12 +19,11 @@ from collections import Counter
 
 import numpy as np
 import torch
-
-from workers.backbone import Backbone
-from workers.errors import UserError
-from workers.model_spec import ModelSpec, load_model_parts, weights_content_key
-from workers.segmenter import CropSegmenter, resolve_device
-from workers.text import query_embeddings
+from reattn_batch.workers.backbone import Backbone
+from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.model_spec import ModelSpec, load_model_parts, weights_content_key
+from reattn_batch.workers.segmenter import CropSegmenter, resolve_device
+from reattn_batch.workers.text import query_embeddings
 
 log = logging.getLogger(__name__)
 

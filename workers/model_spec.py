@@ -1,7 +1,7 @@
 """What identifies a worker's model, and building it (SPEC 3.4).
 
 A ModelSpec is small and picklable: Dask ships it in the graph and each worker
-process builds the model from it once (see workers.model_cache). Its fingerprint
+process builds the model from it once (see reattn_batch.workers.model_cache). Its fingerprint
 names the weights and every hyperparameter.
 """
 
@@ -14,22 +14,21 @@ from pathlib import Path
 
 import open_clip
 import torch
-
-from workers import upsampler as upsampler_module
-from workers.backbone import (
+from reattn_batch.workers import upsampler as upsampler_module
+from reattn_batch.workers.backbone import (
     Backbone,
     WeightsIdentity,
     file_sha256,
     load_backbone,
     require_openai_weights,
 )
-from workers.checkpoint import looks_like_checkpoint
-from workers.classes import ClassList
-from workers.config import MethodConfig
-from workers.errors import UserError
-from workers.segmenter import CropSegmenter, resolve_device
-from workers.text import query_embeddings
-from workers.upsampler import default_upsampler_weights, load_upsampler
+from reattn_batch.workers.checkpoint import looks_like_checkpoint
+from reattn_batch.workers.classes import ClassList
+from reattn_batch.workers.config import MethodConfig
+from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.segmenter import CropSegmenter, resolve_device
+from reattn_batch.workers.text import query_embeddings
+from reattn_batch.workers.upsampler import default_upsampler_weights, load_upsampler
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +60,7 @@ def weights_content_key(spec: ModelSpec) -> str:
     """The content of the spec's weights, for keying loaded models (SPEC 3.4).
 
     The sha256 of each weights file the spec names (``--clip-weights PATH``,
-    ``--upsampler-weights PATH``, see :func:`workers.backbone.file_sha256` for when a file
+    ``--upsampler-weights PATH``, see ``backbone.file_sha256`` for when a file
     is read again), the pinned sha256 of the default SimFeatUp file (it is checked against
     it when loaded), and the source name for ``random``/``openai``/``bilinear``. A file
     replaced at the same path, even with the same size, gives a new key. A file that does

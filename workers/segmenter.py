@@ -13,14 +13,13 @@ import dataclasses
 import numpy as np
 import torch
 import torch.nn.functional as F
+from reattn_batch.workers.backbone import Backbone
+from reattn_batch.workers.batching import resolve_batch_size
+from reattn_batch.workers.config import MethodConfig
+from reattn_batch.workers.encoder import encode_crops
+from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.upsampled_logits import upsampled_cosines
 from torch import Tensor, nn
-
-from workers.backbone import Backbone
-from workers.batching import resolve_batch_size
-from workers.config import MethodConfig
-from workers.encoder import encode_crops
-from workers.errors import UserError
-from workers.upsampled_logits import upsampled_cosines
 
 CLIP_MEAN = (122.771, 116.746, 104.094)  # on 0..255 RGB
 MIN_JBU_GRID = 3  # patches a side: jbu_one's radius-5 reflect padding at the first x2 step
@@ -69,7 +68,7 @@ class CropSegmenter:
 
     queries: (Q, D) unit text embeddings; upsampler: a SimFeatUp module or None (bilinear).
     batch_size: crops per forward pass, resolved from ``cfg.batch_size`` for the device
-    (workers.batching) when the segmenter is built.
+    (reattn_batch.workers.batching) when the segmenter is built.
     """
 
     backbone: Backbone

@@ -14,9 +14,8 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
+from reattn_batch.workers.segmenter import CropSegmenter
 from torch import Tensor
-
-from workers.segmenter import CropSegmenter
 
 
 @dataclasses.dataclass(frozen=True, order=True)

@@ -26,11 +26,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from reattn_batch.workers.checkpoint import load_tensors_only
+from reattn_batch.workers.download import PinnedFile, fetch_pinned
+from reattn_batch.workers.errors import UserError
 from torch import Tensor, nn
-
-from workers.checkpoint import load_tensors_only
-from workers.download import PinnedFile, fetch_pinned
-from workers.errors import UserError
 
 log = logging.getLogger(__name__)
 

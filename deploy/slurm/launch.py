@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             client.write_scheduler_file(str(scheduler_file))
             # the client side runs here, with this host's reattn-batch
-            cmd = [sys.executable, "-m", "pipeline", *args.run_args, "--scheduler-file",
+            cmd = [sys.executable, "-m", "reattn_batch", *args.run_args, "--scheduler-file",
                    str(scheduler_file)]  # fmt: skip
             print("launch.py: " + " ".join(cmd))
             return subprocess.call(cmd, env=run_env(args))

@@ -12,14 +12,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-
-from pipeline.grid.grids import Block
-from pipeline.scene import SceneInfo, WindowReadError, read_window
-from workers.segmenter import normalise_chw
-from workers.sliding import Box
+from reattn_batch.grid.grids import Block
+from reattn_batch.scene import SceneInfo, WindowReadError, read_window
+from reattn_batch.workers.segmenter import normalise_chw
+from reattn_batch.workers.sliding import Box
 
 if TYPE_CHECKING:
-    from pipeline.blocks.task import BlockTask
+    from reattn_batch.blocks.task import BlockTask
 
 log = logging.getLogger(__name__)
 

@@ -11,16 +11,16 @@ import operator
 import uuid
 from typing import Any
 
-from pipeline.blocks.task import BlockFailure, BlockTask, run_block
-from pipeline.grid.grids import BlockGrid
-from pipeline.run.bounded import POLL_SECONDS, bounded_as_completed
-from pipeline.run.cluster import ClusterInfo
-from pipeline.run.progress import RunProgress
-from pipeline.run.watch import NoWorkerError, NoWorkerWatch
-from pipeline.settings import DEFAULT_NO_WORKER_TIMEOUT
-from pipeline.store.records import RunRecords
-from workers.errors import UserError
-from workers.model_cache import embed_queries_timed
+from reattn_batch.blocks.task import BlockFailure, BlockTask, run_block
+from reattn_batch.grid.grids import BlockGrid
+from reattn_batch.run.bounded import POLL_SECONDS, bounded_as_completed
+from reattn_batch.run.cluster import ClusterInfo
+from reattn_batch.run.progress import RunProgress
+from reattn_batch.run.watch import NoWorkerError, NoWorkerWatch
+from reattn_batch.settings import DEFAULT_NO_WORKER_TIMEOUT
+from reattn_batch.store.records import RunRecords
+from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.model_cache import embed_queries_timed
 
 log = logging.getLogger(__name__)
 

@@ -17,19 +17,18 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from pipeline import store
-from pipeline.blocks.reading import BlockInput, native_valid
-from pipeline.grid.grids import BlockGrid
-from pipeline.report import Clock, TimedSegmenter, model_facts
-from pipeline.scene import SceneInfo
-from pipeline.store import NODATA
-from workers.classes import ClassList
-from workers.errors import UserError
-from workers.model_cache import segmenter_for
-from workers.model_spec import ModelSpec
-from workers.postprocess import labels_from_logits
-from workers.sliding import Box, accumulate_logits
+from reattn_batch import store
+from reattn_batch.blocks.reading import BlockInput, native_valid
+from reattn_batch.grid.grids import BlockGrid
+from reattn_batch.report import Clock, TimedSegmenter, model_facts
+from reattn_batch.scene import SceneInfo
+from reattn_batch.store import NODATA
+from reattn_batch.workers.classes import ClassList
+from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.model_cache import segmenter_for
+from reattn_batch.workers.model_spec import ModelSpec
+from reattn_batch.workers.postprocess import labels_from_logits
+from reattn_batch.workers.sliding import Box, accumulate_logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +47,7 @@ class BlockTask:
 
 @dataclasses.dataclass(frozen=True)
 class BlockResult:
-    """What a block task did. ``phases``: its seconds by report phase (pipeline.report):
+    """What a block task did. ``phases``: its seconds by report phase (reattn_batch.report):
     load (model from the worker cache, waiting for pixels, the nodata mask), model
     (crop forward passes), post (resampling, labels), write (store and record);
     ``facts``: device, dtype and batch_size of the segmenter it ran on."""

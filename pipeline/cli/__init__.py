@@ -12,15 +12,14 @@ import os
 import sys
 
 import click
-
-from pipeline.cli.eval import eval_command
-from pipeline.cli.export import export_command
-from pipeline.cli.info import info_command
-from pipeline.cli.job import job_group
-from pipeline.cli.run import run_command
-from pipeline.cli.segment import segment_command
-from pipeline.cli.view import view_command
-from workers.errors import UserError
+from reattn_batch.cli.eval import eval_command
+from reattn_batch.cli.export import export_command
+from reattn_batch.cli.info import info_command
+from reattn_batch.cli.job import job_group
+from reattn_batch.cli.run import run_command
+from reattn_batch.cli.segment import segment_command
+from reattn_batch.cli.view import view_command
+from reattn_batch.workers.errors import UserError
 
 #: Every command of `reattn-batch`, in --help order.
 COMMANDS: tuple[click.Command, ...] = (

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from pipeline.cli.options import (
+from reattn_batch.cli.options import (
     build_classes,
     build_model_spec,
     cluster_settings,
@@ -24,8 +23,8 @@ from pipeline.cli.options import (
     resize_option,
     scheduler_options,
 )
-from pipeline.eval.settings import load_grid, with_preset
-from workers.errors import UserError
+from reattn_batch.eval.settings import load_grid, with_preset
+from reattn_batch.workers.errors import UserError
 
 log = logging.getLogger("reattn_batch")
 
@@ -71,13 +70,13 @@ def eval_command(
     **model: Any,
 ) -> None:
     """Score the model on a labelled benchmark: mIoU, aAcc, per-class IoU (SPEC 4)."""
-    from pipeline.report import Clock, write_eval_report
+    from reattn_batch.report import Clock, write_eval_report
 
     wall = Clock()
-    from pipeline.eval.datasets import load_preset, select_samples
-    from pipeline.eval.report import print_report, run_record, write_json
-    from pipeline.eval.runner import ImageTask, LabelRules, Setting, run_settings
-    from workers.model_spec import describe_weights
+    from reattn_batch.eval.datasets import load_preset, select_samples
+    from reattn_batch.eval.report import print_report, run_record, write_json
+    from reattn_batch.eval.runner import ImageTask, LabelRules, Setting, run_settings
+    from reattn_batch.workers.model_spec import describe_weights
 
     long_side = parse_resize(resize)
     preset = load_preset(dataset) if dataset else None

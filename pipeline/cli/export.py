@@ -17,17 +17,16 @@ from typing import Any
 
 import click
 from click.core import ParameterSource
-
-from pipeline.cli.options import Decorator, apply, cluster_settings, scheduler_options
-from pipeline.outputs.vector import CONNECTIVITIES, DEFAULT_CONNECTIVITY
-from workers.errors import UserError
+from reattn_batch.cli.options import Decorator, apply, cluster_settings, scheduler_options
+from reattn_batch.outputs.vector import CONNECTIVITIES, DEFAULT_CONNECTIVITY
+from reattn_batch.workers.errors import UserError
 
 log = logging.getLogger("reattn_batch")
 
 
 def refuse_existing(ls, path: Path, options: dict[str, Any], flag: str) -> None:
     """The default ``Export.prepare``: a file outside the store, new unless --overwrite."""
-    from pipeline.outputs.files import check_output
+    from reattn_batch.outputs.files import check_output
 
     if path.absolute() == ls.path.absolute() or ls.path.absolute() in path.absolute().parents:
         raise UserError(f"{flag} {path} is inside the store; pass a path outside it")
@@ -62,7 +61,7 @@ class Export:
 
 
 def write_cog(ls, path: Path, options: dict[str, Any]) -> str:
-    from pipeline.outputs.cog import export_cog
+    from reattn_batch.outputs.cog import export_cog
 
     export_cog(
         ls.path,
@@ -75,7 +74,7 @@ def write_cog(ls, path: Path, options: dict[str, Any]) -> str:
 
 
 def write_quicklook(ls, path: Path, options: dict[str, Any]) -> str:
-    from pipeline.outputs.quicklook import export_quicklook
+    from reattn_batch.outputs.quicklook import export_quicklook
 
     width, height = export_quicklook(
         ls.path, path, options["max_size"], overwrite=options["overwrite"]
@@ -89,7 +88,7 @@ def check_quicklook(options: dict[str, Any]) -> None:
 
 
 def _vector_request(ls, path: Path, options: dict[str, Any]):
-    from pipeline.outputs.vector import plan_vector
+    from reattn_batch.outputs.vector import plan_vector
 
     return plan_vector(
         ls.path,
@@ -112,20 +111,20 @@ def _cluster_flags(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_vector(ls, path: Path, options: dict[str, Any]) -> str:
-    from pipeline.outputs.vector import run_vector
+    from reattn_batch.outputs.vector import run_vector
 
     done = run_vector(_vector_request(ls, path, options), cluster_settings(_cluster_flags(options)))
     return f"wrote {path} ({done.features} polygons, {done.merged} across blocks)"
 
 
 def prepare_stac(ls, path: Path, options: dict[str, Any], flag: str) -> None:
-    from pipeline.outputs.stac import check_dir
+    from reattn_batch.outputs.stac import check_dir
 
     check_dir(ls.path, path, options["overwrite"])
 
 
 def write_stac(ls, path: Path, options: dict[str, Any]) -> str:
-    from pipeline.outputs.stac import write_item
+    from reattn_batch.outputs.stac import write_item
 
     item = write_item(
         ls.path, path, cog=options["cog"], vector=options["vector"], quicklook=options["quicklook"]
@@ -231,7 +230,7 @@ def export_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 def export_command(store_path: Path, **options: Any) -> None:
     """Export a label STORE: COG, quicklook, class polygons, STAC Item."""
-    from pipeline.store import open_store
+    from reattn_batch.store import open_store
 
     wanted = [(e, options[e.key]) for e in EXPORTS if options[e.key] is not None]
     context = click.get_current_context()

@@ -15,7 +15,7 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info_command(store_path: Path, as_json: bool) -> None:
     """Classes, area per class, parameters, progress and fingerprint of a label STORE."""
-    from pipeline.outputs.info import store_info
+    from reattn_batch.outputs.info import store_info
 
     info = store_info(store_path)
     if as_json:
@@ -26,11 +26,10 @@ def info_command(store_path: Path, as_json: bool) -> None:
 
 def print_info(info: dict[str, Any]) -> None:
     """The summary as rich tables on stdout."""
+    from reattn_batch.outputs.info import number_text
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
-
-    from pipeline.outputs.info import number_text
 
     console = Console()
     if info["random_weights"]:
@@ -119,7 +118,7 @@ def print_info(info: dict[str, Any]) -> None:
     params.add_row("method", str(info["method"] or "-"))
     params.add_row("upsampler", str(info["upsampler"] or "-"))
     params.add_row("CLIP weights", clip_text)
-    from pipeline.outputs.info import KEY_HYPERPARAMETERS
+    from reattn_batch.outputs.info import KEY_HYPERPARAMETERS
 
     hyper = info["hyperparameters"]
     for key in KEY_HYPERPARAMETERS:

@@ -32,8 +32,8 @@ def run_job_command(spec_file: Path, summary: Path | None) -> None:
 
     Exits 1 if any scene failed (the others are still mapped), 2 if the spec is wrong.
     """
-    from pipeline.regional.runner import run_job
-    from pipeline.regional.spec import RegionalJob
+    from reattn_batch.regional.runner import run_job
+    from reattn_batch.regional.spec import RegionalJob
 
     job = RegionalJob.load(spec_file)
     report = run_job(job, summary)
@@ -53,10 +53,10 @@ def run_job_command(spec_file: Path, summary: Path | None) -> None:
 @click.argument("spec_file", metavar="SPEC.yaml", type=click.Path(path_type=Path))
 def validate_command(spec_file: Path) -> None:
     """Check SPEC.yaml and list its scenes and the state of their stores; maps nothing."""
-    from pipeline import store
-    from pipeline.regional.spec import RegionalJob
-    from workers.errors import UserError
-    from workers.model_spec import describe_weights
+    from reattn_batch import store
+    from reattn_batch.regional.spec import RegionalJob
+    from reattn_batch.workers.errors import UserError
+    from reattn_batch.workers.model_spec import describe_weights
 
     job = RegionalJob.load(spec_file)
     try:

@@ -1,5 +1,5 @@
 """The options commands share, with their defaults and choices from the settings schema
-(``pipeline.settings``), and the helpers that turn their values into run settings.
+(``reattn_batch.settings``), and the helpers that turn their values into run settings.
 
 ``model_options`` adds the model and class flags (segment, run, eval); a command receives
 them as keyword arguments and hands that dict to ``build_model_spec``/``build_classes``.
@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from pipeline.settings import (
+from reattn_batch.settings import (
     HALO_TARGET,
     ClusterSettings,
     ModelSettings,
@@ -23,8 +22,8 @@ from pipeline.settings import (
     option_default,
     require_background,
 )
-from pipeline.store.layout import CHUNK
-from workers.errors import UserError
+from reattn_batch.store.layout import CHUNK
+from reattn_batch.workers.errors import UserError
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -188,7 +187,7 @@ def build_model_spec(model: dict[str, Any]):
 
 def build_classes(model: dict[str, Any], prob_thd: float):
     """The final class list of the ``model_options`` values; prob_thd needs a background."""
-    from workers.classes import parse_classes
+    from reattn_batch.workers.classes import parse_classes
 
     add_background = not model["no_background"]
     class_list = parse_classes(model["classes"], model["classes_file"], add_background)

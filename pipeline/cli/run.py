@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from pipeline.cli.options import (
+from reattn_batch.cli.options import (
     build_classes,
     build_model_spec,
     cluster_settings,
@@ -20,8 +19,8 @@ from pipeline.cli.options import (
     scheduler_options,
     take,
 )
-from pipeline.settings import SceneSettings, option_default
-from workers.errors import UserError
+from reattn_batch.settings import SceneSettings, option_default
+from reattn_batch.workers.errors import UserError
 
 log = logging.getLogger("reattn_batch")
 
@@ -68,9 +67,9 @@ def run_command(
 ) -> None:
     """Map a whole scene (GeoTIFF/COG/Zarr or a STAC Item, local or remote) into a label
     Zarr store."""
-    from pipeline.report import Clock, write_run_report
-    from pipeline.run.request import SceneRequest, default_out
-    from pipeline.run.spine import run_scene
+    from reattn_batch.report import Clock, write_run_report
+    from reattn_batch.run.request import SceneRequest, default_out
+    from reattn_batch.run.spine import run_scene
 
     clock = Clock()
     if overwrite and resume:

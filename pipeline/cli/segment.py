@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from pipeline.cli.options import (
+from reattn_batch.cli.options import (
     build_classes,
     build_model_spec,
     model_options,
@@ -16,7 +15,7 @@ from pipeline.cli.options import (
     report_option,
     resize_option,
 )
-from workers.errors import UserError
+from reattn_batch.workers.errors import UserError
 
 log = logging.getLogger("reattn_batch")
 
@@ -43,8 +42,8 @@ def segment_command(
     **model: Any,
 ) -> None:
     """Segment one image (PNG, JPEG, TIFF) into the given classes."""
-    from pipeline.image.segment import segment_file
-    from pipeline.report import Clock, write_clock
+    from reattn_batch.image.segment import segment_file
+    from reattn_batch.report import Clock, write_clock
 
     clock = Clock()
     long_side = parse_resize(resize)
@@ -60,7 +59,7 @@ def segment_command(
             np.save(save_logits, result.logits)
             log.info("wrote logits %s %s", save_logits, result.logits.shape)
         if output is not None:
-            from pipeline.image.io import write_label_png
+            from reattn_batch.image.io import write_label_png
 
             write_label_png(output, result.labels)
             log.info("wrote labels %s", output)

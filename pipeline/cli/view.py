@@ -6,8 +6,7 @@ import logging
 from pathlib import Path
 
 import click
-
-from pipeline.viewer.server import DEFAULT_HOST, DEFAULT_PORT
+from reattn_batch.viewer.server import DEFAULT_HOST, DEFAULT_PORT
 
 log = logging.getLogger("reattn_batch")
 
@@ -36,7 +35,7 @@ def view_command(
     store_path: Path, scene: str | None, host: str, port: int, open_browser: bool
 ) -> None:
     """Look at a label STORE in a web browser: labels over the imagery, a legend with areas."""
-    from pipeline.viewer.server import Viewer, make_server, serve
+    from reattn_batch.viewer.server import Viewer, make_server, serve
 
     viewer = Viewer(store_path, scene)
     server = make_server(viewer, host, port)

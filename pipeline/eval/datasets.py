@@ -21,10 +21,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-
-from workers.classes import ClassList, build_class_list
-from workers.config import CONFIG_DIR, build_config, load_config, read_yaml
-from workers.errors import UserError
+from reattn_batch.workers.classes import ClassList, build_class_list
+from reattn_batch.workers.config import CONFIG_DIR, build_config, load_config, read_yaml
+from reattn_batch.workers.errors import UserError
 
 DATASETS_DIR = CONFIG_DIR / "datasets"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")

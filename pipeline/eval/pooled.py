@@ -1,6 +1,6 @@
 """`eval` with crop batches pooled across images (issue 9 item 3).
 
-With ``batch_size`` > 1 (CUDA: workers.batching), an image of 9 crops would pad a
+With ``batch_size`` > 1 (CUDA: reattn_batch.workers.batching), an image of 9 crops would pad a
 batch of 32 with 23 zero crops. Here crops of consecutive images fill the same
 fixed-shape batches instead (only crops of the same shape share a batch: an image
 smaller than a crop has smaller crops); each crop's logits go back to its own image,
@@ -21,11 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from pipeline.image.segment import Segmentation, finish_segmentation, model_input
-from workers.classes import ClassList
-from workers.segmenter import CropSegmenter
-from workers.sliding import Box, crop_grid
+from reattn_batch.image.segment import Segmentation, finish_segmentation, model_input
+from reattn_batch.workers.classes import ClassList
+from reattn_batch.workers.segmenter import CropSegmenter
+from reattn_batch.workers.sliding import Box, crop_grid
 
 
 @dataclasses.dataclass

@@ -3,13 +3,13 @@
 Per image: read RGB (OpenCV, as mmcv) and label (Pillow, as mmseg; reduce_zero_label),
 resize the long side to 448 exactly as mmcv's imrescale, crops 224/112, mean logits
 bilinearly back to the image size (``segment_array``), labels, and a (C + 1, C)
-count matrix (pipeline.eval.metrics) that is summed over the dataset.
+count matrix (reattn_batch.eval.metrics) that is summed over the dataset.
 
 Two ways to run the images of one setting:
 - local: the segmenter is built once and reused for every image; the next image and
   label are read in a thread while the current one runs;
 - Dask (``--scheduler``): one task per image on the workers' cached model
-  (workers.model_cache), the text embeddings computed once by a task of their own;
+  (reattn_batch.workers.model_cache), the text embeddings computed once by a task of their own;
   tasks return the image's counts (and its prediction when it is to be saved, written
   here). Submission is bounded, so a dataset of any size does not flood the scheduler.
 Image and label paths must be readable by the workers.
@@ -28,20 +28,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from pipeline.eval.datasets import Sample, read_label
-from pipeline.eval.metrics import confusion_matrix
-from pipeline.eval.pooled import pooled_segmentations
-from pipeline.image.io import read_rgb, rescaled_size, write_label_png
-from pipeline.image.segment import Segmentation, segment_array
-from pipeline.report import Clock, TimedSegmenter, model_facts
-from workers.classes import ClassList
-from workers.errors import UserError
-from workers.model_spec import ModelSpec, load_model_parts
-from workers.postprocess import labels_from_logits
-from workers.segmenter import CropSegmenter, resolve_device
-from workers.sliding import crop_grid
-from workers.text import query_embeddings
+from reattn_batch.eval.datasets import Sample, read_label
+from reattn_batch.eval.metrics import confusion_matrix
+from reattn_batch.eval.pooled import pooled_segmentations
+from reattn_batch.image.io import read_rgb, rescaled_size, write_label_png
+from reattn_batch.image.segment import Segmentation, segment_array
+from reattn_batch.report import Clock, TimedSegmenter, model_facts
+from reattn_batch.workers.classes import ClassList
+from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.model_spec import ModelSpec, load_model_parts
+from reattn_batch.workers.postprocess import labels_from_logits
+from reattn_batch.workers.segmenter import CropSegmenter, resolve_device
+from reattn_batch.workers.sliding import crop_grid
+from reattn_batch.workers.text import query_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +150,7 @@ def image_task(
     """Dask task: one image on this worker's cached model -> (counts, prediction or None,
     timing). ``timing``: seconds of ``load`` (the cached model, the image and its label)
     and ``model`` (pixels to logits), ``crops_run``, and the model facts for --report."""
-    from workers.model_cache import segmenter_for
+    from reattn_batch.workers.model_cache import segmenter_for
 
     if task.torch_threads and torch.get_num_threads() != task.torch_threads:
         torch.set_num_threads(task.torch_threads)  # Dask sets OMP_NUM_THREADS=1 in workers
@@ -254,8 +253,8 @@ def run_dask(
     workers and threads) and this process's ``write``."""
     import operator
 
-    from pipeline.run.bounded import bounded_as_completed, window_for
-    from workers.model_cache import embed_queries_timed
+    from reattn_batch.run.bounded import bounded_as_completed, window_for
+    from reattn_batch.workers.model_cache import embed_queries_timed
 
     c = task.rules.num_classes
     total = np.zeros((c + 1, c), dtype=np.int64)
@@ -362,7 +361,7 @@ def run_settings(
     save_dir: Path | None = None,
     cluster=None,
 ) -> list[SettingResult]:
-    """Every setting in turn; ``cluster`` (a pipeline.settings.ClusterSettings) runs the
+    """Every setting in turn; ``cluster`` (a reattn_batch.settings.ClusterSettings) runs the
     images on Dask, connected once. With several settings, predictions go to
     <save_dir>/<setting name>/."""
 
@@ -373,7 +372,7 @@ def run_settings(
 
     if cluster is None:
         return [run_setting(s, samples, task, where(s)) for s in settings]
-    from pipeline.run.cluster import connect
+    from reattn_batch.run.cluster import connect
 
     with connect(cluster) as (client, info):
         log.info("Dask dashboard: %s", info.dashboard)

@@ -12,9 +12,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.eval.runner import Setting
-from workers.config import build_config, parse_set_option, read_yaml
-from workers.errors import UserError
+from reattn_batch.eval.runner import Setting
+from reattn_batch.workers.config import build_config, parse_set_option, read_yaml
+from reattn_batch.workers.errors import UserError
 
 GRID_KEYS = ("name", "config", "reported_miou", "description")
 

@@ -5,7 +5,7 @@ global-coordinate resampling), so the block size is a pure cost trade-off: small
 blocks re-run many crops in their halos, large blocks need more worker memory.
 ``auto`` takes the smallest multiple of the Zarr chunk whose exact halo redundancy
 (:meth:`BlockGrid.halo_redundancy`, computed separably per axis, so cheap for any
-scene) is at most :data:`pipeline.settings.HALO_TARGET` for this scene and model grid,
+scene) is at most :data:`reattn_batch.settings.HALO_TARGET` for this scene and model grid,
 among the sizes the memory guard lets through (``fits``). When no size that fits meets
 the target, the one that fits with the least redundancy is taken and a warning names it.
 """
@@ -17,9 +17,9 @@ import logging
 import math
 from collections.abc import Callable
 
-from pipeline.grid.grids import BlockGrid, ModelGrid
-from pipeline.settings import HALO_TARGET
-from pipeline.store.layout import CHUNK
+from reattn_batch.grid.grids import BlockGrid, ModelGrid
+from reattn_batch.settings import HALO_TARGET
+from reattn_batch.store.layout import CHUNK
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@
   its centre at native coordinate ``(i + 0.5) * scale - 0.5`` (the half-pixel
   convention of OpenCV and torch's align_corners=False);
 - crop grid: ONE global grid of crops (224 at stride 112, last clamped) over the
-  model grid (workers.sliding.crop_grid);
+  model grid (reattn_batch.workers.sliding.crop_grid);
 - block grid: output blocks of ``block`` native pixels (a multiple of the Zarr chunk).
 
 Each block's task needs: its native output box, the model-grid region whose logits
@@ -22,8 +22,8 @@ import bisect
 import dataclasses
 import math
 
-from pipeline.grid.resample import Axis, Resampler
-from workers.sliding import Box, crop_grid, crop_starts
+from reattn_batch.grid.resample import Axis, Resampler
+from reattn_batch.workers.sliding import Box, crop_grid, crop_starts
 
 
 @dataclasses.dataclass(frozen=True)

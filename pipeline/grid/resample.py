@@ -18,9 +18,8 @@ import dataclasses
 
 import numpy as np
 import torch
+from reattn_batch.workers.sliding import Box
 from torch import Tensor
-
-from workers.sliding import Box
 
 
 @dataclasses.dataclass(frozen=True)

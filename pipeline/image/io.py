@@ -6,8 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-from workers.errors import UserError
+from reattn_batch.workers.errors import UserError
 
 
 def read_rgb(path: str | Path) -> np.ndarray:

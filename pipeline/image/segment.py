@@ -13,15 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from pipeline.image.io import read_rgb, rescaled_size, resize_long_side
-from pipeline.report import Clock, TimedSegmenter, model_facts
-from workers.classes import ClassList
-from workers.model_spec import ModelSpec, load_model_parts
-from workers.postprocess import labels_from_logits
-from workers.segmenter import CropSegmenter, normalise, resolve_device
-from workers.sliding import crop_grid, slide_inference
-from workers.text import query_embeddings
+from reattn_batch.image.io import read_rgb, rescaled_size, resize_long_side
+from reattn_batch.report import Clock, TimedSegmenter, model_facts
+from reattn_batch.workers.classes import ClassList
+from reattn_batch.workers.model_spec import ModelSpec, load_model_parts
+from reattn_batch.workers.postprocess import labels_from_logits
+from reattn_batch.workers.segmenter import CropSegmenter, normalise, resolve_device
+from reattn_batch.workers.sliding import crop_grid, slide_inference
+from reattn_batch.workers.text import query_embeddings
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Outputs for people (SPEC 3.3, "Export"), each a module of its own, reading the store
-through ``pipeline.store.open_store``:
+through ``reattn_batch.store.open_store``:
 
     files.py       refusing to overwrite, atomic replacement, chunk-aligned windows
     cog.py         Cloud-Optimised GeoTIFF with palette and mode overviews

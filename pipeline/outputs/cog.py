@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 from affine import Affine
-
-from pipeline.outputs.files import TILE, check_output, temp_sibling, window_step, windows
-from pipeline.store import NODATA, LabelStore, open_store
-from workers.errors import UserError
+from reattn_batch.outputs.files import TILE, check_output, temp_sibling, window_step, windows
+from reattn_batch.store import NODATA, LabelStore, open_store
+from reattn_batch.workers.errors import UserError
 
 OVERVIEW_RESAMPLING = ("mode", "nearest")
 COMPRESSIONS = ("deflate", "zstd")

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from workers.errors import UserError
+from reattn_batch.workers.errors import UserError
 
 TILE = 512  # COG tile edge
 WINDOW = 2048  # edge of the windows read from the store (a multiple of TILE)

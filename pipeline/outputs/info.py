@@ -11,9 +11,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
-
-from pipeline import store
-from pipeline.store import NODATA, LabelStore, open_store
+from reattn_batch import store
+from reattn_batch.store import NODATA, LabelStore, open_store
 
 # Hyperparameters shown in the human-readable `info` table (``--json`` has them all).
 KEY_HYPERPARAMETERS = (

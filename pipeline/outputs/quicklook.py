@@ -11,10 +11,9 @@ import math
 import os
 
 import numpy as np
-
-from pipeline.outputs.files import WINDOW, check_output, temp_sibling, window_step, windows
-from pipeline.store import NODATA, LabelStore, open_store
-from workers.errors import UserError
+from reattn_batch.outputs.files import WINDOW, check_output, temp_sibling, window_step, windows
+from reattn_batch.store import NODATA, LabelStore, open_store
+from reattn_batch.workers.errors import UserError
 
 NODATA_QUICKLOOK = (224, 224, 224)  # light grey: nodata / not yet written
 

@@ -2,7 +2,7 @@
 it lies, which classes its values mean, how it was made, and its files.
 
 - geometry / bbox: the store's outline in EPSG:4326 (edges densified before reprojection,
-  ``pipeline.regional.index.footprint``, odc-geo); a store without a CRS has no Item (UserError).
+  ``regional.index.footprint``, odc-geo); a store without a CRS has no Item (UserError).
 - datetime: the scene's acquisition time when known: the store attribute
   ``SCENE_DATETIME_ATTR`` (set by whoever knows it, e.g. a run from a STAC Item), else the
   ``TIFFTAG_DATETIME`` of a local GeoTIFF scene; otherwise the time the store was written,
@@ -27,8 +27,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.store.layout import NODATA
-from workers.errors import UserError
+from reattn_batch.store.layout import NODATA
+from reattn_batch.workers.errors import UserError
 
 #: Store attribute naming the STAC Item the scene came from (an href); becomes a
 #: ``derived_from`` link.
@@ -65,7 +65,7 @@ def check_dir(store_path: str | os.PathLike, out_dir: str | os.PathLike, overwri
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--stac {out_dir} is a file; pass a folder for the STAC Item")
-    from pipeline.store import open_store
+    from reattn_batch.store import open_store
 
     if open_store(store_path).crs_wkt is None:
         raise UserError(_NO_CRS.format(store=store_path))
@@ -142,9 +142,8 @@ def build_item(
     from pystac.extensions.projection import ProjectionExtension
     from pystac.extensions.raster import DataType, RasterBand, RasterExtension, Sampling
     from rasterio.crs import CRS
-
-    from pipeline.regional.index import footprint
-    from pipeline.store import open_store
+    from reattn_batch.regional.index import footprint
+    from reattn_batch.store import open_store
 
     ls = open_store(store_path)
     attrs = ls.attrs

@@ -49,9 +49,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from pipeline.settings import DEFAULT_BLOCK_SIZE, ClusterSettings
-from workers.errors import UserError
+from reattn_batch.settings import DEFAULT_BLOCK_SIZE, ClusterSettings
+from reattn_batch.workers.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +117,8 @@ def plan_vector(
     """Check everything about a polygon export before anything is written (UserError, one
     line, on bad input). ``classes``: comma-separated class names of the store (default:
     every class but the background)."""
-    from pipeline.outputs.files import check_output
-    from pipeline.store import open_store
+    from reattn_batch.outputs.files import check_output
+    from reattn_batch.store import open_store
 
     out = Path(out)
     fmt = FORMATS.get(out.suffix.lower())
@@ -333,8 +332,7 @@ def polygonize_block(job: BlockJob) -> BlockResult:
     import pyarrow as pa
     import pyarrow.parquet as pq
     import shapely
-
-    from pipeline.store import open_labels
+    from reattn_batch.store import open_labels
 
     r0, c0, h, w = job.row0, job.col0, job.height, job.width
     labels = np.asarray(open_labels(job.store)[r0 : r0 + h, c0 : c0 + w])
@@ -658,8 +656,7 @@ def write_features(
 def export_vector(request: VectorRequest, client: Any) -> VectorSummary:
     """Polygonize the store on ``client``'s cluster and write ``request.out``."""
     from distributed import as_completed
-
-    from pipeline.store import open_store
+    from reattn_batch.store import open_store
 
     ls = open_store(request.store)
     t = ls.transform
@@ -754,9 +751,9 @@ def vector_cluster(settings: ClusterSettings) -> ClusterSettings:
 
 
 def run_vector(request: VectorRequest, settings: ClusterSettings) -> VectorSummary:
-    """``export_vector`` on the cluster of ``settings`` (``pipeline.run.cluster.connect``),
+    """``export_vector`` on the cluster of ``settings`` (``reattn_batch.run.cluster.connect``),
     see :func:`vector_cluster`."""
-    from pipeline.run.cluster import connect
+    from reattn_batch.run.cluster import connect
 
     with connect(vector_cluster(settings)) as (client, _info):
         return export_vector(request, client)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from workers.errors import UserError
+from reattn_batch.workers.errors import UserError
 
 
 def _one_line(exc: BaseException) -> str:

@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline import store
+from reattn_batch import store
 
 if TYPE_CHECKING:
-    from pipeline.regional.spec import RegionalJob
+    from reattn_batch.regional.spec import RegionalJob
 
 #: What happened to a scene in this run (``pending``: not reached yet, index only).
 STATUSES = ("done", "resumed", "skipped", "failed")

@@ -28,8 +28,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from pipeline import store
-from pipeline.regional.index import (
+from reattn_batch import store
+from reattn_batch.regional.index import (
     INDEX_GEOJSON,
     SceneEntry,
     counts,
@@ -38,14 +38,14 @@ from pipeline.regional.index import (
     write_index,
     write_json,
 )
-from pipeline.regional.spec import RegionalJob
-from pipeline.run.cluster import ClusterInfo, connect
-from pipeline.run.fingerprint import run_fingerprint
-from pipeline.run.plan import plan
-from pipeline.run.spine import run_scene
-from pipeline.settings import ClusterSettings
-from workers.errors import UserError
-from workers.model_spec import describe_weights
+from reattn_batch.regional.spec import RegionalJob
+from reattn_batch.run.cluster import ClusterInfo, connect
+from reattn_batch.run.fingerprint import run_fingerprint
+from reattn_batch.run.plan import plan
+from reattn_batch.run.spine import run_scene
+from reattn_batch.settings import ClusterSettings
+from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.model_spec import describe_weights
 
 log = logging.getLogger(__name__)
 

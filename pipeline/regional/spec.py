@@ -2,7 +2,7 @@
 
 It names the scenes (a list, a glob, or a file of URIs), the classes, the model, the run
 settings, an output root and the cluster. Its ``model:``, ``run:`` and ``cluster:``
-sections are the run settings schema of ``pipeline.settings``; every error names the spec
+sections are the run settings schema of ``reattn_batch.settings``; every error names the spec
 file and the dotted key. Relative paths (scenes, files, output root, weights, scheduler
 file) are relative to the spec file's folder, so a job does not depend on the working
 directory.
@@ -24,9 +24,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-
-from pipeline.run.request import SceneRequest, default_out
-from pipeline.settings import (
+from reattn_batch.run.request import SceneRequest, default_out
+from reattn_batch.settings import (
     CLIP_WEIGHT_NAMES,
     ClusterSettings,
     ModelSettings,
@@ -36,10 +35,10 @@ from pipeline.settings import (
     require_background,
     settings_error,
 )
-from workers.classes import ClassList, build_class_list, parse_classes
-from workers.config import read_yaml
-from workers.errors import UserError
-from workers.model_spec import ModelSpec
+from reattn_batch.workers.classes import ClassList, build_class_list, parse_classes
+from reattn_batch.workers.config import read_yaml
+from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.model_spec import ModelSpec
 
 
 class StacSearchSection(Settings):
@@ -331,7 +330,7 @@ class _Resolver:
     def scenes(
         self, scenes: ScenesSection, output_root: Path, asset: str | None = None
     ) -> tuple[str, ...]:
-        from pipeline.regional.catalogue import catalog_items, search_items
+        from reattn_batch.regional.catalogue import catalog_items, search_items
 
         if scenes.stac_search is not None:
             key = "scenes.stac_search"

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import dask
 from distributed import Client, LocalCluster
-
-from pipeline.settings import ClusterSettings, env_seconds
-from workers.errors import UserError
+from reattn_batch.settings import ClusterSettings, env_seconds
+from reattn_batch.workers.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -11,14 +11,13 @@ from importlib.metadata import version
 from typing import Any
 
 import torch
-
-from pipeline.run.cluster import ClusterInfo
-from pipeline.run.plan import Plan
-from pipeline.run.request import SceneRequest
-from pipeline.settings import FINGERPRINTED
-from workers.errors import UserError
-from workers.model_spec import ModelSpec
-from workers.segmenter import autocast_dtype, resolve_device
+from reattn_batch.run.cluster import ClusterInfo
+from reattn_batch.run.plan import Plan
+from reattn_batch.run.request import SceneRequest
+from reattn_batch.settings import FINGERPRINTED
+from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.model_spec import ModelSpec
+from reattn_batch.workers.segmenter import autocast_dtype, resolve_device
 
 # Store attributes that decide the labels; a resumed run must match them all.
 RUN_KEYS = (

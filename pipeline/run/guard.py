@@ -26,10 +26,9 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-
-from pipeline.grid.grids import BlockGrid
-from pipeline.store.layout import CHUNK
-from workers.errors import UserError
+from reattn_batch.grid.grids import BlockGrid
+from reattn_batch.store.layout import CHUNK
+from reattn_batch.workers.errors import UserError
 
 FLOAT = 4
 MODEL_BYTES = 1.2e9  # ViT-B/16 fp32 weights, activations of a batch, text tower
@@ -59,9 +58,8 @@ def guard_batch_size(spec, queries: int, gpu_workers: bool) -> int:
     workers.batching for the workers' device (CPU 1; on CUDA the size this machine's GPU
     gives, or the cap where the client has no GPU: an upper bound)."""
     import torch
-
-    from workers.batching import CUDA_BATCH_CAP, resolve_batch_size
-    from workers.segmenter import resolve_device
+    from reattn_batch.workers.batching import CUDA_BATCH_CAP, resolve_batch_size
+    from reattn_batch.workers.segmenter import resolve_device
 
     cfg = spec.cfg
     device = resolve_device(spec.device) if not gpu_workers else torch.device("cuda")
@@ -169,8 +167,7 @@ def model_bytes(clip_model: str) -> int:
     the architecture's config is unknown."""
     try:
         import open_clip
-
-        import workers.backbone  # noqa: F401  (registers our configs, e.g. ViT-T-16-test)
+        import reattn_batch.workers.backbone  # noqa: F401  (registers our configs, e.g. ViT-T-16-test)
 
         cfg = open_clip.get_model_config(clip_model)
     except Exception:

@@ -6,12 +6,12 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
-from pipeline.grid.block_size import choose_block_size
-from pipeline.grid.grids import BlockGrid, ModelGrid
-from pipeline.run.request import SceneRequest
-from pipeline.scene import SceneInfo, open_scene
-from pipeline.settings import AUTO_BLOCK, GSD_FACTOR_BOUNDS
-from workers.errors import UserError
+from reattn_batch.grid.block_size import choose_block_size
+from reattn_batch.grid.grids import BlockGrid, ModelGrid
+from reattn_batch.run.request import SceneRequest
+from reattn_batch.scene import SceneInfo, open_scene
+from reattn_batch.settings import AUTO_BLOCK, GSD_FACTOR_BOUNDS
+from reattn_batch.workers.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,9 @@ import sys
 import threading
 import time
 
+from reattn_batch.settings import env_seconds
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-from pipeline.settings import env_seconds
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from pipeline.settings import ClusterSettings, SceneSettings
-from workers.classes import ClassList
-from workers.model_spec import ModelSpec
+from reattn_batch.settings import ClusterSettings, SceneSettings
+from reattn_batch.workers.classes import ClassList
+from reattn_batch.workers.model_spec import ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +26,7 @@ class SceneRequest:
 
 def default_out(scene: str, asset: str | None = None) -> Path:
     """<scene stem>.labels.zarr in the working directory; a STAC Item's: <item id>.labels.zarr."""
-    from pipeline.scene.uri import resolve_scene
+    from reattn_batch.scene.uri import resolve_scene
 
     _, item = resolve_scene(scene, asset)
     if item is not None:

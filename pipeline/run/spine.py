@@ -24,20 +24,19 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from distributed import Client
-
-from pipeline import store
-from pipeline.blocks.submit import submit_blocks
-from pipeline.blocks.task import BlockTask
-from pipeline.grid.grids import BlockGrid
-from pipeline.run.cluster import ClusterInfo, connect
-from pipeline.run.fingerprint import (
+from reattn_batch import store
+from reattn_batch.blocks.submit import submit_blocks
+from reattn_batch.blocks.task import BlockTask
+from reattn_batch.grid.grids import BlockGrid
+from reattn_batch.run.cluster import ClusterInfo, connect
+from reattn_batch.run.fingerprint import (
     RUN_KEYS,
     WORKER_KEYS,
     run_attrs,
     run_fingerprint,
     worker_precision,
 )
-from pipeline.run.guard import (
+from reattn_batch.run.guard import (
     Source,
     check_block_memory,
     feature_channels,
@@ -45,13 +44,13 @@ from pipeline.run.guard import (
     guard_batch_size,
     model_bytes,
 )
-from pipeline.run.plan import Plan, block_grid, plan
-from pipeline.run.request import SceneRequest
-from pipeline.run.summary import RunSummary, finish
-from pipeline.scene.uri import is_remote
-from pipeline.settings import AUTO_BLOCK
-from pipeline.store.create import looks_like_zarr
-from workers.model_spec import describe_weights
+from reattn_batch.run.plan import Plan, block_grid, plan
+from reattn_batch.run.request import SceneRequest
+from reattn_batch.run.summary import RunSummary, finish
+from reattn_batch.scene.uri import is_remote
+from reattn_batch.settings import AUTO_BLOCK
+from reattn_batch.store.create import looks_like_zarr
+from reattn_batch.workers.model_spec import describe_weights
 
 log = logging.getLogger(__name__)
 

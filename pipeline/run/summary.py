@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from pipeline import store
-from pipeline.blocks.submit import Computed
+from reattn_batch import store
+from reattn_batch.blocks.submit import Computed
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from pipeline.run.bounded import window_for
-from workers.errors import UserError
+from reattn_batch.run.bounded import window_for
+from reattn_batch.workers.errors import UserError
 
 #: Seconds between two reads of the scheduler's worker list.
 POLL_SECONDS = 1.0

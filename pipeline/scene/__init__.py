@@ -12,12 +12,12 @@
     open.py, read.py  open_scene, read_window
 """
 
-from pipeline.scene.handles import close_cached_datasets
-from pipeline.scene.info import SceneInfo, WindowReadError
-from pipeline.scene.open import open_scene
-from pipeline.scene.policy import stretch_to_uint8
-from pipeline.scene.read import read_window
-from pipeline.scene.uri import resolve_uri
+from reattn_batch.scene.handles import close_cached_datasets
+from reattn_batch.scene.info import SceneInfo, WindowReadError
+from reattn_batch.scene.open import open_scene
+from reattn_batch.scene.policy import stretch_to_uint8
+from reattn_batch.scene.read import read_window
+from reattn_batch.scene.uri import resolve_uri
 
 __all__ = [
     "SceneInfo",

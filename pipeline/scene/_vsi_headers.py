@@ -6,7 +6,7 @@ it, else the system's). GDAL makes the request itself, with the credentials and 
 reads the raster with, so it answers for every network file system GDAL reads:
 ``/vsis3/``, ``/vsigs/``, ``/vsiaz/``, ``/vsiadls/``, ``/vsioss/``, ``/vsiswift/`` and
 ``/vsicurl/`` alike, private buckets included. Callers hold the GDAL environment
-(``pipeline.scene.uri.gdal_env``) around it.
+(``reattn_batch.scene.uri.gdal_env``) around it.
 """
 
 from __future__ import annotations

@@ -5,13 +5,12 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-
-from pipeline.scene.handles import cached, handle_key
-from pipeline.scene.identity import local_raster_identity, remote_identity
-from pipeline.scene.info import SceneInfo
-from pipeline.scene.policy import choose_bands, pixel_size, unique_bands, valid_mask
-from pipeline.scene.uri import error_text, gdal_env, is_remote
-from workers.errors import UserError
+from reattn_batch.scene.handles import cached, handle_key
+from reattn_batch.scene.identity import local_raster_identity, remote_identity
+from reattn_batch.scene.info import SceneInfo
+from reattn_batch.scene.policy import choose_bands, pixel_size, unique_bands, valid_mask
+from reattn_batch.scene.uri import error_text, gdal_env, is_remote
+from reattn_batch.workers.errors import UserError
 
 
 def open_dataset(uri: str, path: str, bands: tuple[int, ...] | None) -> SceneInfo:

@@ -12,7 +12,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from pipeline.scene.info import SceneInfo
+from reattn_batch.scene.info import SceneInfo
 
 #: Open datasets kept per thread and process.
 _CACHE_SIZE = 8

@@ -103,7 +103,7 @@ def remote_identity(path: str, meta: str) -> str:
     """A remote raster (a GDAL /vsi... path): its validators where the server gives them,
     else the sha256 of the metadata GDAL read (``meta``). Call it inside the GDAL
     environment the raster is read with (credentials, endpoint)."""
-    from pipeline.scene._vsi_headers import vsi_headers
+    from reattn_batch.scene._vsi_headers import vsi_headers
 
     found = validators(vsi_headers(path))
     url = path.removeprefix("/vsicurl/")

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from affine import Affine
-
-from pipeline.scene.uri import error_text, is_remote
-from workers.errors import UserError
+from reattn_batch.scene.uri import error_text, is_remote
+from reattn_batch.workers.errors import UserError
 
 
 @dataclass

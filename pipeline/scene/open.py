@@ -7,15 +7,14 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from reattn_batch.scene import gdal_backend, zarr_backend
+from reattn_batch.scene.info import SceneInfo
+from reattn_batch.scene.policy import STRETCH_PERCENTILES, STRETCH_SAMPLE_LONG_SIDE
+from reattn_batch.scene.uri import error_text, is_remote, resolve_scene, resolve_uri
+from reattn_batch.settings import SceneSettings, from_flags
+from reattn_batch.workers.errors import UserError
 
-from pipeline.scene import gdal_backend, zarr_backend
-from pipeline.scene.info import SceneInfo
-from pipeline.scene.policy import STRETCH_PERCENTILES, STRETCH_SAMPLE_LONG_SIDE
-from pipeline.scene.uri import error_text, is_remote, resolve_scene, resolve_uri
-from pipeline.settings import SceneSettings, from_flags
-from workers.errors import UserError
-
-log = logging.getLogger("pipeline.scene")
+log = logging.getLogger("reattn_batch.scene")
 
 
 def open_scene(

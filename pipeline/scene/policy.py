@@ -37,11 +37,10 @@ import math
 
 import numpy as np
 from affine import Affine
+from reattn_batch.scene.info import SceneInfo
+from reattn_batch.workers.errors import UserError
 
-from pipeline.scene.info import SceneInfo
-from workers.errors import UserError
-
-log = logging.getLogger("pipeline.scene")
+log = logging.getLogger("reattn_batch.scene")
 
 #: Long side (px) of the decimated read that estimates the stretch.
 STRETCH_SAMPLE_LONG_SIDE = 512

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-
-from pipeline.scene import gdal_backend, zarr_backend
-from pipeline.scene.handles import forget, handle_key
-from pipeline.scene.info import SceneInfo, WindowReadError
-from pipeline.scene.policy import to_rgb
-from workers.errors import UserError
+from reattn_batch.scene import gdal_backend, zarr_backend
+from reattn_batch.scene.handles import forget, handle_key
+from reattn_batch.scene.info import SceneInfo, WindowReadError
+from reattn_batch.scene.policy import to_rgb
+from reattn_batch.workers.errors import UserError
 
 #: Failures during a read that are not about the file: they keep their own type and message
 #: and are never retried (a read is retried, or reported as corrupt, only for I/O and

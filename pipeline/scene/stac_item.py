@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-from workers.errors import UserError
+from reattn_batch.workers.errors import UserError
 
 #: Asset keys read by default, in order (case-insensitive); then an asset with role "visual".
 DEFAULT_ASSET_KEYS = ("visual", "rgb")

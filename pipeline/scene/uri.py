@@ -13,7 +13,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from workers.errors import UserError
+from reattn_batch.workers.errors import UserError
 
 #: GDAL options for remote (``/vsi*``) files, set at open and around every read unless
 #: the environment sets them (timeouts turn a stalled server into a retryable error).
@@ -34,7 +34,7 @@ def resolve_scene(uri: str, asset: str | None = None):
 
     A STAC Item is replaced by the asset it names (``asset``, else its RGB/visual one);
     any other SCENE is its own location, and ``asset`` is refused (UserError)."""
-    from pipeline.scene.stac_item import is_stac_item, resolve_item
+    from reattn_batch.scene.stac_item import is_stac_item, resolve_item
 
     if is_stac_item(uri):
         item = resolve_item(uri, asset)

@@ -9,15 +9,14 @@ from typing import Any
 
 import numpy as np
 from affine import Affine
+from reattn_batch.scene.handles import cached, handle_key
+from reattn_batch.scene.identity import zarr_identity
+from reattn_batch.scene.info import SceneInfo
+from reattn_batch.scene.policy import choose_bands, pixel_size, unique_bands, valid_mask
+from reattn_batch.scene.uri import ZARR_MARKERS, error_text
+from reattn_batch.workers.errors import UserError
 
-from pipeline.scene.handles import cached, handle_key
-from pipeline.scene.identity import zarr_identity
-from pipeline.scene.info import SceneInfo
-from pipeline.scene.policy import choose_bands, pixel_size, unique_bands, valid_mask
-from pipeline.scene.uri import ZARR_MARKERS, error_text
-from workers.errors import UserError
-
-log = logging.getLogger("pipeline.scene")
+log = logging.getLogger("reattn_batch.scene")
 
 
 def open_xarray(path: str):

@@ -12,10 +12,10 @@ described in ``layout.py``.
     reader.py    LabelStore: a store opened for outputs
 """
 
-from pipeline.store.arrays import open_labels, write_block
-from pipeline.store.attrs import jsonable, read_attrs, update_attrs
-from pipeline.store.create import check_not_input, create_store
-from pipeline.store.layout import (
+from reattn_batch.store.arrays import open_labels, write_block
+from reattn_batch.store.attrs import jsonable, read_attrs, update_attrs
+from reattn_batch.store.create import check_not_input, create_store
+from reattn_batch.store.layout import (
     BLOCK_DONE,
     BLOCK_STARTED,
     CHUNK,
@@ -25,16 +25,16 @@ from pipeline.store.layout import (
     NODATA,
     StoreLayout,
 )
-from pipeline.store.palette import class_palette
-from pipeline.store.reader import LabelStore, open_store
-from pipeline.store.records import (
+from reattn_batch.store.palette import class_palette
+from reattn_batch.store.reader import LabelStore, open_store
+from reattn_batch.store.records import (
     block_grid,
     done_blocks,
     mark_block_done,
     mark_block_started,
     started_blocks,
 )
-from pipeline.store.resume import prepare
+from reattn_batch.store.resume import prepare
 
 __all__ = [
     "BLOCK_DONE",

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-
-from pipeline.store.layout import CONFIDENCE, LABELS
-from workers.errors import UserError
+from reattn_batch.store.layout import CONFIDENCE, LABELS
+from reattn_batch.workers.errors import UserError
 
 # Per-process cache of opened arrays: (resolved store path, array name) ->
 # ((inode, mtime_ns) of the array's .zarray, array). The stamp notices a recreated store.

@@ -9,8 +9,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-
-from workers.errors import UserError
+from reattn_batch.workers.errors import UserError
 
 
 def jsonable(value: Any) -> Any:

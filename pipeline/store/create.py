@@ -19,11 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import zarr
-
-from pipeline.store.arrays import forget_arrays
-from pipeline.store.attrs import checked_attrs
-from pipeline.store.georef import axis_attrs, convention_attrs, grid_mapping_attrs, pixel_centres
-from pipeline.store.layout import (
+from reattn_batch.store.arrays import forget_arrays
+from reattn_batch.store.attrs import checked_attrs
+from reattn_batch.store.georef import (
+    axis_attrs,
+    convention_attrs,
+    grid_mapping_attrs,
+    pixel_centres,
+)
+from reattn_batch.store.layout import (
     BLOCK_DONE,
     BLOCK_STARTED,
     CHUNK_KEYS,
@@ -36,10 +40,10 @@ from pipeline.store.layout import (
     StoreLayout,
     validate_layout,
 )
-from pipeline.store.palette import label_attrs
-from pipeline.store.records import RECORD_CHUNK
-from workers.classes import MAX_CLASSES
-from workers.errors import UserError
+from reattn_batch.store.palette import label_attrs
+from reattn_batch.store.records import RECORD_CHUNK
+from reattn_batch.workers.classes import MAX_CLASSES
+from reattn_batch.workers.errors import UserError
 
 #: The marker every store of reattn-batch carries: the group attribute ``software`` with
 #: this value (and ``store_layout_version``), written by :func:`_build` itself. (No extra

@@ -14,9 +14,8 @@ import warnings
 from typing import Any
 
 import numpy as np
-
-from pipeline.store.layout import StoreLayout
-from workers.errors import UserError
+from reattn_batch.store.layout import StoreLayout
+from reattn_batch.workers.errors import UserError
 
 _PROJ_CONVENTION = {
     "schema_url": "https://raw.githubusercontent.com/zarr-experimental/geo-proj/refs/tags/v1/schema.json",

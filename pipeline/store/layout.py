@@ -44,8 +44,7 @@ from dataclasses import dataclass
 
 from affine import Affine
 from numcodecs import Zstd
-
-from workers.errors import UserError
+from reattn_batch.workers.errors import UserError
 
 #: Label value of nodata and of pixels not yet written (labels are 0..254).
 NODATA = 255

@@ -6,7 +6,7 @@ from __future__ import annotations
 import colorsys
 from typing import Any
 
-from pipeline.store.layout import NODATA
+from reattn_batch.store.layout import NODATA
 
 _BASE_COLOURS: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75),

@@ -11,12 +11,11 @@ from typing import Any
 import numpy as np
 import zarr
 from affine import Affine
-
-from pipeline.store.arrays import open_labels
-from pipeline.store.attrs import read_attrs
-from pipeline.store.layout import GRID_MAPPING, LABELS, NODATA
-from pipeline.store.palette import class_palette
-from workers.errors import UserError
+from reattn_batch.store.arrays import open_labels
+from reattn_batch.store.attrs import read_attrs
+from reattn_batch.store.layout import GRID_MAPPING, LABELS, NODATA
+from reattn_batch.store.palette import class_palette
+from reattn_batch.workers.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-
-from pipeline.store.arrays import fsync_chunks, open_array
-from pipeline.store.layout import BLOCK_DONE, BLOCK_STARTED
+from reattn_batch.store.arrays import fsync_chunks, open_array
+from reattn_batch.store.layout import BLOCK_DONE, BLOCK_STARTED
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.store.attrs import checked_attrs, read_attrs
-from pipeline.store.create import ZARR_MARKERS, create_store
-from pipeline.store.layout import StoreLayout
-from pipeline.store.records import done_blocks
-from workers.errors import UserError
+from reattn_batch.store.attrs import checked_attrs, read_attrs
+from reattn_batch.store.create import ZARR_MARKERS, create_store
+from reattn_batch.store.layout import StoreLayout
+from reattn_batch.store.records import done_blocks
+from reattn_batch.workers.errors import UserError
 
 
 def prepare(

@@ -32,11 +32,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
-
-from pipeline.outputs.info import number_text
-from pipeline.store import NODATA
-from pipeline.viewer import tiles
-from workers.errors import UserError
+from reattn_batch.outputs.info import number_text
+from reattn_batch.store import NODATA
+from reattn_batch.viewer import tiles
+from reattn_batch.workers.errors import UserError
 
 log = logging.getLogger("reattn_batch")
 
@@ -65,7 +64,7 @@ _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 def load_static() -> dict[str, bytes]:
     """The allow-listed static files, read from the installed package."""
-    folder = files("pipeline.viewer").joinpath("static")
+    folder = files("reattn_batch.viewer").joinpath("static")
     return {name: folder.joinpath(name).read_bytes() for name in STATIC}
 
 
@@ -76,9 +75,9 @@ class Viewer:
         """store_path: a label store written by `reattn-batch run`.
         scene: the imagery to show under the labels (default: the store's recorded input).
         """
-        from pipeline.outputs.info import store_info
-        from pipeline.store import CONFIDENCE, open_store
-        from pipeline.store.arrays import open_array
+        from reattn_batch.outputs.info import store_info
+        from reattn_batch.store import CONFIDENCE, open_store
+        from reattn_batch.store.arrays import open_array
 
         self.ls = open_store(store_path)
         if self.ls.crs_wkt is None:
@@ -123,7 +122,7 @@ class Viewer:
 
     @staticmethod
     def _open_scene(uri: str, attrs: dict[str, Any]) -> tiles.SceneTiler:
-        from pipeline.scene import open_scene
+        from reattn_batch.scene import open_scene
 
         bands = attrs.get("bands")
         stretch = attrs.get("stretch")

@@ -9,7 +9,7 @@ zoom, so a tile never reads the whole store:
 - ``ratio`` = store pixels per tile pixel. Below ``OVERVIEW_MIN_FACTOR`` the tile reads the
   window of the store it covers, at most about (256 x 8)^2 pixels.
 - From ``OVERVIEW_MIN_FACTOR`` up the tile samples an in-memory overview: the labels reduced
-  by the block-wise mode of ``pipeline.outputs.quicklook.decimate_mode`` (the quicklook's, GDAL's
+  by the block-wise mode of ``outputs.quicklook.decimate_mode`` (the quicklook's, GDAL's
   ``mode``) to 1/8 of the store's size, and from it coarser levels by 2 x 2 mode. The
   overview is built once, on the first tile that needs it, by one streaming pass over the
   store (a 400 MP store gives a 6.25 MP level); later tiles read nothing from the store.
@@ -18,7 +18,7 @@ Imagery (``SceneTiler``): rio-tiler's ``Reader`` for GDAL rasters (a COG's overv
 the low zooms) and ``XarrayReader`` for Zarr scenes; a scene without overviews gets, like
 the labels, a copy decimated by ``OVERVIEW_MIN_FACTOR`` (one read, in memory) for the tiles
 at ``OVERVIEW_MIN_FACTOR`` scene pixels per tile pixel and more. The run's bands and its
-scene-wide stretch are applied by the scene policy (``pipeline.scene.policy.to_rgb``), as
+scene-wide stretch are applied by the scene policy (``reattn_batch.scene.policy.to_rgb``), as
 in the run's own reads. Imagery is resampled bilinearly: it is only a backdrop.
 """
 
@@ -34,10 +34,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from pipeline.scene import gdal_backend, zarr_backend
-from pipeline.scene.policy import to_rgb, unique_bands
-from pipeline.store import NODATA
+from reattn_batch.scene import gdal_backend, zarr_backend
+from reattn_batch.scene.policy import to_rgb, unique_bands
+from reattn_batch.store import NODATA
 
 log = logging.getLogger("reattn_batch")
 
@@ -100,7 +99,7 @@ def _mode2x2(labels: np.ndarray) -> np.ndarray:
     """(h, w) uint8 -> (ceil(h/2), ceil(w/2)): the mode of each 2 x 2 cell.
 
     Nodata (255) wins only in a cell without valid labels; ties go to the smaller class
-    index (the rules of ``pipeline.outputs.quicklook.decimate_mode``).
+    index (the rules of ``reattn_batch.outputs.quicklook.decimate_mode``).
     """
     h, w = labels.shape
     padded = np.full((h + h % 2, w + w % 2), NODATA, np.uint8)
@@ -135,7 +134,7 @@ class LabelTiler:
     """Label tiles, pixel queries and the overview of one label store (thread-safe)."""
 
     def __init__(self, label_store: Any) -> None:
-        """label_store: ``pipeline.store.LabelStore`` (labels array, transform, CRS)."""
+        """label_store: ``reattn_batch.store.LabelStore`` (labels array, transform, CRS)."""
         from pyproj import CRS, Transformer
 
         self.ls = label_store
@@ -241,7 +240,7 @@ class LabelTiler:
         """The mode pyramid, built on first use (one streaming pass over the store)."""
         with self._overview_lock:
             if self._overview is None:
-                from pipeline.outputs.quicklook import decimate_mode
+                from reattn_batch.outputs.quicklook import decimate_mode
 
                 f = OVERVIEW_MIN_FACTOR
                 h0, w0 = -(-self.height // f), -(-self.width // f)
@@ -286,7 +285,7 @@ class SceneTiler:
     """Imagery tiles of the scene a store was made from (see the module docstring)."""
 
     def __init__(self, scene: Any) -> None:
-        """scene: ``pipeline.scene.SceneInfo`` (path, bands, stretch, CRS, size)."""
+        """scene: ``reattn_batch.scene.SceneInfo`` (path, bands, stretch, CRS, size)."""
         from pyproj import CRS, Transformer
         from rio_tiler.errors import NoOverviewWarning
 
