@@ -52,15 +52,15 @@ def main() -> None:
         build(store, args.size)
         print(f"built {args.size}x{args.size} store in {time.perf_counter() - t:.1f} s")
 
-    from reattn_batch.viewer.server import Viewer
-    from reattn_batch.viewer.tiles import web_mercator
+    from reattn_batch.viewer.store_view import StoreView
+    from reattn_batch.viewer.tile_grid import web_mercator
 
     t = time.perf_counter()
-    viewer = Viewer(store)
+    viewer = StoreView(store)
     print(f"start-up (class areas: one pass over the store): {time.perf_counter() - t:.1f} s")
     tiler = viewer.labels
     t = time.perf_counter()
-    tiler.overview()  # started in the background by Viewer; wait for it
+    tiler.overview()  # started in the background by StoreView; wait for it
     print(f"label overview (mode, 1/8, one pass, after start-up): +{time.perf_counter() - t:.1f} s")
     cx, cy = tiler.transform @ (tiler.width / 2, tiler.height / 2)
     lon, lat = Transformer.from_crs(tiler.to_store.target_crs, 4326, always_xy=True).transform(

@@ -148,7 +148,7 @@ def gdal_labels(store: Path) -> np.ndarray:
 @pytest.mark.parametrize("z", [15, 16, 17, 18, 19])
 def test_label_tile_is_the_store_sampled_by_nearest_at_pixel_centres(planted, z):
     from reattn_batch.store import open_store
-    from reattn_batch.viewer.tiles import LabelTiler
+    from reattn_batch.viewer.label_tiles import LabelTiler
 
     labels = gdal_labels(planted)
     assert (labels == planted_labels()).all()
@@ -168,7 +168,8 @@ def test_low_zooms_read_a_mode_overview_not_the_store(tmp_path):
     overview: they still show the planted regions, and stay the same once the store's label
     chunks are deleted, while a full-resolution tile then reads the (now empty) store."""
     from reattn_batch.store import open_store
-    from reattn_batch.viewer.tiles import OVERVIEW_MIN_FACTOR, LabelTiler
+    from reattn_batch.viewer.label_tiles import LabelTiler
+    from reattn_batch.viewer.tile_grid import OVERVIEW_MIN_FACTOR
 
     store = make_store(tmp_path)
     labels = planted_labels()
@@ -218,7 +219,8 @@ def test_imagery_tiles_show_the_scene_over_the_store_footprint(planted, tmp_path
     import rioxarray
     from reattn_batch.scene import open_scene
     from reattn_batch.store import open_store
-    from reattn_batch.viewer.tiles import LabelTiler, SceneTiler
+    from reattn_batch.viewer.label_tiles import LabelTiler
+    from reattn_batch.viewer.scene_tiles import SceneTiler
 
     uri = str(planted.parent / "scene.tif")
     if kind == "zarr":
@@ -321,7 +323,7 @@ def raw_get(url: str, path: str, host: str | None = None) -> tuple[int, bytes]:
 
 
 def test_only_allow_listed_paths_are_served(server):
-    from reattn_batch.viewer.server import STATIC, load_static
+    from reattn_batch.viewer.static_files import STATIC, load_static
 
     static = load_static()
     for name in STATIC:

@@ -72,14 +72,14 @@ def test_the_wheel_carries_the_configs_and_no_source_tree_is_used(installed, tmp
 def test_the_wheel_carries_the_viewer_page_and_leaflet(installed, tmp_path):
     """`reattn-batch view` serves its page from the package (no CDN): every allow-listed
     static file, read the way the server reads it, equals the source tree's copy."""
-    from reattn_batch.viewer.server import STATIC
+    from reattn_batch.viewer.static_files import STATIC
 
     static = installed / "reattn_batch" / "viewer" / "static"
     for name in (*STATIC, "THIRD_PARTY.md", "LICENSE-leaflet.txt"):
         source = ROOT / "pipeline" / "viewer" / "static" / name
         assert (static / name).read_bytes() == source.read_bytes(), name
     code = (
-        "import reattn_batch.viewer.server as s; d = s.load_static(); "
+        "import reattn_batch.viewer.static_files as s; d = s.load_static(); "
         "print(s.__file__); print(sorted(d) == sorted(s.STATIC), sum(map(len, d.values())))"
     )
     out = run_installed(installed, tmp_path, "-c", code)
