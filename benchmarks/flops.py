@@ -6,10 +6,13 @@ LayerNorm, GELU and other element-wise work is left out. Encoder and upsampler a
 - encoder: patch embedding, blocks 1..11 once per trunk pass (ReAttnCLIP: one pass per
   rotation, SPEC 2.3), block 12 under the method, ln_post/proj; ReAttnCLIP also its
   X X^T maps (|K| x |rotations| of N x N x width);
-- upsampler (SimFeatUp): per x2 step the range projection, the range logits, the
-  kernel fixup, the adaptive convolution over K channels (K = 512, or N tokens on the
-  rank-reduced path, plus its QR and basis products), then the outer 512x512 fixup
+- upsampler (SimFeatUp, ``upsampler_terms``): per x2 step the range projection, the
+  range logits, the kernel fixup, the bicubic resize (two dense matrix products, as the
+  code runs it) and the adaptive convolution over K channels (K = 512, or N tokens on
+  the rank-reduced path, plus its QR and basis products), then the outer 512x512 fixup
   (full path only) and the query dot products.
+
+tests/test_flops.py checks both against torch's FlopCounterMode on the real forward.
 """
 
 from __future__ import annotations
@@ -75,30 +78,55 @@ def encoder_flops(cfg: MethodConfig, vit: VitShape = VitShape()) -> int:
     return flops
 
 
-def upsampler_flops(cfg: MethodConfig, kind: str, queries: int, vit: VitShape = VitShape()) -> int:
-    """FLOPs of one crop's SimFeatUp and cosine logits (0 for bilinear)."""
+def upsampler_terms(
+    cfg: MethodConfig, kind: str, queries: int, vit: VitShape = VitShape()
+) -> dict[str, int]:
+    """FLOPs of one crop's SimFeatUp and cosine logits, by term, as the code computes them
+    (``reattn_batch.workers.upsampler`` and ``upsampled_logits``); {} for bilinear.
+
+    Per x2 step (source K x h x w -> K x H x W, H = 2h, P = H W, window D = 2r + 1):
+    the range projection (two 1x1 convs), the range logits (D^2 dot products of 32-d keys,
+    element-wise in the code), the kernel fixup (two 1x1 convs), the bicubic resize with
+    reflect padding as two dense matrix products ``rows @ (source @ cols^T)`` (every source
+    row and column, not only the 4 cubic taps), and the adaptive convolution (D^2 taps per
+    pixel and channel, element-wise multiply-adds). Then the outer 512x512 fixup and the
+    query dot products (full path), or A = F M^T, the Householder QR of A^T and the basis
+    products (rank-reduced path, K = N tokens).
+    """
     if kind == "bilinear":
-        return 0
+        return {}
     radius = 5 if kind == "jbu_one" else 3
     taps = (2 * radius + 1) ** 2
     grid = cfg.crop // vit.patch
     n, c = grid * grid, vit.embed
     reduced = cfg.upsampler_path == "rank_reduced" and n < c
     k = n if reduced else c
-    flops, side = 0, grid
+    terms = dict.fromkeys(
+        ("range projection", "range logits", "kernel fixup", "bicubic resize", "adaptive conv"),
+        0,
+    )
+    side = grid
     for _ in range(4):
-        side *= 2
-        p = side * side
-        flops += 2 * p * (3 * KEY_DIM + KEY_DIM * KEY_DIM)  # range projection
-        flops += 2 * p * taps * KEY_DIM  # range logits
-        flops += 2 * p * ((taps + 3) * taps + taps * taps)  # kernel fixup
-        flops += 2 * p * k * BICUBIC_TAPS  # bicubic upsampling of the source
-        flops += 2 * p * k * taps  # adaptive convolution
+        h, side = side, side * 2
+        p, padded = side * side, side + 2 * radius
+        terms["range projection"] += 2 * p * (3 * KEY_DIM + KEY_DIM * KEY_DIM)
+        terms["range logits"] += 2 * p * taps * KEY_DIM
+        terms["kernel fixup"] += 2 * p * ((taps + 3) * taps + taps * taps)
+        terms["bicubic resize"] += 2 * k * h * h * padded + 2 * k * padded * h * padded
+        terms["adaptive conv"] += 2 * p * k * taps
     p = side * side
     if reduced:
-        flops += 2 * n * c * c + 4 * c * n * n  # A = F M^T, Householder QR of A^T
-        flops += 2 * c * n * (queries + 1)  # Q^T t, Q^T c
-        flops += 2 * p * n * (queries + 2)  # G . Q^T t, |G|^2, G . Q^T c
+        terms["A = F M^T"] = 2 * n * c * c
+        terms["Householder QR"] = 4 * c * n * n
+        terms["basis products"] = 2 * c * n * (queries + 1) + 2 * p * n * (queries + 1)
+        terms["query shift"] = 2 * queries * c
     else:
-        flops += 2 * p * c * c + 2 * p * c * queries  # outer fixup, query dots
-    return flops
+        terms["outer fixup"] = 2 * p * c * c
+        terms["query dots"] = 2 * p * c * queries
+    return terms
+
+
+def upsampler_flops(cfg: MethodConfig, kind: str, queries: int, vit: VitShape = VitShape()) -> int:
+    """FLOPs of one crop's SimFeatUp and cosine logits (0 for bilinear): the sum of
+    ``upsampler_terms``."""
+    return sum(upsampler_terms(cfg, kind, queries, vit).values())

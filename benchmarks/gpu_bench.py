@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from reattn_batch.workers.segmenter import CropSegmenter, resolve_device  # noqa
 from reattn_batch.workers.text import query_embeddings  # noqa: E402
 from reattn_batch.workers.upsampled_logits import upsampled_cosines  # noqa: E402
 
+from benchmarks.call_timer import seconds_per_call  # noqa: E402
 from benchmarks.flops import VitShape, encoder_flops, upsampler_flops  # noqa: E402
 from benchmarks.model_throughput import build_upsampler, machine_info  # noqa: E402
 
@@ -62,22 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(device: torch.device, fn, repeats: int) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def timed(fn, repeats: int) -> float:
+    """Mean seconds of ``fn()`` over ``repeats`` calls (``torch.utils.benchmark.Timer``)."""
+    return seconds_per_call(fn, repeats)
 
 
 def peak_tflops(device: torch.device, given: float | None) -> float | None:
@@ -134,18 +120,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 try:
-                    total = timed(device, partial(seg.crop_logits, crops), repeats)
+                    total = timed(partial(seg.crop_logits, crops), repeats)
                 except torch.OutOfMemoryError:
                     print(f"  {method} {dtype} B={b}: out of memory")
                     break
                 with torch.no_grad(), seg._autocast():
                     dense = encode_crops(backbone, cfg, crops)
-                    enc = timed(device, partial(encode_crops, backbone, cfg, crops), repeats)
+                    enc = timed(partial(encode_crops, backbone, cfg, crops), repeats)
                     up_call = partial(
                         upsampled_cosines, ups, dense.patches, crops, seg.queries,
                         cfg.upsampler_path,
                     )  # fmt: skip
-                    upt = timed(device, up_call, repeats)
+                    upt = timed(up_call, repeats)
                 mem = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
                 row = {
                     "crops_per_s": b / total,

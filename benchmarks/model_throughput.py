@@ -39,6 +39,10 @@ from reattn_batch.workers.segmenter import CropSegmenter, autocast_dtype, resolv
 from reattn_batch.workers.text import query_embeddings
 from reattn_batch.workers.upsampler import JBUOne, JBUStack, load_upsampler
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for benchmarks.*
+
+from benchmarks.call_timer import seconds_per_call  # noqa: E402
+
 DEFAULT_CLIP_MODEL = "ViT-B-16-quickgelu"
 QUICK_CLIP_MODEL = "ViT-T-16-test"
 DEFAULT_CLASSES = "building,road,tree,low vegetation,water,bare soil,car,cropland"
@@ -215,16 +219,12 @@ def sync(device: torch.device) -> None:
 
 
 def time_calls(seg: CropSegmenter, crops: torch.Tensor, calls: int) -> tuple[float, int | None]:
-    """Seconds for ``calls`` calls of crop_logits on ``crops``, and CUDA peak bytes."""
+    """Seconds for ``calls`` calls of crop_logits on ``crops`` (``torch.utils.benchmark``'s
+    Timer, CUDA synchronised), and CUDA peak bytes."""
     device = seg.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(calls):
-        seg.crop_logits(crops)
-    sync(device)
-    seconds = time.perf_counter() - start
+    seconds = seconds_per_call(lambda: seg.crop_logits(crops), calls) * calls
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     return seconds, peak
 

@@ -22,17 +22,20 @@ Five figures, each printed with its settings (and written with ``--json OUT``):
    ratio = model-only time / scene time. Also printed: the ratio had the model-only path
    run the job's padded calls (each block pads its own last batch), and the ratio of the
    workers' CPU seconds (steadier than wall time when other processes share the cores).
-2. Worker peak RSS per scene size (target: flat). A thread in this process samples the
-   RSS of every worker process (psutil, on the PIDs the workers report) during each run;
-   scenes run smallest first on the same warm workers, so a peak that grows with the
-   scene cannot hide behind an earlier run's high-water mark. On CUDA the workers' peak
-   allocated GPU memory is printed too.
+2. Worker peak RSS per scene size (target: flat). distributed's ``MemorySampler`` samples
+   the workers' process memory (RSS, summed over the cluster, as each worker reports it
+   with its heartbeat; remote workers too) during each run, and a thread samples this
+   driver process's RSS (psutil); scenes run smallest first on the same warm workers, so
+   a peak that grows with the scene cannot hide behind an earlier run's high-water
+   mark. On CUDA the workers' peak allocated GPU memory is printed too.
 3. Halo redundancy: ``BlockGrid.halo_redundancy()`` (extra crop runs) at blocks
    1024/2048/4096 for 64 and 400 MP scene geometries; arithmetic only.
 4. Where a block task's time goes: the real ``run_block`` on one interior block of the
    largest mosaic, run on a worker with the functions it calls (read, resample,
-   normalise, model, accumulation, labels, store writes) wrapped in timers; exclusive
-   wall time per function and thread, and what is left on the task thread.
+   normalise, model, accumulation, labels, store writes) each run under a
+   ``torch.profiler.record_function`` span, profiled on every thread; exclusive wall time
+   per function and thread (its spans less the spans nested in them), and what is left
+   on the task thread.
 5. The Dask worker against a plain process: the same model calls in a worker and in a
    fresh Python process without Dask's worker environment (Dask sets
    MALLOC_TRIM_THRESHOLD_=65536 and OMP_NUM_THREADS=1 before a worker starts), same

@@ -18,6 +18,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 import psutil
+from distributed.diagnostics import MemorySampler
 from reattn_batch import store
 from reattn_batch.run.plan import plan
 from reattn_batch.run.request import SceneRequest
@@ -35,7 +36,8 @@ cloudpickle.register_pickle_by_value(worker_tasks)
 
 
 class RssSampler:
-    """Peak RSS of some processes, sampled in a thread while a run goes on."""
+    """Peak RSS of some processes on this host (the driver), sampled in a thread while a
+    run goes on. The workers' memory comes from the scheduler (``worker_memory``)."""
 
     def __init__(self, pids: list[int], interval: float) -> None:
         self.procs = {pid: psutil.Process(pid) for pid in pids}
@@ -68,6 +70,18 @@ class RssSampler:
         self._thread.join()
         for pid, proc in self.procs.items():
             self.peak[pid] = max(self.peak[pid], self._rss(proc))
+
+
+WORKER_MEMORY = "workers"
+
+
+def worker_memory(
+    sampler: MemorySampler, client: Any, interval: float
+) -> contextlib.AbstractContextManager:
+    """Sample the workers' process memory, summed over the cluster, as the scheduler sees
+    it (``distributed.diagnostics.MemorySampler``; each worker reports its RSS with its
+    heartbeat), into ``sampler.samples[WORKER_MEMORY]``. Remote workers count too."""
+    return sampler.sample(WORKER_MEMORY, client=client, measure="process", interval=interval)
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -200,13 +214,15 @@ def measure_scene(
     if device.type == "cuda":
         bench.client.run(cuda_peak, True)
     pids = bench.local_pids
-    sampler = RssSampler([*pids, os.getpid()], interval)
+    sampler = RssSampler([os.getpid()], interval)
+    workers = MemorySampler()
     cpu0, driver_cpu0 = cpu_seconds(pids), time.process_time()
-    with sampler:
+    with sampler, worker_memory(workers, bench.client, interval):
         start = time.perf_counter()
         summary = bench.run_scene(request)
         scene_s = time.perf_counter() - start
     scene_cpu = cpu_seconds(pids) - cpu0
+    memory = workers.samples[WORKER_MEMORY]  # [(timestamp, bytes summed over workers)]
     driver_cpu = time.process_time() - driver_cpu0
     gpu_peak = bench.client.run(cuda_peak) if device.type == "cuda" else {}
     attrs = store.read_attrs(request.out)
@@ -245,8 +261,9 @@ def measure_scene(
         "worker_cpu_model_only_s": model_cpu,
         "ratio_cpu": model_cpu / scene_cpu if pids and scene_cpu > 0 else None,
         "driver_cpu_scene_s": driver_cpu,
-        "worker_rss_start_mb": [sampler.start_rss[p] / 1e6 for p in pids],
-        "worker_rss_peak_mb": [sampler.peak[p] / 1e6 for p in pids],
+        "worker_memory_start_mb": memory[0][1] / 1e6,
+        "worker_memory_peak_mb": max(v for _, v in memory) / 1e6,
+        "worker_memory_samples": len(memory),
         "driver_rss_peak_mb": sampler.peak[os.getpid()] / 1e6,
         "rss_samples": sampler.samples,
         "gpu_peak_mb": [v / 1e6 for v in gpu_peak.values() if v is not None],

@@ -56,21 +56,19 @@ def print_scenes(scenes: list[dict[str, Any]]) -> None:
     )
 
 
-def print_memory(scenes: list[dict[str, Any]], sampled: bool) -> float | None:
+def print_memory(scenes: list[dict[str, Any]]) -> float | None:
     print("Worker peak RSS against scene size (target: flat)")
     print(f"  {'scene':>7} {'before MB':>10} {'peak MB':>9} {'driver MB':>10} {'GPU MB':>8}")
-    nan = float("nan")
     for r in scenes:
-        start = max(r["worker_rss_start_mb"], default=nan)
-        peak = max(r["worker_rss_peak_mb"], default=nan)
         g = max(r["gpu_peak_mb"], default=None)
         print(
-            f"  {mp_text(r['size_mp']):>7} {start:>10.0f} {peak:>9.0f} "
+            f"  {mp_text(r['size_mp']):>7} {r['worker_memory_start_mb']:>10.0f} "
+            f"{r['worker_memory_peak_mb']:>9.0f} "
             f"{r['driver_rss_peak_mb']:>10.0f} {'-' if g is None else format(g, '.0f'):>8}"
         )
     growth = None
-    if len(scenes) > 1 and sampled:
-        peaks = [max(r["worker_rss_peak_mb"]) for r in scenes]
+    if len(scenes) > 1:
+        peaks = [r["worker_memory_peak_mb"] for r in scenes]
         growth = peaks[-1] / peaks[0]
         pixel_ratio = scenes[-1]["megapixels"] / scenes[0]["megapixels"]
         print(
@@ -78,11 +76,11 @@ def print_memory(scenes: list[dict[str, Any]], sampled: bool) -> float | None:
             f"{mp_text(scenes[0]['size_mp'])}, {pixel_ratio:.0f}x the pixels): "
             f"worker peak x{growth:.2f} ({peaks[-1] - peaks[0]:+.0f} MB)"
         )
-    if not sampled:
-        print("  (no worker on this host: RSS not sampled)")
     print(
-        "  (max over workers; before: RSS as the run starts; driver: this process, which "
-        "also hosts a LocalCluster's scheduler; scenes run smallest first on warm workers)"
+        "  (workers' process memory summed over the cluster, as their heartbeats report it "
+        "(distributed's MemorySampler); before: as the run starts; driver: this process's "
+        "RSS, which also hosts a LocalCluster's scheduler; scenes run smallest first on "
+        "warm workers)"
     )
     return growth
 

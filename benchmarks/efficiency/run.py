@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print()
     print_scenes(scenes)
     print()
-    growth = print_memory(scenes, bool(bench.local_pids))
+    growth = print_memory(scenes)
     if profile is not None:
         print()
         print_profile(profile)

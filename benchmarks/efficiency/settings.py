@@ -124,7 +124,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--workdir", default=None, help="keep mosaics and stores here (default: a temp dir)"
     )
-    p.add_argument("--sample-interval", type=float, default=0.05, help="RSS sampling, seconds")
+    p.add_argument("--sample-interval", type=float, default=0.05, help="memory sampling, seconds")
     p.add_argument("--no-profile", action="store_true", help="skip the block-task profile")
     p.add_argument(
         "--no-plain-check", action="store_true", help="skip the worker vs plain process check"

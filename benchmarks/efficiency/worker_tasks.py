@@ -10,7 +10,6 @@ import functools
 import importlib
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,8 +19,11 @@ import torch
 from reattn_batch.blocks.task import BlockTask, run_block
 from reattn_batch.workers.model_cache import embed_queries, segmenter_for
 from reattn_batch.workers.model_spec import ModelSpec
+from torch.profiler import ProfilerActivity, _ExperimentalConfig, profile, record_function
 
 from efficiency.settings import MODEL_LABEL, PROFILE_TARGETS
+
+TASK_LABEL = "run_block (profiled)"  # the span that marks the task thread
 
 # These run inside the Dask workers (cloudpickle ships them by value: see the module docstring).
 # Keep attribute reads named like torch submodules (x.classes, x.cpu ...) out of them: a
@@ -116,43 +118,71 @@ def cuda_peak(reset: bool = False) -> int | None:
 
 
 class PhaseTimers:
-    """Wall time of wrapped functions, exclusive of wrapped callees, per label and thread."""
+    """Wall time of wrapped functions per label and thread, from ``torch.profiler``.
+
+    Each wrapped call runs under ``record_function(label)``; the profile (every thread,
+    so the block task's reader threads too) gives each call's span. Self time is a span
+    less the spans of wrapped calls nested in it on the same thread; the task thread is
+    the one that ran the ``TASK_LABEL`` span.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.task_thread = threading.get_ident()
-        self.local = threading.local()
+        self.labels: set[str] = set()
         self.stats: dict[tuple[str, str], list[float]] = {}  # -> [calls, inclusive, exclusive]
-        self.lock = threading.Lock()
 
     def wrap(self, label: str, fn: Callable[..., Any], sync: bool = False) -> Callable[..., Any]:
-        timers = self
+        self.labels.add(label)
+        device = self.device
 
         @functools.wraps(fn)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            stack = timers.local.__dict__.setdefault("stack", [])
-            if sync:
-                sync_device(timers.device)
-            start = time.perf_counter()
-            stack.append(0.0)  # time spent in wrapped callees
-            try:
-                return fn(*args, **kwargs)
-            finally:
+        def traced(*args: Any, **kwargs: Any) -> Any:
+            with record_function(label):
                 if sync:
-                    sync_device(timers.device)
-                elapsed = time.perf_counter() - start
-                inner = stack.pop()
-                if stack:
-                    stack[-1] += elapsed
-                ident = threading.get_ident()
-                thread = "task" if ident == timers.task_thread else "background"
-                with timers.lock:
-                    rec = timers.stats.setdefault((label, thread), [0, 0.0, 0.0])
-                    rec[0] += 1
-                    rec[1] += elapsed
-                    rec[2] += elapsed - inner
+                    sync_device(device)
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    if sync:
+                        sync_device(device)
 
-        return timed
+        return traced
+
+    @staticmethod
+    def profiler() -> profile:
+        """A CPU profiler of every thread (CUDA work is synchronised inside the spans)."""
+        return profile(
+            activities=[ProfilerActivity.CPU],
+            experimental_config=_ExperimentalConfig(profile_all_threads=True),
+        )
+
+    def collect(self, prof: profile) -> None:
+        """Fill ``stats`` from a finished profile (microsecond spans, in seconds)."""
+        events = [e for e in prof.events() if e.name in self.labels or e.name == TASK_LABEL]
+        task = next((e.thread for e in events if e.name == TASK_LABEL), None)
+        by_thread: dict[int, list[Any]] = {}
+        for e in events:
+            by_thread.setdefault(e.thread, []).append(e)
+        for thread, spans in by_thread.items():
+            spans.sort(key=lambda e: (e.time_range.start, -e.time_range.end))
+            stack: list[list[Any]] = []  # [event, inner microseconds]
+            done: list[list[Any]] = []
+            for e in spans:
+                while stack and stack[-1][0].time_range.end <= e.time_range.start:
+                    done.append(stack.pop())
+                if stack and e.name != TASK_LABEL and stack[-1][0].name != TASK_LABEL:
+                    stack[-1][1] += e.time_range.elapsed_us()
+                stack.append([e, 0.0])
+            done.extend(stack)
+            name = "task" if thread == task else "background"
+            for e, inner in done:
+                if e.name == TASK_LABEL:
+                    continue
+                rec = self.stats.setdefault((e.name, name), [0, 0.0, 0.0])
+                span = e.time_range.elapsed_us() / 1e6
+                rec[0] += 1
+                rec[1] += span
+                rec[2] += span - inner / 1e6
 
 
 def profile_block(job: BlockTask, index: int, queries: np.ndarray) -> dict[str, Any]:
@@ -177,9 +207,11 @@ def profile_block(job: BlockTask, index: int, queries: np.ndarray) -> dict[str, 
         setattr(owner, name, timers.wrap(label, original))
     seg.crop_logits = timers.wrap(MODEL_LABEL, seg.crop_logits, sync=True)
     try:
-        start, cpu = time.perf_counter(), time.process_time()
-        result = run_block(job, index, queries)
-        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        with timers.profiler() as prof, record_function(TASK_LABEL):
+            start, cpu = time.perf_counter(), time.process_time()
+            result = run_block(job, index, queries)
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        timers.collect(prof)
     finally:
         del seg.crop_logits  # back to the class's method
         for owner, name, original in reversed(patches):
