@@ -89,12 +89,14 @@ class ModelSettings(Settings):
     #: method.yaml overrides: a YAML file, or (job specs) a mapping of config keys.
     config: Path | dict[str, Any] | None = None
 
-    def model_spec(self, sets: Sequence[str] = ()):
-        """The workers' ModelSpec: method.yaml, then ``config``, method/prob_thd, ``sets``."""
+    def model_spec(self, sets: Sequence[str] = (), keys: dict[str, Any] | None = None):
+        """The workers' ModelSpec: method.yaml, then ``config``, method.yaml ``keys``
+        (the Python API's keywords), method/prob_thd, ``sets``."""
         from reattn_batch.workers.config import load_config
         from reattn_batch.workers.model_spec import ModelSpec
 
         overrides = dict(self.config) if isinstance(self.config, dict) else {}
+        overrides |= keys or {}
         overrides |= {"method": self.method, "prob_thd": self.prob_thd}
         config_file = self.config if isinstance(self.config, Path) else None
         cfg = load_config(config_file, sets, overrides=overrides)
@@ -226,6 +228,21 @@ def from_flags(model: type[Settings], values: dict[str, Any]) -> Any:
         return model(**given)
     except ValidationError as exc:
         raise settings_error(exc, flag_name) from None
+
+
+def keyword_name(loc: tuple) -> str:
+    """A settings key as the Python API's keyword: ('block_size',) -> `block_size`."""
+    return f"`{loc[-1]}`" if loc else "settings"
+
+
+def from_keywords(model: type[Settings], values: dict[str, Any]) -> Any:
+    """Validate Python keyword values (None: not given) into ``model``; errors
+    (InputError) name the keyword."""
+    given = {k: v for k, v in values.items() if v is not None}
+    try:
+        return model(**given)
+    except ValidationError as exc:
+        raise settings_error(exc, keyword_name) from None
 
 
 def option_default(model: type[Settings], key: str) -> Any:
