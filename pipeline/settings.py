@@ -29,7 +29,7 @@ from pydantic import (
 )
 from reattn_batch.store.layout import CHUNK
 from reattn_batch.workers.config import METHODS
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError, UserError
 from reattn_batch.workers.upsampler import UPSAMPLER_KINDS
 
 #: ``--block-size auto``: the smallest chunk multiple whose halo redundancy is at most
@@ -182,7 +182,7 @@ class ClusterSettings(Settings):
 
 def settings_error(
     exc: ValidationError, name: Callable[[tuple], str], root: type[BaseModel] | None = None
-) -> UserError:
+) -> InputError:
     """The first error of ``exc`` as one line; ``name(loc)`` says where the key came from;
     with the ``root`` model, an unknown key's message lists the known keys there."""
     first = exc.errors()[0]
@@ -195,7 +195,7 @@ def settings_error(
     loc = tuple(part for part in first["loc"] if not isinstance(part, int))
     value = first.get("input")
     shown = "" if first["type"] in ("extra_forbidden", "missing") else f" (got {value!r})"
-    return UserError(f"{name(loc)}: {msg}{shown}")
+    return InputError(f"{name(loc)}: {msg}{shown}")
 
 
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
