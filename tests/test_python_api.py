@@ -49,7 +49,10 @@ def readme_example() -> str:
 
 @pytest.fixture(scope="module")
 def fresh_venv(tmp_path_factory) -> Path:
-    """A new venv with the wheel of this tree installed (pip install of the built wheel)."""
+    """A new venv with the wheel of this tree installed (pip install of the built wheel).
+
+    ``--target`` its site-packages, never ``--prefix``: pip then uninstalls the running
+    environment's own copy (this editable install) first."""
     work = tmp_path_factory.mktemp("api-venv")
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run(
@@ -64,7 +67,7 @@ def fresh_venv(tmp_path_factory) -> Path:
     # (a path line does not run the editable finder's .pth)
     (site / "_deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
     subprocess.run(
-        [*pip, "install", "--no-deps", "--prefix", str(venv), str(wheel)],
+        [*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
         check=True, capture_output=True,
     )  # fmt: skip
     return venv
