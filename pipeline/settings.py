@@ -15,7 +15,6 @@ Errors (``settings_error``) name the key and where it came from: the flag
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -50,20 +49,6 @@ DEFAULT_NO_WORKER_TIMEOUT = 300.0
 #: grid is absurd (a 1 x 1 grid, or 1e11 pixels) rather than a resolution choice.
 GSD_FACTOR_BOUNDS = (1 / 64, 64.0)
 CLIP_WEIGHT_NAMES = ("openai", "random")  # besides a file path
-
-
-def env_seconds(name: str, default: float, *, allow_infinite: bool = False) -> float:
-    """A positive number of seconds from ``$name`` (unset or blank: ``default``); any
-    other text, zero, a negative number or nan is a UserError naming the variable, and so
-    is ``inf`` unless ``allow_infinite``."""
-    text = os.environ.get(name, "").strip() or repr(float(default))
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not (seconds > 0 and (allow_infinite or seconds < math.inf)):
-        raise UserError(f"{name}={text!r}: expected a positive number of seconds")
-    return seconds
 
 
 def comma_list(value: Any) -> Any:
