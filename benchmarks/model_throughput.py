@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from reattn_batch.workers.backbone import load_backbone
 from reattn_batch.workers.classes import parse_classes
-from reattn_batch.workers.config import METHODS, load_config
+from reattn_batch.workers.config import DTYPES, METHODS, load_config
 from reattn_batch.workers.errors import UserError
 from reattn_batch.workers.segmenter import Segmenter, autocast_dtype, resolve_device
 from reattn_batch.workers.text import query_embeddings
@@ -89,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--dtype",
-        choices=("auto", "fp32", "fp16", "bf16"),
+        choices=DTYPES,
         default="auto",
         help="autocast dtype on CUDA (default auto = fp16); the CPU always runs fp32",
     )

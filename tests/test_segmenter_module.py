@@ -8,7 +8,7 @@ import pytest
 import torch
 from reattn_batch.api.model import load_model
 from reattn_batch.workers.errors import InputError, ReattnError
-from reattn_batch.workers.methods import BASE_METHODS, METHODS, Method
+from reattn_batch.workers.methods import BASE_METHODS, METHODS, REATTN_BASES, Method
 from reattn_batch.workers.segmenter import Segmenter
 from reattn_batch.workers.text import query_embeddings
 
@@ -28,7 +28,8 @@ def crops() -> torch.Tensor:
 
 def test_the_registry_is_the_spec_table_and_every_entry_is_a_module_class():
     assert list(METHODS) == SPEC_METHODS  # SPEC 2.2's table, in its order
-    assert list(BASE_METHODS) == SPEC_METHODS[:5]  # what ReAttnCLIP may sit on
+    assert list(BASE_METHODS) == SPEC_METHODS[:5]
+    assert REATTN_BASES == ("maskclip", "sclip", "clearclip", "segearth-ov")  # SPEC 2.3
     for name, cls in METHODS.items():
         assert issubclass(cls, Method) and issubclass(cls, torch.nn.Module) and cls.name == name
 

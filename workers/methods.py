@@ -102,13 +102,17 @@ class Method(nn.Module):
 
 
 class BaseMethod(Method):
-    """A method that is only a choice of A (and of keeping block 12's residual and FFN)."""
+    """A method that is only a choice of A (and of keeping block 12's residual and FFN);
+    ``reattn_base``: whether ReAttnCLIP may start from it (its ``base``)."""
+
+    reattn_base: ClassVar[bool] = True
 
 
 class Vanilla(BaseMethod):
     name = "vanilla"
     summary = "CLIP's own last block: softmax(q k^T s)"
     keeps_residual = True
+    reattn_base = False  # SPEC 2.3: A_refine starts from a training-free base
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         return softmax_attention(q, k)
@@ -154,6 +158,8 @@ class SegEarthOV(BaseMethod):
 BASE_METHODS: dict[str, type[BaseMethod]] = {
     cls.name: cls for cls in (Vanilla, MaskCLIP, SCLIP, ClearCLIP, SegEarthOV)
 }
+#: The bases ReAttnCLIP may sit on (config key ``base``).
+REATTN_BASES: tuple[str, ...] = tuple(n for n, c in BASE_METHODS.items() if c.reattn_base)
 
 
 class ReAttnCLIP(Method):
