@@ -32,7 +32,7 @@ from reattn_batch.workers.backbone import load_backbone  # noqa: E402
 from reattn_batch.workers.classes import parse_classes  # noqa: E402
 from reattn_batch.workers.config import load_config  # noqa: E402
 from reattn_batch.workers.encoder import encode_crops  # noqa: E402
-from reattn_batch.workers.segmenter import CropSegmenter, resolve_device  # noqa: E402
+from reattn_batch.workers.segmenter import Segmenter, resolve_device  # noqa: E402
 from reattn_batch.workers.text import query_embeddings  # noqa: E402
 from reattn_batch.workers.upsampled_logits import upsampled_cosines  # noqa: E402
 
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cfg = load_config(
                 overrides={"method": method, "clip_model": clip_model, "dtype": dtype}
             )
-            seg = CropSegmenter(backbone, cfg, queries, upsampler=ups, device=device)
+            seg = Segmenter(backbone, cfg, queries, upsampler=ups).to(device)
             enc_f = encoder_flops(cfg, vit)
             ups_f = upsampler_flops(cfg, args.upsampler, len(classes.queries), vit)
             for b in batches:
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def position_check(seg: CropSegmenter, crops: torch.Tensor, device: torch.device) -> bool:
+def position_check(seg: Segmenter, crops: torch.Tensor, device: torch.device) -> bool:
     """Crop 0 at the first and at the last position of the same fixed-shape batch."""
     torch.use_deterministic_algorithms(True, warn_only=True)
     if device.type == "cuda":

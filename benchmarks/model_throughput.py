@@ -1,4 +1,4 @@
-"""Crops per second of ``CropSegmenter.crop_logits``, per method and batch size.
+"""Crops per second of ``Segmenter.crop_logits``, per method and batch size.
 
 Speed figures only: the CLIP weights are always ``random`` (seeded, SPEC 2.1), so the
 logits mean nothing; the arithmetic is the real model's. The machine this runs on is
@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from reattn_batch.workers.backbone import load_backbone
 from reattn_batch.workers.classes import parse_classes
-from reattn_batch.workers.config import METHODS, load_config
+from reattn_batch.workers.config import DTYPES, METHODS, load_config
 from reattn_batch.workers.errors import UserError
-from reattn_batch.workers.segmenter import CropSegmenter, autocast_dtype, resolve_device
+from reattn_batch.workers.segmenter import Segmenter, autocast_dtype, resolve_device
 from reattn_batch.workers.text import query_embeddings
 from reattn_batch.workers.upsampler import JBUOne, JBUStack, load_upsampler
 
@@ -93,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--dtype",
-        choices=("auto", "fp32", "fp16", "bf16"),
+        choices=DTYPES,
         default="auto",
         help="autocast dtype on CUDA (default auto = fp16); the CPU always runs fp32",
     )
@@ -218,7 +218,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_calls(seg: CropSegmenter, crops: torch.Tensor, calls: int) -> tuple[float, int | None]:
+def time_calls(seg: Segmenter, crops: torch.Tensor, calls: int) -> tuple[float, int | None]:
     """Seconds for ``calls`` calls of crop_logits on ``crops`` (``torch.utils.benchmark``'s
     Timer, CUDA synchronised), and CUDA peak bytes."""
     device = seg.device
@@ -259,12 +259,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     queries = query_embeddings(backbone, classes.queries)
     feat_dim = int(backbone.model.visual.proj.shape[1])
     upsampler = build_upsampler(args.upsampler, args.upsampler_weights, feat_dim)
-    segs = {
-        m: CropSegmenter(
-            backbone=backbone, cfg=cfgs[m], queries=queries, upsampler=upsampler, device=device
-        )
-        for m in methods
-    }
+    segs = {m: Segmenter(backbone, cfgs[m], queries, upsampler).to(device) for m in methods}
     setup_s = time.perf_counter() - t0
     crop = cfgs[methods[0]].crop
 
@@ -272,7 +267,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     upsampler_desc = args.upsampler
     if args.upsampler != "bilinear":
         upsampler_desc += f" ({args.upsampler_weights or 'random init'})"
-    print("Model throughput of CropSegmenter.crop_logits")
+    print("Model throughput of Segmenter.crop_logits")
     print(f"  device      {info['device_name']}")
     print(f"  torch       {info['torch']} ({info['torch_threads']} threads)")
     print(f"  dtype       {info['dtype']}")

@@ -33,7 +33,7 @@ from reattn_batch.workers.backbone import load_backbone  # noqa: E402
 from reattn_batch.workers.classes import parse_classes  # noqa: E402
 from reattn_batch.workers.config import load_config  # noqa: E402
 from reattn_batch.workers.encoder import encode_crops  # noqa: E402
-from reattn_batch.workers.segmenter import CropSegmenter, normalise  # noqa: E402
+from reattn_batch.workers.segmenter import Segmenter, normalise  # noqa: E402
 from reattn_batch.workers.sliding import slide_inference  # noqa: E402
 from reattn_batch.workers.text import query_embeddings  # noqa: E402
 from reattn_batch.workers.upsampled_logits import upsampled_cosines  # noqa: E402
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = load_config(
                     overrides={"method": method, "upsampler_path": path, "batch_size": b}
                 )
-                seg = CropSegmenter(backbone, cfg, queries, upsampler=ups)
+                seg = Segmenter(backbone, cfg, queries, upsampler=ups)
                 start = time.perf_counter()
                 with torch.no_grad():
                     logits = slide_inference(seg, pixels)

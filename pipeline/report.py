@@ -57,7 +57,7 @@ class Clock:
 
 
 class TimedSegmenter:
-    """A CropSegmenter whose ``crop_logits`` calls are timed and whose crops are counted.
+    """A Segmenter whose ``crop_logits`` calls are timed and whose crops are counted.
 
     Everything else is the wrapped segmenter's (attribute access is delegated), so the
     crops, batches and logits are exactly those of the segmenter itself.

@@ -1,10 +1,12 @@
 """Run settings: ONE schema for the command line, job spec files and the run fingerprint.
 
-Every default and every allowed value of a run setting is defined here once (the method
-and upsampler lists come from ``workers``, which owns them); the CLI takes its option
-defaults and choices from these models, job spec files validate their ``model:``,
-``run:`` and ``cluster:`` sections with them, and the run fingerprint hashes
-:data:`FINGERPRINTED` fields of :class:`SceneSettings`.
+Every default and every allowed value of a run setting is defined here once (the
+``method`` and ``prob_thd`` types come from ``workers.config``, whose MethodConfig owns
+them, and the upsampler list from ``workers.upsampler``); the models share their base with
+the method configuration and the environment (``workers.schema``, ``workers.environment``).
+The CLI takes its option defaults and choices from these models, job spec files validate
+their ``model:``, ``run:`` and ``cluster:`` sections with them, and the run fingerprint
+hashes :data:`FINGERPRINTED` fields of :class:`SceneSettings`.
 
 Errors (``settings_error``) name the key and where it came from: the flag
 (``--block-size``) or the file and dotted key (``job spec F: 'run.block_size'``).
@@ -13,14 +15,12 @@ Errors (``settings_error``) name the key and where it came from: the flag
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     StrictBool,
     StrictInt,
@@ -28,8 +28,9 @@ from pydantic import (
     field_validator,
 )
 from reattn_batch.store.layout import CHUNK
-from reattn_batch.workers.config import METHODS
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.config import Method, Probability
+from reattn_batch.workers.errors import InputError, UserError
+from reattn_batch.workers.schema import Settings
 from reattn_batch.workers.upsampler import UPSAMPLER_KINDS
 
 #: ``--block-size auto``: the smallest chunk multiple whose halo redundancy is at most
@@ -50,26 +51,6 @@ GSD_FACTOR_BOUNDS = (1 / 64, 64.0)
 CLIP_WEIGHT_NAMES = ("openai", "random")  # besides a file path
 
 
-def env_seconds(name: str, default: float, *, allow_infinite: bool = False) -> float:
-    """A positive number of seconds from ``$name`` (unset or blank: ``default``); any
-    other text, zero, a negative number or nan is a UserError naming the variable, and so
-    is ``inf`` unless ``allow_infinite``."""
-    text = os.environ.get(name, "").strip() or repr(float(default))
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not (seconds > 0 and (allow_infinite or seconds < math.inf)):
-        raise UserError(f"{name}={text!r}: expected a positive number of seconds")
-    return seconds
-
-
-class Settings(BaseModel):
-    """Base of every settings model: unknown keys are refused, values are frozen."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 def comma_list(value: Any) -> Any:
     """ "3,2,1" -> ["3", "2", "1"] (a flag or a YAML string); lists pass through."""
     if isinstance(value, str):
@@ -80,21 +61,23 @@ def comma_list(value: Any) -> Any:
 class ModelSettings(Settings):
     """Which model: the ``model:`` section of a job spec, the model flags of the CLI."""
 
-    method: Literal[METHODS] | None = None  # None: configs/method.yaml's
+    method: Method | None = None  # None: configs/method.yaml's
     clip_weights: str = Field("openai", min_length=1)  # openai | random | a file path
     upsampler: Literal[UPSAMPLER_KINDS] = "jbu_one"
     upsampler_weights: Path | None = None
-    prob_thd: float | None = Field(None, ge=0.0, le=1.0)
+    prob_thd: Probability | None = None  # None: configs/method.yaml's
     device: Literal[DEVICES] = "auto"
     #: method.yaml overrides: a YAML file, or (job specs) a mapping of config keys.
     config: Path | dict[str, Any] | None = None
 
-    def model_spec(self, sets: Sequence[str] = ()):
-        """The workers' ModelSpec: method.yaml, then ``config``, method/prob_thd, ``sets``."""
+    def model_spec(self, sets: Sequence[str] = (), keys: dict[str, Any] | None = None):
+        """The workers' ModelSpec: method.yaml, then ``config``, method.yaml ``keys``
+        (the Python API's keywords), method/prob_thd, ``sets``."""
         from reattn_batch.workers.config import load_config
         from reattn_batch.workers.model_spec import ModelSpec
 
         overrides = dict(self.config) if isinstance(self.config, dict) else {}
+        overrides |= keys or {}
         overrides |= {"method": self.method, "prob_thd": self.prob_thd}
         config_file = self.config if isinstance(self.config, Path) else None
         cfg = load_config(config_file, sets, overrides=overrides)
@@ -180,7 +163,7 @@ class ClusterSettings(Settings):
 
 def settings_error(
     exc: ValidationError, name: Callable[[tuple], str], root: type[BaseModel] | None = None
-) -> UserError:
+) -> InputError:
     """The first error of ``exc`` as one line; ``name(loc)`` says where the key came from;
     with the ``root`` model, an unknown key's message lists the known keys there."""
     first = exc.errors()[0]
@@ -193,13 +176,11 @@ def settings_error(
     loc = tuple(part for part in first["loc"] if not isinstance(part, int))
     value = first.get("input")
     shown = "" if first["type"] in ("extra_forbidden", "missing") else f" (got {value!r})"
-    return UserError(f"{name(loc)}: {msg}{shown}")
+    return InputError(f"{name(loc)}: {msg}{shown}")
 
 
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     """The field names (aliases where set) of the settings model reached by ``loc``."""
-    from typing import get_args
-
     for part in loc:
         field = model.model_fields.get(part) or next(
             (f for f in model.model_fields.values() if f.alias == part), None
@@ -228,18 +209,35 @@ def from_flags(model: type[Settings], values: dict[str, Any]) -> Any:
         raise settings_error(exc, flag_name) from None
 
 
+def keyword_name(loc: tuple) -> str:
+    """A settings key as the Python API's keyword: ('block_size',) -> `block_size`."""
+    return f"`{loc[-1]}`" if loc else "settings"
+
+
+def from_keywords(model: type[Settings], values: dict[str, Any]) -> Any:
+    """Validate Python keyword values (None: not given) into ``model``; errors
+    (InputError) name the keyword."""
+    given = {k: v for k, v in values.items() if v is not None}
+    try:
+        return model(**given)
+    except ValidationError as exc:
+        raise settings_error(exc, keyword_name) from None
+
+
 def option_default(model: type[Settings], key: str) -> Any:
     """The default of ``key`` (for the CLI's --help)."""
     return model.model_fields[key].default
 
 
 def option_choices(model: type[Settings], key: str) -> list[str]:
-    """The allowed values of a Literal field ``key`` (Optional or not), for the CLI."""
-    from typing import get_args, get_origin
+    """The allowed values of a Literal field ``key`` (Optional, Annotated or not), for the CLI."""
 
-    annotation = model.model_fields[key].annotation
-    literal = next(a for a in (annotation, *get_args(annotation)) if get_origin(a) is Literal)
-    return [str(v) for v in get_args(literal)]
+    def literal_in(annotation: Any) -> Any:
+        if get_origin(annotation) is Literal:
+            return annotation
+        return next((x for a in get_args(annotation) if (x := literal_in(a))), None)
+
+    return [str(v) for v in get_args(literal_in(model.model_fields[key].annotation))]
 
 
 def require_background(classes, prob_thd: float, fix: str) -> None:

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reattn_batch.workers.attention import (
-    ReAttnParts,
-    base_attention,
-    final_block,
-    refine_attention,
-)
+from reattn_batch.workers.attention import ReAttnParts, refine_attention
 from reattn_batch.workers.backbone import load_backbone
 from reattn_batch.workers.config import BASES, load_config
-from reattn_batch.workers.encoder import _reattn_parts, _trunk_passes, encode_crops
+from reattn_batch.workers.encoder import encode_crops
+from reattn_batch.workers.methods import BASE_METHODS
 from reattn_batch.workers.rotation import rotate, to_ground_order, unrotate_order
+from reattn_batch.workers.segmenter import build_method
 from reattn_batch.workers.vit import qkv, run_trunk
 
 TINY = "clip_model=ViT-T-16-test"
@@ -50,16 +47,17 @@ def test_zero_cls_column_makes_patches_independent_of_the_cls_value(
     backbone, crops, cls_col, independent
 ):
     cfg = load_config(sets=[TINY, f"cls_col={cls_col}", "cls_row=base"])
-    ground, passes = _trunk_passes(backbone, cfg, crops)
-    parts = _reattn_parts(backbone, cfg, ground, passes, (14, 14))
+    method = build_method(cfg)
+    ground, passes = method.trunk_passes(backbone.visual, crops)
+    parts = method.parts(backbone.visual, ground, passes, (14, 14))
     z11 = ground.z[11]
     changed = z11.clone()
     changed[:, 0] += 5.0 * torch.randn_like(
         changed[:, 0]
     )  # a different [CLS] token -> different v_0
     block = backbone.visual.transformer.resblocks[-1]
-    a = final_block(block, z11, cfg, parts)
-    b = final_block(block, changed, cfg, parts)
+    a = method.final_block(block, z11, parts)
+    b = method.final_block(block, changed, parts)
     assert torch.equal(a[:, 1:], b[:, 1:]) is independent
     assert not torch.equal(a[:, 0], b[:, 0])  # the [CLS] output itself does see it
 
@@ -67,19 +65,20 @@ def test_zero_cls_column_makes_patches_independent_of_the_cls_value(
 def test_segearth_rows_sum_to_three_and_maskclip_is_identity(backbone, crops):
     trunk = run_trunk(backbone.visual, crops)
     q, k, v = qkv(backbone.visual.transformer.resblocks[-1].attn, trunk.z[11])
-    a = base_attention("segearth-ov", q, k, v)
+    a = BASE_METHODS["segearth-ov"]().attention(q, k, v)
     assert a.shape == (2, 4, 197, 197)
     torch.testing.assert_close(a.sum(-1), torch.full((2, 4, 197), 3.0))
-    assert base_attention("maskclip", q, k, v) is None
+    assert BASE_METHODS["maskclip"]().attention(q, k, v) is None
     torch.testing.assert_close(
-        base_attention("sclip", q, k, v).sum(-1), torch.full((2, 4, 197), 2.0)
+        BASE_METHODS["sclip"]().attention(q, k, v).sum(-1), torch.full((2, 4, 197), 2.0)
     )
 
 
 def test_refined_attention_layout_against_hand_computed_parts(backbone, crops):
     cfg = load_config(sets=[TINY])
-    ground, passes = _trunk_passes(backbone, cfg, crops)
-    parts = _reattn_parts(backbone, cfg, ground, passes, (14, 14))
+    method = build_method(cfg)
+    ground, passes = method.trunk_passes(backbone.visual, crops)
+    parts = method.parts(backbone.visual, ground, passes, (14, 14))
     a = refine_attention(None, parts, 197)
     assert a.shape == (2, 1, 197, 197)  # shared by all heads
     # [CLS] row: mean of the head-averaged q.k rows of blocks 6..9, over all 197 tokens
@@ -101,12 +100,11 @@ def test_s_rot_is_rotation_invariant_for_rotation_symmetric_weights(backbone):
     cfg = load_config(sets=[TINY, "rotation_weights=[1,1,1,1]"])
     crop = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(5))
     turned = rotate(crop, 90)
+    method = build_method(cfg.replace(alpha=1.0))
     s = {}
     for name, x in (("ground", crop), ("turned", turned)):
-        ground, passes = _trunk_passes(backbone, cfg, x)
-        s[name] = _reattn_parts(
-            backbone, cfg.replace(alpha=1.0), ground, passes, (14, 14)
-        ).patch_patch
+        ground, passes = method.trunk_passes(backbone.visual, x)
+        s[name] = method.parts(backbone.visual, ground, passes, (14, 14)).patch_patch
     # patch i of `turned` (row-major) shows ground patch m[i] of `crop`
     m = rotate(torch.arange(196).reshape(14, 14), 90).reshape(-1)
     torch.testing.assert_close(s["turned"][0], s["ground"][0][m][:, m], atol=1e-5, rtol=1e-4)

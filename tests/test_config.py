@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import pickle
+
 import pytest
-from reattn_batch.workers.config import load_config
+from pydantic import ValidationError
+from reattn_batch.workers.config import METHODS, load_config
 from reattn_batch.workers.errors import UserError
 
 
@@ -100,3 +104,95 @@ def test_backbone_refuses_a_hub_model_without_touching_the_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", no_network)
     with pytest.raises(UserError, match="'hf-hub:laion/CLIP-ViT-B-16-laion2B-s34B-b88K'"):
         load_backbone("random", "hf-hub:laion/CLIP-ViT-B-16-laion2B-s34B-b88K")
+
+
+# The JSON of the default config's as_dict(), captured by hand from the hand-coerced
+# dataclass MethodConfig this schema replaced: stores and model caches made before hash
+# exactly these bytes (ModelSpec.fingerprint), so they must not change.
+DEFAULT_CONFIG_JSON = (
+    '{"clip_model": "ViT-B-16-quickgelu", "random_seed": 0, "method": "reattnclip", '
+    '"base": "segearth-ov", "patch_patch": "reattn", "cls_row": "reattn", "cls_col": "zero", '
+    '"alpha": 0.2, "rotations": [0, 90, 180, 270], "rotation_weights": [1.0, 0.4, 0.4, 0.4], '
+    '"xx_layers": [9, 10, 11], "xx_norm": "ln1", "xx_scale": "width", '
+    '"fuse_layers": [9, 10, 11], "fuse_weights": null, "cls_layers": [6, 7, 8, 9], '
+    '"lambda_cls": -0.3, "logit_scale": 50.0, "prob_thd": 0.0, "crop": 224, "stride": 112, '
+    '"batch_size": "auto", "dtype": "auto", "upsampler_path": "rank_reduced"}'
+)
+
+
+def test_default_config_json_is_unchanged():
+    assert json.dumps(load_config().as_dict()) == DEFAULT_CONFIG_JSON
+
+
+def test_model_fingerprints_are_unchanged():
+    """ModelSpec.fingerprint of the default config and of two changed ones, as the
+    dataclass MethodConfig gave them (captured by hand before the pydantic schema)."""
+    from reattn_batch.workers.model_spec import ModelSpec
+
+    def fingerprint(sets):
+        return ModelSpec("random", "bilinear", None, load_config(sets=sets)).fingerprint
+
+    assert fingerprint([]) == "469985c269a44e53"
+    assert fingerprint(["batch_size=4"]) == "287a5ea5f5998601"
+    assert fingerprint(["fuse_weights=[0.1, 0.2, 0.3]"]) == "17be00fbf9466225"
+
+
+def test_config_is_frozen_hashable_and_survives_pickling():
+    cfg = load_config(sets=["rotations=[0, 180]", "rotation_weights=[1, 0.5]"])
+    again = pickle.loads(pickle.dumps(cfg))
+    assert again == cfg and hash(again) == hash(cfg) and again.rotations == (0, 180)
+    assert again != load_config()
+    with pytest.raises(ValidationError):
+        cfg.alpha = 0.5  # type: ignore[misc]
+    assert cfg.replace() == cfg and cfg.replace(alpha=0.5).alpha == 0.5
+
+
+def test_a_bad_value_in_a_config_file_names_its_key_and_the_file(tmp_path):
+    user = tmp_path / "user.yaml"
+    user.write_text("alpha: 0.5\nprob_thd: 1.5\n")
+    expected = f"config key 'prob_thd' (--config {user}): must lie in [0, 1], got 1.5"
+    with pytest.raises(UserError) as err:
+        load_config(user)
+    assert str(err.value) == expected
+    with pytest.raises(UserError) as err:  # a --set of another key does not take the blame
+        load_config(user, sets=["alpha=0.3"])
+    assert str(err.value) == expected
+    user.write_text("crop: 100\n")
+    with pytest.raises(UserError) as err:
+        load_config(user)
+    assert str(err.value) == f"config key 'crop' (--config {user}): must be a positive " \
+        "multiple of 16, got 100"  # fmt: skip
+
+
+def test_each_error_names_the_layer_its_value_came_from(tmp_path):
+    with pytest.raises(UserError) as err:
+        load_config(overrides={"method": "segformer", "prob_thd": None})
+    assert str(err.value) == (
+        "config key 'method' (overrides): expected one of vanilla, maskclip, sclip, "
+        "clearclip, segearth-ov, reattnclip, got 'segformer'"
+    )
+    with pytest.raises(UserError) as err:
+        load_config(sets=["alpha=0.3", "batch_size=true"])
+    assert str(err.value) == (
+        "config key 'batch_size' (--set batch_size): expected a positive integer or 'auto', "
+        "got True"
+    )
+    user = tmp_path / "user.yaml"
+    user.write_text("betta: 0.1\n")
+    with pytest.raises(UserError, match=rf"^unknown config key 'betta' \(--config {user}\); "):
+        load_config(user)
+
+
+def test_run_settings_share_the_config_rule_for_method_and_prob_thd():
+    """--method and --prob-thd are validated by the same types as method.yaml's keys: the
+    same allowed values and the same words, where the flag is named instead of the key."""
+    from reattn_batch.settings import ModelSettings, from_flags
+
+    with pytest.raises(UserError) as err:
+        from_flags(ModelSettings, {"prob_thd": 1.5})
+    assert str(err.value) == "--prob-thd: must lie in [0, 1] (got 1.5)"
+    with pytest.raises(UserError) as err:
+        from_flags(ModelSettings, {"method": "segformer"})
+    assert str(err.value).startswith("--method: expected one of " + ", ".join(METHODS))
+    spec = from_flags(ModelSettings, {"method": "sclip", "prob_thd": 0.25}).model_spec()
+    assert (spec.cfg.method, spec.cfg.prob_thd) == ("sclip", 0.25)

@@ -16,7 +16,7 @@ from reattn_batch.workers import model_cache
 from reattn_batch.workers.backbone import load_backbone
 from reattn_batch.workers.config import load_config
 from reattn_batch.workers.model_spec import ModelSpec
-from reattn_batch.workers.segmenter import CropSegmenter
+from reattn_batch.workers.segmenter import Segmenter
 
 TINY = "ViT-T-16-test"
 
@@ -50,10 +50,8 @@ def logits_fresh(path: Path) -> np.ndarray:
     """The same logits from a model loaded here from ``path``, outside any cache."""
     queries, crop = fixed_inputs()
     spec = spec_for(path)
-    segmenter = CropSegmenter(
-        backbone=load_backbone(str(path), TINY, spec.cfg.random_seed),
-        cfg=spec.cfg,
-        queries=torch.from_numpy(queries),
+    segmenter = Segmenter(
+        load_backbone(str(path), TINY, spec.cfg.random_seed), spec.cfg, torch.from_numpy(queries)
     )
     return segmenter.crop_logits(crop).numpy()
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from reattn_batch.workers.backbone import load_backbone
 from reattn_batch.workers.config import load_config
-from reattn_batch.workers.segmenter import CropSegmenter
+from reattn_batch.workers.segmenter import Segmenter
 from reattn_batch.workers.upsampled_logits import full_cosines, reduced_cosines, upsampled_cosines
 from reattn_batch.workers.upsampler import JBUOne, JBUStack, load_upsampler
 from test_upsampler import STACK_CKPT, needs_stack_ckpt
@@ -108,7 +108,7 @@ def test_segmenter_paths_agree(tiny_backbone, kind: str, lambda_cls: float) -> N
         cfg = load_config(
             sets=["clip_model=ViT-T-16-test", f"lambda_cls={lambda_cls}", f"upsampler_path={path}"]
         )
-        seg = CropSegmenter(tiny_backbone, cfg, unit_queries(5, dim), upsampler=ups)
+        seg = Segmenter(tiny_backbone, cfg, unit_queries(5, dim), upsampler=ups)
         logits[path] = seg.crop_logits(crops)
     assert logits["full"].shape == (3, 5, 90, 75)
     torch.testing.assert_close(logits["rank_reduced"], logits["full"], atol=TOL, rtol=0)

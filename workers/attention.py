@@ -1,16 +1,7 @@
-"""Final-block attention per method, and ReAttnCLIP's A_refine (SPEC 2.2, 2.3).
+"""ReAttnCLIP's A_refine, the math (SPEC 2.3); the method modules that use it are in
+:mod:`reattn_batch.workers.methods`.
 
-Every method changes block 12 only. Shapes: B crops, H heads, T = 1 + N tokens
-([CLS] first), N patches, hd = head dim. Attention maps are fp32.
-
-| method      | A per head                                  | residual/FFN |
-|-------------|---------------------------------------------|--------------|
-| vanilla     | softmax(q k^T s)                            | kept         |
-| maskclip    | identity                                    | dropped      |
-| sclip       | softmax(q q^T s) + softmax(k k^T s)         | kept         |
-| clearclip   | softmax(q q^T s)                            | dropped      |
-| segearth-ov | softmax(qq) + softmax(kk) + softmax(vv)     | dropped      |
-| reattnclip  | A_refine on a base (above)                  | as the base  |
+Shapes: B crops, H heads, T = 1 + N tokens ([CLS] first), N patches. Attention maps are fp32.
 
 A_refine = [[ Ā(0,0), Ā(0,1:N) ], [ 0, S ]], S = alpha * S_rot + sum_l beta_l P(l).
 """
@@ -20,33 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from reattn_batch.workers.config import MethodConfig
-from reattn_batch.workers.vit import merge_heads, qkv, softmax_attention
-from torch import Tensor, nn
-
-KEEPS_RESIDUAL = {
-    "vanilla": True,
-    "maskclip": False,
-    "sclip": True,
-    "clearclip": False,
-    "segearth-ov": False,
-}
-
-
-def base_attention(method: str, q: Tensor, k: Tensor, v: Tensor) -> Tensor | None:
-    """A of a base method: (B, H, T, T) fp32, or None for maskclip's identity."""
-    if method == "vanilla":
-        return softmax_attention(q, k)
-    if method == "maskclip":
-        return None
-    if method == "sclip":
-        return softmax_attention(q, q) + softmax_attention(k, k)
-    if method == "clearclip":
-        return softmax_attention(q, q)
-    if method == "segearth-ov":
-        # rows sum to 3: SegEarth-OV does not renormalise
-        return softmax_attention(q, q) + softmax_attention(k, k) + softmax_attention(v, v)
-    raise ValueError(f"not a base method: {method}")
+from torch import Tensor
 
 
 @dataclasses.dataclass
@@ -136,23 +101,3 @@ def refine_attention(base: Tensor | None, parts: ReAttnParts, num_tokens: int) -
     else:
         a[:, :, 1:, 1:] = parts.patch_patch[:, None, :, :]
     return a
-
-
-def final_block(
-    block: nn.Module, z11: Tensor, cfg: MethodConfig, parts: ReAttnParts | None
-) -> Tensor:
-    """Block 12 under the configured method: z(11) (B, T, C) -> tokens (B, T, C).
-
-    ``parts`` is None for every method but reattnclip.
-    """
-    q, k, v = qkv(block.attn, block.ln_1(z11))
-    base = cfg.attention_base
-    a = None if parts is not None and parts.replaces_all else base_attention(base, q, k, v)
-    if parts is not None:
-        a = refine_attention(a, parts, z11.shape[1])
-    mixed = v if a is None else a.to(v.dtype) @ v
-    out = block.attn.out_proj(merge_heads(mixed))
-    if not KEEPS_RESIDUAL[base]:
-        return out
-    x = z11 + block.ls_1(out)
-    return x + block.ls_2(block.mlp(block.ln_2(x)))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import open_clip
 import torch
-from reattn_batch.workers.config import CONFIG_DIR
+from reattn_batch.configs import CONFIG_DIR
 from reattn_batch.workers.errors import UserError
 from torch import nn
 
@@ -56,15 +56,18 @@ def allowed_clip_models() -> tuple[str, ...]:
     return tuple(allowed)
 
 
+#: What :func:`check_clip_model` asks for instead of a refused name.
+CLIP_MODEL_RULE = (
+    "name an open_clip ViT architecture that is built from its local config "
+    "(e.g. ViT-B-16-quickgelu, ViT-B-16, ViT-T-16-test; see open_clip.list_models()), "
+    "never a hf-hub:/local-dir: model or one with timm or Hugging Face towers"
+)
+
+
 def check_clip_model(name: str, where: str = "config key 'clip_model'") -> None:
     """UserError naming ``where`` unless ``name`` is in :func:`allowed_clip_models`."""
     if name not in allowed_clip_models():
-        examples = ", ".join(n for n in ("ViT-B-16-quickgelu", "ViT-B-16", "ViT-T-16-test"))
-        raise UserError(
-            f"{where}: {name!r} is not allowed; name an open_clip ViT architecture that is built "
-            f"from its local config (e.g. {examples}; see open_clip.list_models()), "
-            "never a hf-hub:/local-dir: model or one with timm or Hugging Face towers"
-        )
+        raise UserError(f"{where}: {name!r} is not allowed; {CLIP_MODEL_RULE}")
 
 
 RANDOM_WARNING = (

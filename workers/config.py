@@ -1,65 +1,238 @@
-"""Method configuration: configs/method.yaml, validated at load.
+"""Method configuration: configs/method.yaml, validated at load by :class:`MethodConfig`.
 
-The YAML file is the single source of defaults. A user's ``--config FILE`` may
-override any subset of its keys and ``--set key=value`` any single key; every
-error names the offending key and where it came from.
+The YAML file is the single source of defaults; :class:`MethodConfig`, a pydantic model of
+the settings family (:mod:`reattn_batch.workers.schema`), is the single definition of each
+key's type and allowed values (the constants below, which the run settings reuse for
+``--method`` and ``--prob-thd``). A user's ``--config FILE`` may override any subset of the
+keys and ``--set key=value`` any single key; every error names the offending key and where
+its value came from.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping, Sequence
-from importlib.resources import files
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from reattn_batch.configs import CONFIG_DIR
+from reattn_batch.workers import methods
+from reattn_batch.workers.backbone import CLIP_MODEL_RULE, allowed_clip_models
 from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.schema import Settings, first_problem
 
-#: The ``configs`` package (shipped in the wheel), found through importlib.resources.
-CONFIG_DIR = Path(str(files("reattn_batch.configs")))
 DEFAULTS_FILE = CONFIG_DIR / "method.yaml"
 
-METHODS = ("vanilla", "maskclip", "sclip", "clearclip", "segearth-ov", "reattnclip")
-BASES = ("maskclip", "sclip", "clearclip", "segearth-ov")
-ROTATIONS = (0, 90, 180, 270)
+# --- every allowed value, defined once (the run settings reuse these) ---------------
+#: The final-block attention methods (SPEC 2.2); ``method`` of method.yaml, ``--method``:
+#: the names of the method registry (reattn_batch.workers.methods).
+METHODS = tuple(methods.METHODS)
+#: The methods ReAttnCLIP's A_refine may start from (``base``).
+BASES = methods.REATTN_BASES
+ABLATION_SOURCES = ("base", "reattn")  # patch_patch, cls_row
+CLS_COLUMNS = ("keep", "zero")
+XX_NORMS = ("ln1", "none", "l2")
+XX_SCALES = ("width",)
+DTYPES = ("auto", "fp32", "fp16", "bf16")
 UPSAMPLER_PATHS = ("rank_reduced", "full")  # workers/upsampled_logits.py
+ROTATIONS = (0, 90, 180, 270)
+#: The blocks whose streams and attention maps may be used (block 12 is the one replaced).
+FIRST_BLOCK, LAST_BLOCK = 1, 11
 AUTO = "auto"
 AUTO_BATCH = (
     0  # how `batch_size: auto` is held: resolved per device by reattn_batch.workers.batching
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class MethodConfig:
-    """Every hyperparameter of the model and of crop inference (see configs/method.yaml)."""
+# --- value types: each refuses a wrong value with a message naming what it expects ---------
+# (the message need not show the value: build_config adds where it came from and ", got V")
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
 
-    clip_model: str
-    random_seed: int
-    method: str
-    base: str
-    patch_patch: str
-    cls_row: str
-    cls_col: str
-    alpha: float
-    rotations: tuple[int, ...]
-    rotation_weights: tuple[float, ...]
-    xx_layers: tuple[int, ...]
-    xx_norm: str
-    xx_scale: str
-    fuse_layers: tuple[int, ...]
-    fuse_weights: tuple[float, ...] | None
-    cls_layers: tuple[int, ...]
-    lambda_cls: float
-    logit_scale: float
-    prob_thd: float
-    crop: int
-    stride: int
-    batch_size: (
-        int  # crops per forward pass; AUTO_BATCH (0) = 'auto', see reattn_batch.workers.batching
-    )
-    dtype: str
-    upsampler_path: str
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("expected an integer")
+    return value
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("expected a number")
+    return float(value)
+
+
+def _one_of(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if _string(value) not in options:
+            raise ValueError("expected one of " + ", ".join(options))
+        return value
+
+    return check
+
+
+def _list_of(cast: type, optional: bool = False) -> Callable[[Any], tuple | None]:
+    """A YAML list -> a tuple of ``cast`` (int: whole numbers only, never booleans)."""
+
+    def check(value: Any) -> tuple | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, Sequence) or isinstance(value, str):
+            raise ValueError("expected a list")
+        if any(isinstance(v, bool) or not isinstance(v, int | float) for v in value) or (
+            cast is int and not all(float(v).is_integer() for v in value)
+        ):
+            raise ValueError(f"expected a list of {cast.__name__}s")
+        return tuple(cast(v) for v in value)
+
+    return check
+
+
+def _batch_size(value: Any) -> int:
+    if value == AUTO:
+        return AUTO_BATCH
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a positive integer or {AUTO!r}")
+    return value
+
+
+def _unit_interval(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must lie in [0, 1]")
+    return value
+
+
+def _positive(value: float) -> float:
+    if not value > 0:
+        raise ValueError("must be positive")
+    return value
+
+
+def _rotations(value: tuple[int, ...]) -> tuple[int, ...]:
+    if not value or any(r not in ROTATIONS for r in value):
+        raise ValueError(f"must be a non-empty subset of {list(ROTATIONS)}")
+    if len(set(value)) != len(value):
+        raise ValueError("lists a rotation twice")
+    return value
+
+
+def _blocks(value: tuple[int, ...]) -> tuple[int, ...]:
+    if not value or any(not FIRST_BLOCK <= k <= LAST_BLOCK for k in value):
+        raise ValueError(
+            f"must be a non-empty list of blocks in {FIRST_BLOCK}..{LAST_BLOCK} "
+            f"(block {LAST_BLOCK + 1} is the one replaced)"
+        )
+    return value
+
+
+def _crop(value: int) -> int:
+    if value < 16 or value % 16:
+        raise ValueError("must be a positive multiple of 16")
+    return value
+
+
+def _clip_model(value: str) -> str:
+    if value not in allowed_clip_models():  # open_clip's registry, plus configs/models
+        raise ValueError(f"{value!r} is not allowed; {CLIP_MODEL_RULE}")
+    return value
+
+
+def Choice(options: tuple[str, ...]) -> Any:  # noqa: N802 - used as a type
+    """A string among ``options`` (a Literal, so the CLI can list them)."""
+    return Annotated[Literal[options], BeforeValidator(_one_of(options))]
+
+
+Integer = Annotated[int, BeforeValidator(_integer)]
+Number = Annotated[float, BeforeValidator(_number)]
+Positive = Annotated[float, BeforeValidator(_number), AfterValidator(_positive)]
+#: A number in [0, 1] (a weight, a probability).
+UnitInterval = Annotated[float, BeforeValidator(_number), AfterValidator(_unit_interval)]
+ClipModel = Annotated[str, BeforeValidator(_string), AfterValidator(_clip_model)]
+Rotations = Annotated[tuple[int, ...], BeforeValidator(_list_of(int)), AfterValidator(_rotations)]
+Blocks = Annotated[tuple[int, ...], BeforeValidator(_list_of(int)), AfterValidator(_blocks)]
+Weights = Annotated[tuple[float, ...], BeforeValidator(_list_of(float))]
+OptionalWeights = Annotated[tuple[float, ...] | None, BeforeValidator(_list_of(float, True))]
+Crop = Annotated[int, BeforeValidator(_integer), AfterValidator(_crop)]
+BatchSize = Annotated[int, BeforeValidator(_batch_size)]
+#: The types the run settings reuse for ``--method`` and ``--prob-thd``.
+Method = Choice(METHODS)
+Probability = UnitInterval
+Base = Choice(BASES)
+AblationSource = Choice(ABLATION_SOURCES)
+ClsColumn = Choice(CLS_COLUMNS)
+XXNorm = Choice(XX_NORMS)
+XXScale = Choice(XX_SCALES)
+Dtype = Choice(DTYPES)
+UpsamplerPath = Choice(UPSAMPLER_PATHS)
+
+
+class MethodConfig(Settings):
+    """Every hyperparameter of the model and of crop inference (see configs/method.yaml).
+
+    A frozen pydantic model, hashable and picklable (Dask ships it in every ModelSpec).
+    Values come through :func:`build_config` / :func:`load_config`, whose errors name the
+    key and where it came from; the defaults live in configs/method.yaml only.
+    """
+
+    clip_model: ClipModel
+    random_seed: Integer
+    method: Method
+    base: Base
+    patch_patch: AblationSource
+    cls_row: AblationSource
+    cls_col: ClsColumn
+    alpha: UnitInterval
+    rotations: Rotations
+    rotation_weights: Weights
+    xx_layers: Blocks
+    xx_norm: XXNorm
+    xx_scale: XXScale
+    fuse_layers: Blocks
+    fuse_weights: OptionalWeights
+    cls_layers: Blocks
+    lambda_cls: Number
+    logit_scale: Positive
+    prob_thd: Probability
+    crop: Crop
+    stride: Integer
+    #: crops per forward pass; AUTO_BATCH (0) = 'auto', see reattn_batch.workers.batching
+    batch_size: BatchSize
+    dtype: Dtype
+    upsampler_path: UpsamplerPath
+
+    # --- checks across keys (``info.data``: the keys above that validated) -------------
+    @field_validator("rotation_weights")
+    @classmethod
+    def _one_weight_per_rotation(cls, value: tuple, info: ValidationInfo) -> tuple:
+        rotations = info.data.get("rotations")
+        if rotations is not None and len(value) != len(rotations):
+            raise ValueError("needs one weight per entry of 'rotations'")
+        return value
+
+    @field_validator("fuse_weights")
+    @classmethod
+    def _one_weight_per_fuse_layer(cls, value: tuple | None, info: ValidationInfo) -> Any:
+        layers = info.data.get("fuse_layers")
+        if value is not None and layers is not None and len(value) != len(layers):
+            raise ValueError("needs one weight per entry of 'fuse_layers', or null")
+        return value
+
+    @field_validator("stride")
+    @classmethod
+    def _stride_within_crop(cls, value: int, info: ValidationInfo) -> int:
+        crop = info.data.get("crop")
+        if not 0 < value <= (crop if crop is not None else value):
+            raise ValueError("must lie in 1..crop")
+        return value
 
     # --- derived views -------------------------------------------------------------
     @property
@@ -76,120 +249,42 @@ class MethodConfig:
         return tuple((1.0 - self.alpha) / n for _ in range(n))
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain YAML/JSON-serialisable values, for metadata and fingerprints."""
-        out = dataclasses.asdict(self)
-        if out["batch_size"] == AUTO_BATCH:
-            out["batch_size"] = AUTO
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+        """Plain YAML/JSON-serialisable values in method.yaml's key order, for metadata and
+        fingerprints (lists for tuples, ``batch_size`` 'auto' for AUTO_BATCH)."""
+        out = {}
+        for key, value in self:
+            if key == "batch_size" and value == AUTO_BATCH:
+                value = AUTO
+            out[key] = list(value) if isinstance(value, tuple) else value
+        return out
 
     def replace(self, **changes: Any) -> MethodConfig:
         return build_config({**self.as_dict(), **changes}, source="replace()")
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(MethodConfig)}
-_CHOICES = {
-    "method": METHODS,
-    "base": BASES,
-    "patch_patch": ("base", "reattn"),
-    "cls_row": ("base", "reattn"),
-    "cls_col": ("keep", "zero"),
-    "xx_norm": ("ln1", "none", "l2"),
-    "xx_scale": ("width",),
-    "dtype": ("auto", "fp32", "fp16", "bf16"),
-    "upsampler_path": UPSAMPLER_PATHS,
-}
-_INT_LISTS = ("rotations", "xx_layers", "fuse_layers", "cls_layers")
-_FLOAT_LISTS = ("rotation_weights", "fuse_weights")
+KEYS = tuple(MethodConfig.model_fields)
 
 
-def _coerce(key: str, value: Any, source: str) -> Any:
-    """Convert one YAML value to the field's type, or raise a UserError naming the key."""
-    kind = _FIELDS[key].type
+def build_config(values: Mapping[str, Any], source: str | Mapping[str, str]) -> MethodConfig:
+    """Validate a complete mapping of keys into a MethodConfig; a UserError names the first
+    bad key and its ``source`` (one for all keys, or each key's own)."""
 
-    def bad(expected: str) -> UserError:
-        return UserError(f"config key '{key}' ({source}): expected {expected}, got {value!r}")
+    def where(key: str) -> str:
+        return source if isinstance(source, str) else source.get(key, "given")
 
-    if key in _INT_LISTS or key in _FLOAT_LISTS:
-        if value is None and key == "fuse_weights":
-            return None
-        if not isinstance(value, Sequence) or isinstance(value, str):
-            raise bad("a list")
-        cast = int if key in _INT_LISTS else float
-        try:
-            if cast is int and any(isinstance(v, bool) or int(v) != v for v in value):
-                raise ValueError
-            return tuple(cast(v) for v in value)
-        except (TypeError, ValueError):
-            raise bad(f"a list of {cast.__name__}s") from None
-    if key == "batch_size":
-        if value == AUTO:
-            return AUTO_BATCH
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise bad("a positive integer or 'auto'")
-        return value
-    if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
-        return value
-    if kind == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad("a number")
-        return float(value)
-    if not isinstance(value, str):
-        raise bad("a string")
-    if key in _CHOICES and value not in _CHOICES[key]:
-        raise bad("one of " + ", ".join(_CHOICES[key]))
-    return value
-
-
-def _check_ranges(cfg: MethodConfig, source: str) -> None:
-    def bad(key: str, why: str) -> UserError:
-        return UserError(f"config key '{key}' ({source}): {why}")
-
-    if not 0.0 <= cfg.alpha <= 1.0:
-        raise bad("alpha", f"must lie in [0, 1], got {cfg.alpha}")
-    if not cfg.rotations or any(r not in ROTATIONS for r in cfg.rotations):
-        raise bad("rotations", f"must be a non-empty subset of {list(ROTATIONS)}")
-    if len(set(cfg.rotations)) != len(cfg.rotations):
-        raise bad("rotations", "lists a rotation twice")
-    if len(cfg.rotation_weights) != len(cfg.rotations):
-        raise bad("rotation_weights", "needs one weight per entry of 'rotations'")
-    for key in ("xx_layers", "fuse_layers", "cls_layers"):
-        layers = getattr(cfg, key)
-        if not layers or any(not 1 <= k <= 11 for k in layers):
-            raise bad(
-                key, "must be a non-empty list of blocks in 1..11 (block 12 is the one replaced)"
-            )
-    if cfg.fuse_weights is not None and len(cfg.fuse_weights) != len(cfg.fuse_layers):
-        raise bad("fuse_weights", "needs one weight per entry of 'fuse_layers', or null")
-    if not 0.0 <= cfg.prob_thd <= 1.0:
-        raise bad("prob_thd", f"must lie in [0, 1], got {cfg.prob_thd}")
-    if cfg.crop < 16 or cfg.crop % 16:
-        raise bad("crop", "must be a positive multiple of 16")
-    if not 0 < cfg.stride <= cfg.crop:
-        raise bad("stride", "must lie in 1..crop")
-    if cfg.logit_scale <= 0:
-        raise bad("logit_scale", "must be positive")
-    from reattn_batch.workers.backbone import (
-        check_clip_model,  # open_clip's registry, imported lazily
-    )
-
-    check_clip_model(cfg.clip_model, where=f"config key 'clip_model' ({source})")
-
-
-def build_config(values: Mapping[str, Any], source: str) -> MethodConfig:
-    """Validate a complete mapping of keys into a MethodConfig."""
-    unknown = sorted(set(values) - set(_FIELDS))
-    if unknown:
+    try:
+        return MethodConfig.model_validate(dict(values))
+    except ValidationError as exc:
+        problem = first_problem(exc, prefer=("extra_forbidden", "missing"))
+    key = str(problem.loc[0]) if problem.loc else "?"
+    if problem.kind == "extra_forbidden":
         raise UserError(
-            f"unknown config key '{unknown[0]}' ({source}); known keys: {', '.join(_FIELDS)}"
-        )
-    missing = [k for k in _FIELDS if k not in values]
-    if missing:
-        raise UserError(f"config key '{missing[0]}' is missing ({source})")
-    cfg = MethodConfig(**{k: _coerce(k, values[k], source) for k in _FIELDS})
-    _check_ranges(cfg, source)
-    return cfg
+            f"unknown config key '{key}' ({where(key)}); known keys: {', '.join(KEYS)}"
+        ) from None
+    if problem.kind == "missing":
+        raise UserError(f"config key '{key}' is missing ({where(key)})") from None
+    shown = "" if repr(problem.value) in problem.msg else f", got {problem.value!r}"
+    raise UserError(f"config key '{key}' ({where(key)}): {problem.msg}{shown}") from None
 
 
 def read_yaml(path: str | Path, what: str) -> Any:
@@ -220,8 +315,8 @@ def parse_set_option(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise UserError(f"--set {item!r}: expected key=value, e.g. --set alpha=0.3")
-    if key not in _FIELDS:
-        raise UserError(f"unknown config key '{key}' in --set; known keys: {', '.join(_FIELDS)}")
+    if key not in KEYS:
+        raise UserError(f"unknown config key '{key}' in --set; known keys: {', '.join(KEYS)}")
     try:
         return key, yaml.safe_load(raw)
     except yaml.YAMLError:
@@ -234,21 +329,18 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> MethodConfig:
     """Defaults from configs/method.yaml, then ``config_file``, then ``overrides``
-    (values the CLI sets from dedicated flags such as --method), then ``--set`` items."""
+    (values the CLI sets from dedicated flags such as --method; None: not set), then
+    ``--set`` items. An error names the key and the layer its value came from."""
     values = _read_yaml(DEFAULTS_FILE, "defaults file")
-    source = str(DEFAULTS_FILE.name)
+    origin = dict.fromkeys(values, DEFAULTS_FILE.name)
+    layers: list[tuple[Mapping[str, Any], str]] = []
     if config_file is not None:
-        user = _read_yaml(Path(config_file), "--config")
-        unknown = sorted(set(user) - set(_FIELDS))
-        if unknown:
-            raise UserError(f"unknown config key '{unknown[0]}' in --config {config_file}")
-        values.update(user)
-        source = f"--config {config_file}"
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            values[key] = value
+        layers.append((_read_yaml(Path(config_file), "--config"), f"--config {config_file}"))
+    layers.append(({k: v for k, v in (overrides or {}).items() if v is not None}, "overrides"))
     for item in sets:
         key, value = parse_set_option(item)
-        values[key] = value
-        source = f"--set {key}" if len(sets) == 1 else "--set"
-    return build_config(values, source)
+        layers.append(({key: value}, f"--set {key}"))
+    for layer, name in layers:
+        values.update(layer)
+        origin.update(dict.fromkeys(layer, name))
+    return build_config(values, origin)

@@ -21,8 +21,13 @@ import numpy as np
 import torch
 from reattn_batch.workers.backbone import Backbone
 from reattn_batch.workers.errors import UserError
-from reattn_batch.workers.model_spec import ModelSpec, load_model_parts, weights_content_key
-from reattn_batch.workers.segmenter import CropSegmenter, resolve_device
+from reattn_batch.workers.model_spec import (
+    ModelSpec,
+    assemble_segmenter,
+    load_model_parts,
+    weights_content_key,
+)
+from reattn_batch.workers.segmenter import Segmenter, resolve_device
 from reattn_batch.workers.text import query_embeddings
 
 log = logging.getLogger(__name__)
@@ -30,7 +35,7 @@ log = logging.getLogger(__name__)
 _lock = threading.Lock()
 # (spec fingerprint, weights content key) -> the loaded parts / segmenters built on them
 _parts: dict[tuple[str, str], tuple[Backbone, torch.nn.Module | None]] = {}
-_segmenters: dict[tuple[tuple[str, str], str], CropSegmenter] = {}
+_segmenters: dict[tuple[tuple[str, str], str], Segmenter] = {}
 LOADS: Counter[str] = Counter()  # spec fingerprint -> times loaded in this process
 _LOAD_ATTEMPTS = 3
 
@@ -86,21 +91,16 @@ def model_parts(spec: ModelSpec) -> tuple[Backbone, torch.nn.Module | None]:
     return _model(spec)[1]
 
 
-def segmenter_for(spec: ModelSpec, queries: np.ndarray) -> CropSegmenter:
-    """The cached CropSegmenter of ``spec`` with these (Q, D) query embeddings."""
+def segmenter_for(spec: ModelSpec, queries: np.ndarray) -> Segmenter:
+    """The cached Segmenter of ``spec`` with these (Q, D) query embeddings."""
     qkey = hashlib.sha256(np.ascontiguousarray(queries, dtype=np.float32).tobytes()).hexdigest()
     model_key, (backbone, upsampler) = _model(spec)
     key = (model_key, qkey)
     with _lock:
         if key in _segmenters:
             return _segmenters[key]
-        segmenter = CropSegmenter(
-            backbone=backbone,
-            cfg=spec.cfg,
-            queries=torch.from_numpy(np.asarray(queries, dtype=np.float32)),
-            upsampler=upsampler,
-            device=worker_device(spec),
-        )
+        embeddings = torch.from_numpy(np.asarray(queries, dtype=np.float32))
+        segmenter = assemble_segmenter(spec, (backbone, upsampler), embeddings, worker_device(spec))
         if model_key in _parts:  # not if another thread replaced the model meanwhile
             _segmenters[key] = segmenter
         return segmenter

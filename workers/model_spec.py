@@ -26,7 +26,7 @@ from reattn_batch.workers.checkpoint import looks_like_checkpoint
 from reattn_batch.workers.classes import ClassList
 from reattn_batch.workers.config import MethodConfig
 from reattn_batch.workers.errors import UserError
-from reattn_batch.workers.segmenter import CropSegmenter, resolve_device
+from reattn_batch.workers.segmenter import Segmenter, resolve_device
 from reattn_batch.workers.text import query_embeddings
 from reattn_batch.workers.upsampler import default_upsampler_weights, load_upsampler
 
@@ -133,11 +133,22 @@ def load_model_parts(spec: ModelSpec) -> tuple[Backbone, torch.nn.Module | None]
     return backbone, upsampler
 
 
-def build_segmenter(spec: ModelSpec, classes: ClassList) -> CropSegmenter:
+def assemble_segmenter(
+    spec: ModelSpec,
+    parts: tuple[Backbone, torch.nn.Module | None],
+    queries: torch.Tensor,
+    device: torch.device | None = None,
+) -> Segmenter:
+    """The Segmenter of ``spec`` from its loaded parts and (Q, D) query embeddings, on
+    ``device`` (default: the spec's). The one place a Segmenter is put together."""
+    backbone, upsampler = parts
+    segmenter = Segmenter(backbone, spec.cfg, queries, upsampler)
+    segmenter.spec = spec  # what a Dask job ships to its workers to build the same model
+    return segmenter.to(device if device is not None else resolve_device(spec.device))
+
+
+def build_segmenter(spec: ModelSpec, classes: ClassList) -> Segmenter:
     """Load weights, embed the class queries (disk-cached) and assemble the segmenter."""
     device = resolve_device(spec.device)
-    backbone, upsampler = load_model_parts(spec)
-    queries = query_embeddings(backbone, classes.queries)
-    return CropSegmenter(
-        backbone=backbone, cfg=spec.cfg, queries=queries, upsampler=upsampler, device=device
-    )
+    parts = load_model_parts(spec)
+    return assemble_segmenter(spec, parts, query_embeddings(parts[0], classes.queries), device)

@@ -1,14 +1,22 @@
-"""The crop segmenter: normalised crops in, per-query cosine logits out (SPEC 2.4-2.7).
+"""The model as one ``torch.nn.Module``: normalised crops in, per-query cosine logits out
+(SPEC 2.4-2.7).
 
-Per crop: zero-pad to a multiple of 16 (left = pad // 2), dense features under the
-method, SimFeatUp x16 guided by the normalised crop (or bilinear logits), cosine with
-every text query plus lambda_cls times the [CLS] cosine, padding cut off.
+:class:`Segmenter` owns the CLIP model (vision and text towers), the method
+(:mod:`reattn_batch.workers.methods`: the change to block 12), the upsampler (SimFeatUp or
+None for bilinear) and the query embeddings (a buffer). Per crop: zero-pad to a multiple
+of 16 (left = pad // 2), dense features under the method, SimFeatUp x16 guided by the
+normalised crop (or bilinear logits), cosine with every text query plus lambda_cls times
+the [CLS] cosine, padding cut off.
+
+Every place that needs a model builds it through :func:`build_segmenter`
+(``reattn_batch.workers.model_spec``) or :meth:`Segmenter.from_parts`: the CLI's
+``segment``, the block tasks of ``run`` (through the model cache), ``eval`` and the Python
+API's ``load_model``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 
 import numpy as np
 import torch
@@ -16,8 +24,8 @@ import torch.nn.functional as F
 from reattn_batch.workers.backbone import Backbone
 from reattn_batch.workers.batching import resolve_batch_size
 from reattn_batch.workers.config import MethodConfig
-from reattn_batch.workers.encoder import encode_crops
 from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.methods import BASE_METHODS, DenseFeatures, Method, ReAttnCLIP
 from reattn_batch.workers.upsampled_logits import upsampled_cosines
 from torch import Tensor, nn
 
@@ -62,37 +70,94 @@ def autocast_dtype(cfg_dtype: str, device: torch.device) -> torch.dtype | None:
     return {"auto": torch.float16, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg_dtype]
 
 
-@dataclasses.dataclass
-class CropSegmenter:
-    """Everything needed to turn crops into logits; one per worker process.
+def build_method(cfg: MethodConfig) -> Method:
+    """The method module that ``cfg`` names, with its hyperparameters (SPEC 2.2, 2.3)."""
+    if cfg.method != ReAttnCLIP.name:
+        return BASE_METHODS[cfg.method]()
+    return ReAttnCLIP(
+        BASE_METHODS[cfg.base](),
+        alpha=cfg.alpha,
+        betas=cfg.betas,
+        fuse_layers=cfg.fuse_layers,
+        cls_layers=cfg.cls_layers,
+        xx_layers=cfg.xx_layers,
+        xx_norm=cfg.xx_norm,
+        rotations=cfg.rotations,
+        rotation_weights=cfg.rotation_weights,
+        patch_patch=cfg.patch_patch,
+        cls_row=cfg.cls_row,
+        cls_col=cfg.cls_col,
+    )
 
-    queries: (Q, D) unit text embeddings; upsampler: a SimFeatUp module or None (bilinear).
-    batch_size: crops per forward pass, resolved from ``cfg.batch_size`` for the device
-    (reattn_batch.workers.batching) when the segmenter is built.
+
+class Segmenter(nn.Module):
+    """CLIP + method + upsampler + query embeddings: crops -> raw per-query logits.
+
+    Built on the CPU; move it like any module (``.to(device)``, ``.half()``); its device
+    is that of its parameters. ``forward(crops)``: (B, 3, h, w) CLIP-normalised crops,
+    h, w <= ``cfg.crop`` -> (B, Q, h, w) raw logits (cosine + lambda_cls * [CLS] cosine),
+    float32. On CUDA ``cfg.dtype`` (fp16/bf16, ``auto`` = fp16) runs the forward under
+    autocast; any outer autocast the caller opens applies as usual.
+
+    Attributes: ``clip`` (the open_clip CLIP model), ``method`` (a
+    :class:`~reattn_batch.workers.methods.Method`), ``upsampler`` (a SimFeatUp module or
+    None), ``queries`` (buffer, (Q, D) unit text embeddings), ``cfg`` (the MethodConfig),
+    ``backbone`` (the CLIP model with the identity of its weights).
     """
 
-    backbone: Backbone
-    cfg: MethodConfig
     queries: Tensor
-    upsampler: nn.Module | None = None
-    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
-    batch_size: int = dataclasses.field(init=False)
 
-    def __post_init__(self) -> None:
-        self.backbone.model.to(self.device)
-        if self.upsampler is not None:
-            self.upsampler.to(self.device)
-        self.queries = self.queries.to(self.device, torch.float32)
-        visual = self.backbone.visual
-        self.batch_size = resolve_batch_size(
-            self.device, self.cfg, self.num_queries, self.upsampler is not None,
-            width=self.backbone.width, heads=visual.transformer.resblocks[-1].attn.num_heads,
-            feat_dim=int(visual.proj.shape[1]), patch=self.backbone.patch_size,
-        )  # fmt: skip
+    def __init__(
+        self,
+        backbone: Backbone,
+        cfg: MethodConfig,
+        queries: Tensor,
+        upsampler: nn.Module | None = None,
+        method: Method | None = None,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        self.clip = backbone.model
+        self.method = method if method is not None else build_method(cfg)
+        self.upsampler = upsampler
+        self.register_buffer("queries", queries.detach().to(torch.float32).clone())
+        self._batch_sizes: dict[torch.device, int] = {}
+        self._batch_size_override: int | None = None
+        self.classes = None  # the ClassList of ``queries``, where the Python API set them
+
+    # --- what callers ask of a model -----------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.queries.device
 
     @property
     def num_queries(self) -> int:
         return int(self.queries.shape[0])
+
+    @property
+    def batch_size(self) -> int:
+        """Crops per forward pass: ``cfg.batch_size``, or ``auto`` resolved for the device
+        the model is on now (reattn_batch.workers.batching); settable."""
+        if self._batch_size_override is not None:
+            return self._batch_size_override
+        device = self.device
+        if device not in self._batch_sizes:
+            visual = self.clip.visual
+            self._batch_sizes[device] = resolve_batch_size(
+                device, self.cfg, self.num_queries, self.upsampler is not None,
+                width=self.backbone.width, heads=visual.transformer.resblocks[-1].attn.num_heads,
+                feat_dim=int(visual.proj.shape[1]), patch=self.backbone.patch_size,
+            )  # fmt: skip
+        return self._batch_sizes[device]
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self._batch_size_override = int(value)
+
+    def set_queries(self, queries: Tensor) -> None:
+        """Replace the (Q, D) unit query embeddings (kept on the model's device)."""
+        self.queries = queries.detach().to(self.device, torch.float32).clone()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         dtype = autocast_dtype(self.cfg.dtype, self.device)
@@ -100,10 +165,15 @@ class CropSegmenter:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
 
-    @torch.no_grad()
-    def crop_logits(self, crops: Tensor) -> Tensor:
+    # --- the model -------------------------------------------------------------------
+    def encode(self, padded: Tensor) -> DenseFeatures:
+        """padded: (B, 3, H, W), H and W multiples of the patch size -> DenseFeatures."""
+        return self.method(self.clip.visual, padded)
+
+    def forward(self, crops: Tensor) -> Tensor:
         """crops: (B, 3, h, w) normalised, h, w <= crop -> (B, Q, h, w) float32 raw logits."""
-        crops = crops.to(self.device, torch.float32)
+        weight = self.clip.visual.conv1.weight
+        crops = crops.to(weight.device, weight.dtype)
         h, w = crops.shape[-2:]
         left, right, top, bottom = patch_padding(h, w, self.backbone.patch_size)
         padded = (
@@ -115,21 +185,30 @@ class CropSegmenter:
                 f"a {h}x{w} px image is too small for SimFeatUp (its reflect padding needs at "
                 f"least {MIN_JBU_GRID * patch} px a side): use --upsampler bilinear"
             )
+        queries = self.queries.float()
         with self._autocast():
-            dense = encode_crops(self.backbone, self.cfg, padded)
+            dense = self.encode(padded)
             cls = dense.cls.float()
-            cls_logits = (cls / cls.norm(dim=-1, keepdim=True)) @ self.queries.T  # (B, Q)
+            cls_logits = (cls / cls.norm(dim=-1, keepdim=True)) @ queries.T  # (B, Q)
             if self.upsampler is not None:
                 logits = upsampled_cosines(
-                    self.upsampler, dense.patches, padded, self.queries, self.cfg.upsampler_path
+                    self.upsampler, dense.patches, padded, queries, self.cfg.upsampler_path
                 )  # (B, Q, H, W)
                 if self.cfg.lambda_cls:
                     logits = logits + self.cfg.lambda_cls * cls_logits[:, :, None, None]
             else:
                 feats = dense.patches.float()
                 feats = feats / feats.norm(dim=1, keepdim=True)
-                logits = torch.einsum("bdhw,qd->bqhw", feats, self.queries)
+                logits = torch.einsum("bdhw,qd->bqhw", feats, queries)
                 if self.cfg.lambda_cls:
                     logits = logits + self.cfg.lambda_cls * cls_logits[:, :, None, None]
                 logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear")
         return logits[:, :, top : top + h, left : left + w].float()
+
+    @torch.no_grad()
+    def crop_logits(self, crops: Tensor) -> Tensor:
+        """``forward`` without autograd: what the block tasks, ``segment`` and ``eval`` call."""
+        return self(crops)
+
+    def extra_repr(self) -> str:
+        return f"queries={self.num_queries}, batch_size={self.cfg.batch_size or 'auto'}"

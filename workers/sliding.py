@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
-from reattn_batch.workers.segmenter import CropSegmenter
+from reattn_batch.workers.segmenter import Segmenter
 from torch import Tensor
 
 
@@ -54,7 +54,7 @@ def crop_grid(height: int, width: int, crop: int, stride: int) -> list[Box]:
 
 @torch.no_grad()
 def accumulate_logits(
-    segmenter: CropSegmenter,
+    segmenter: Segmenter,
     pixels: Tensor,
     origin: tuple[int, int],
     boxes: Sequence[Box],
@@ -105,7 +105,7 @@ def accumulate_logits(
     return total, count
 
 
-def slide_inference(segmenter: CropSegmenter, pixels: Tensor) -> Tensor:
+def slide_inference(segmenter: Segmenter, pixels: Tensor) -> Tensor:
     """Mean crop logits over a whole image: pixels (3, H, W) -> (Q, H, W) float32."""
     height, width = pixels.shape[-2:]
     crop, stride = segmenter.cfg.crop, segmenter.cfg.stride

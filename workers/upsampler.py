@@ -21,13 +21,13 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from reattn_batch.workers.checkpoint import load_tensors_only
 from reattn_batch.workers.download import PinnedFile, fetch_pinned
+from reattn_batch.workers.environment import EnvironmentSettings, cache_root
 from reattn_batch.workers.errors import UserError
 from torch import Tensor, nn
 
@@ -54,8 +54,7 @@ JBU_ONE = PinnedFile(
 DOWNLOAD_TIMEOUT_S = 30.0
 
 
-FUSED_CONV_ENV = "REATTN_BATCH_FUSED_CONV"  # auto | on | off
-FUSED_CONV_MODES = ("auto", "on", "off")
+FUSED_CONV_ENV = EnvironmentSettings.variable("fused_conv")  # auto | on | off
 _fused_state: dict[str, object] = {}  # "fn": the compiled tap sum, "failed": the reason
 
 
@@ -82,9 +81,7 @@ def fused_conv_wanted(device: torch.device) -> bool:
     off on the CPU, where compiling costs 30 s to minutes per new shape on a small
     machine (measured 34-312 s on 2 cores), more than it saves on one image.
     """
-    mode = os.environ.get(FUSED_CONV_ENV, "auto").strip().lower()
-    if mode not in FUSED_CONV_MODES:
-        raise UserError(f"${FUSED_CONV_ENV}={mode!r}: choose one of {', '.join(FUSED_CONV_MODES)}")
+    mode = EnvironmentSettings.from_env("fused_conv").fused_conv
     if mode == "auto":
         return device.type == "cuda"
     return mode == "on"
@@ -330,14 +327,6 @@ class JBUStack(_JBU):
 _CLASSES: dict[str, type[_JBU]] = {"jbu_one": JBUOne, "jbu_stack": JBUStack}
 
 
-def _cache_root() -> Path:
-    """$REATTN_BATCH_CACHE, else $XDG_CACHE_HOME/reattn-batch, else ~/.cache/reattn-batch."""
-    if os.environ.get("REATTN_BATCH_CACHE"):
-        return Path(os.environ["REATTN_BATCH_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "reattn-batch"
-
-
 def default_weights_path(kind: str) -> Path:
     """Where the default weights of ``kind`` are cached (whether or not they are there yet)."""
     if kind == "jbu_stack":
@@ -347,7 +336,7 @@ def default_weights_path(kind: str) -> Path:
         )
     if kind != "jbu_one":
         raise UserError(f"--upsampler {kind!r} has no weights; choose one of {UPSAMPLER_KINDS}")
-    return _cache_root() / "upsampler" / JBU_ONE.filename
+    return cache_root() / "upsampler" / JBU_ONE.filename
 
 
 def default_upsampler_weights(kind: str) -> Path:

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         info = machine_info(device)
         gpu = f", GPU {info['gpu']} (CUDA {info['cuda']})" if info["gpu"] else ", no GPU used"
         grid_desc = f"{args.gsd:g} m (f = {f:.3g})" if args.gsd else "native (no resampling)"
-        print("Scene-job efficiency: run_scene against CropSegmenter.crop_logits")
+        print("Scene-job efficiency: run_scene against Segmenter.crop_logits")
         print(
             f"  machine     {info['cpu']}, {info['cpu_usable']} usable of {info['cpu_count']} "
             f"CPUs, {info['memory_gib']} GiB{gpu}; load average {info['load_average_1m']}"

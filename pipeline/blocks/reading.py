@@ -5,7 +5,6 @@ model inside the block's one task."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 from reattn_batch.grid.grids import Block
 from reattn_batch.scene import SceneInfo, WindowReadError, read_window
+from reattn_batch.workers.environment import EnvironmentSettings
 from reattn_batch.workers.segmenter import normalise_chw
 from reattn_batch.workers.sliding import Box
 
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ_ATTEMPTS = 4  # remote reads: a first try and three retries
-READ_BACKOFF_S = 1.0  # doubled after each failed try
 
 
 def read_with_retries(scene: SceneInfo, box: Box) -> tuple[np.ndarray, np.ndarray]:
@@ -32,7 +31,7 @@ def read_with_retries(scene: SceneInfo, box: Box) -> tuple[np.ndarray, np.ndarra
     A local read that fails (corrupt tiles) fails at once; a remote one that keeps
     failing raises the last WindowReadError, which names the window.
     """
-    delay = float(os.environ.get("REATTN_BATCH_READ_BACKOFF", READ_BACKOFF_S))
+    delay = EnvironmentSettings.from_env("read_backoff").read_backoff  # doubled per failure
     for attempt in range(1, READ_ATTEMPTS + 1):
         try:
             return read_window(scene, box.y0, box.x0, *box.shape)

@@ -1,7 +1,8 @@
 """The `reattn-batch` command line: the group, the entry point and the list of commands.
 
 Each command lives in its own module here and uses only ``options.py`` (the shared
-options); a UserError anywhere becomes one line on stderr and exit status 2
+options); a ReattnError anywhere becomes one line on stderr (its Python parameter names
+written as flags, cli/errors.py) and exit status 2
 (``--debug`` shows the traceback). Adding a command is one line in :data:`COMMANDS`.
 """
 
@@ -12,6 +13,7 @@ import os
 import sys
 
 import click
+from reattn_batch.cli.errors import as_flags
 from reattn_batch.cli.eval import eval_command
 from reattn_batch.cli.export import export_command
 from reattn_batch.cli.info import info_command
@@ -19,7 +21,7 @@ from reattn_batch.cli.job import job_group
 from reattn_batch.cli.run import run_command
 from reattn_batch.cli.segment import segment_command
 from reattn_batch.cli.view import view_command
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import ReattnError
 
 #: Every command of `reattn-batch`, in --help order.
 COMMANDS: tuple[click.Command, ...] = (
@@ -55,14 +57,15 @@ for _command in COMMANDS:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: UserError -> one line on stderr, exit status 2."""
+    """Console entry point: a ReattnError -> one line on stderr, in the CLI's words (the
+    Python parameters it names become flags), exit status 2."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         cli.main(args=argv, prog_name="reattn-batch", standalone_mode=False)
-    except UserError as exc:
+    except ReattnError as exc:
         if debug:
             raise
-        click.echo(f"reattn-batch: error: {exc}", err=True)
+        click.echo(f"reattn-batch: error: {as_flags(str(exc), cli)}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         click.echo("reattn-batch: aborted", err=True)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from reattn_batch.image.segment import Segmentation, finish_segmentation, model_input
 from reattn_batch.workers.classes import ClassList
-from reattn_batch.workers.segmenter import CropSegmenter
+from reattn_batch.workers.segmenter import Segmenter
 from reattn_batch.workers.sliding import Box, crop_grid
 
 
@@ -41,7 +41,7 @@ class _Open:
 
 @torch.no_grad()
 def pooled_segmentations(
-    segmenter: CropSegmenter,
+    segmenter: Segmenter,
     classes: ClassList,
     images: Iterable[tuple[Any, np.ndarray]],
     long_side: int | None,

@@ -36,9 +36,9 @@ from reattn_batch.image.segment import Segmentation, segment_array
 from reattn_batch.report import Clock, TimedSegmenter, model_facts
 from reattn_batch.workers.classes import ClassList
 from reattn_batch.workers.errors import UserError
-from reattn_batch.workers.model_spec import ModelSpec, load_model_parts
+from reattn_batch.workers.model_spec import ModelSpec, assemble_segmenter, load_model_parts
 from reattn_batch.workers.postprocess import labels_from_logits
-from reattn_batch.workers.segmenter import CropSegmenter, resolve_device
+from reattn_batch.workers.segmenter import Segmenter
 from reattn_batch.workers.sliding import crop_grid
 from reattn_batch.workers.text import query_embeddings
 
@@ -93,7 +93,7 @@ def load_sample(sample: Sample, rules: LabelRules) -> tuple[np.ndarray, np.ndarr
 
 @torch.no_grad()
 def predict(
-    segmenter: CropSegmenter,
+    segmenter: Segmenter,
     classes: ClassList,
     rgb: np.ndarray,
     label_shape: tuple[int, int],
@@ -110,7 +110,7 @@ def predict(
 
 
 def labels_at(
-    segmenter: CropSegmenter,
+    segmenter: Segmenter,
     classes: ClassList,
     result: Segmentation,
     label_shape: tuple[int, int],
@@ -131,7 +131,7 @@ def labels_at(
 
 
 def score_image(
-    segmenter: CropSegmenter, task: ImageTask, rgb: np.ndarray, truth: np.ndarray
+    segmenter: Segmenter, task: ImageTask, rgb: np.ndarray, truth: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """-> (counts (C + 1, C) int64, prediction (h, w) uint8)."""
     pred = predict(segmenter, task.classes, rgb, truth.shape, task.long_side)
@@ -189,17 +189,11 @@ def run_local(
     full batches (pipeline/eval/pooled.py)."""
     spec = setting.spec
     with clock.phase("load"):
-        device = resolve_device(spec.device)
-        backbone, upsampler = load_model_parts(spec)
+        parts = load_model_parts(spec)
     with clock.phase("text"):
-        queries = query_embeddings(backbone, task.classes.queries)
+        queries = query_embeddings(parts[0], task.classes.queries)
     with clock.phase("load"):
-        segmenter = TimedSegmenter(
-            CropSegmenter(
-                backbone=backbone, cfg=spec.cfg, queries=queries, upsampler=upsampler,
-                device=device,
-            )
-        )  # fmt: skip
+        segmenter = TimedSegmenter(assemble_segmenter(spec, parts, queries))
     c = task.rules.num_classes
     total = np.zeros((c + 1, c), dtype=np.int64)
     truths: dict[int, tuple[Sample, np.ndarray]] = {}

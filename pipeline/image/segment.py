@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from reattn_batch.image.io import read_rgb, rescaled_size, resize_long_side
 from reattn_batch.report import Clock, TimedSegmenter, model_facts
 from reattn_batch.workers.classes import ClassList
-from reattn_batch.workers.model_spec import ModelSpec, load_model_parts
+from reattn_batch.workers.model_spec import ModelSpec, assemble_segmenter, load_model_parts
 from reattn_batch.workers.postprocess import labels_from_logits
-from reattn_batch.workers.segmenter import CropSegmenter, normalise, resolve_device
+from reattn_batch.workers.segmenter import Segmenter, normalise
 from reattn_batch.workers.sliding import crop_grid, slide_inference
 from reattn_batch.workers.text import query_embeddings
 
@@ -39,7 +39,7 @@ def model_input(rgb: np.ndarray, long_side: int | None) -> torch.Tensor:
 
 
 def finish_segmentation(
-    segmenter: CropSegmenter, classes: ClassList, logits: torch.Tensor, size: tuple[int, int]
+    segmenter: Segmenter, classes: ClassList, logits: torch.Tensor, size: tuple[int, int]
 ) -> Segmentation:
     """(Q, h, w) mean crop logits -> Segmentation at the input ``size`` (H, W)."""
     if logits.shape[-2:] != size:
@@ -57,7 +57,7 @@ def finish_segmentation(
 
 
 def segment_array(
-    segmenter: CropSegmenter, classes: ClassList, rgb: np.ndarray, long_side: int | None
+    segmenter: Segmenter, classes: ClassList, rgb: np.ndarray, long_side: int | None
 ) -> Segmentation:
     """(H, W, 3) uint8 RGB -> Segmentation at the input size."""
     logits = slide_inference(segmenter, model_input(rgb, long_side))
@@ -77,14 +77,11 @@ def segment_file(
     clock = clock or Clock()
     with clock.phase("load"):
         rgb = read_rgb(path)
-        device = resolve_device(spec.device)
-        backbone, upsampler = load_model_parts(spec)
+        parts = load_model_parts(spec)
     with clock.phase("text"):
-        queries = query_embeddings(backbone, classes.queries)
+        queries = query_embeddings(parts[0], classes.queries)
     with clock.phase("load"):
-        segmenter = CropSegmenter(
-            backbone=backbone, cfg=spec.cfg, queries=queries, upsampler=upsampler, device=device
-        )
+        segmenter = assemble_segmenter(spec, parts, queries)
     timed = TimedSegmenter(segmenter)
     log.info(
         "segmenting %s (%dx%d) with %s on %s, %d queries",

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import dask
 from distributed import Client, LocalCluster
-from reattn_batch.settings import ClusterSettings, env_seconds
+from reattn_batch.settings import ClusterSettings
+from reattn_batch.workers.environment import EnvironmentSettings
 from reattn_batch.workers.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -40,13 +41,10 @@ class ClusterInfo:
     workers: tuple[WorkerInfo, ...] = ()  # every worker at the start (for the memory guard)
 
 
-CONNECT_TIMEOUT_ENV = "REATTN_BATCH_CONNECT_TIMEOUT"
-
-
 def connect_timeout() -> float:
     """Seconds to wait for an existing scheduler: $REATTN_BATCH_CONNECT_TIMEOUT, default 15
     (``inf``: wait for ever)."""
-    return env_seconds(CONNECT_TIMEOUT_ENV, 15.0, allow_infinite=True)
+    return EnvironmentSettings.from_env("connect_timeout").connect_timeout
 
 
 TLS_ENV_HINT = (

@@ -13,18 +13,16 @@ import sys
 import threading
 import time
 
-from reattn_batch.settings import env_seconds
+from reattn_batch.workers.environment import EnvironmentSettings
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 log = logging.getLogger(__name__)
 
-INTERVAL_ENV = "REATTN_BATCH_PROGRESS_INTERVAL"
-
 
 def progress_interval() -> float:
     """Seconds between progress log lines: $REATTN_BATCH_PROGRESS_INTERVAL, default 10."""
-    return env_seconds(INTERVAL_ENV, 10.0)
+    return EnvironmentSettings.from_env("progress_interval").progress_interval
 
 
 class RunProgress:
