@@ -20,19 +20,12 @@ import open_clip
 import torch
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from reattn_batch.workers.backbone import Backbone
+from reattn_batch.workers.cache import cache_root
 
 log = logging.getLogger(__name__)
 
 TEMPLATES = OPENAI_IMAGENET_TEMPLATES
 _TEMPLATE_KEY = hashlib.sha256("\n".join(t("{}") for t in TEMPLATES).encode()).hexdigest()[:16]
-
-
-def cache_root() -> Path:
-    """$REATTN_BATCH_CACHE, else $XDG_CACHE_HOME/reattn-batch, else ~/.cache/reattn-batch."""
-    if env := os.environ.get("REATTN_BATCH_CACHE"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "reattn-batch"
 
 
 def _cache_file(backbone: Backbone, query: str) -> Path:
