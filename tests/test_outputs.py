@@ -243,6 +243,21 @@ def test_decimate_mode_matches_a_brute_force_mode(tmp_path, monkeypatch):
         assert np.array_equal(got, brute_mode(labels, out_h, out_w)), (out_h, out_w)
 
 
+def test_halve_mode_is_the_mode_of_each_two_by_two_cell():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 4, (37, 51), dtype=np.uint8)  # odd sides: lone edge cells
+    labels[rng.random(labels.shape) < 0.3] = 255
+    labels[:6, :6] = 255  # cells of nodata only
+    got = decimate.halve_mode(labels)
+    assert got.shape == (19, 26)
+    for i in range(19):
+        for j in range(26):
+            cell = labels[2 * i : 2 * i + 2, 2 * j : 2 * j + 2].ravel()
+            valid = cell[cell != 255]
+            want = 255 if valid.size == 0 else np.bincount(valid).argmax()  # ties: smaller
+            assert got[i, j] == want, (i, j)
+
+
 # ----------------------------------------------------------------------------- info
 
 

@@ -6,6 +6,7 @@ label of its source pixels; nodata counts only where a cell has no valid pixel (
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from reattn_batch.outputs.files import WINDOW, window_step, windows
@@ -19,17 +20,33 @@ def cell_starts(n: int, m: int) -> np.ndarray:
 
 
 def decimate_mode(ls: LabelStore, out_h: int, out_w: int) -> np.ndarray:
-    """The labels reduced to (out_h, out_w) by the most common value of each cell.
+    """The store's labels reduced to (out_h, out_w) uint8 by the most common value of each
+    cell (:func:`mode_cells`), read in windows of whole cells, so memory stays bounded for
+    any scene."""
+    return mode_cells(ls.labels, out_h, out_w, chunk=ls.chunk)
+
+
+def halve_mode(labels: np.ndarray) -> np.ndarray:
+    """(h, w) uint8 -> (ceil(h/2), ceil(w/2)): the mode of each 2 x 2 cell (a lone row or
+    column at an odd edge is a cell of its own), by :func:`mode_cells` (its cell of source
+    pixel i, floor(i * ceil(n/2) / n), is i // 2 for every i < n)."""
+    h, w = labels.shape
+    return mode_cells(labels, -(-h // 2), -(-w // 2))
+
+
+def mode_cells(labels: Any, out_h: int, out_w: int, chunk: int | None = None) -> np.ndarray:
+    """A 2-D uint8 label array (numpy, or a Zarr array read by slices) reduced to
+    (out_h, out_w) by the most common value of each cell.
 
     Cells are the source pixels i with floor(i * out / n) equal; nodata counts only where a
     cell has no valid pixel (GDAL's ``mode``); ties go to the smaller class index. Read in
-    windows of whole cells, so memory stays bounded for any scene.
+    windows of whole cells (``chunk``: align full-resolution windows to it).
     """
-    height, width = ls.height, ls.width
+    height, width = labels.shape
     if (out_h, out_w) == (height, width):
         out = np.empty((height, width), np.uint8)
-        for r0, c0, h, w in windows(height, width, window_step(ls.chunk, WINDOW)):
-            block = np.asarray(ls.labels[r0 : r0 + h, c0 : c0 + w])
+        for r0, c0, h, w in windows(height, width, window_step(chunk or WINDOW, WINDOW)):
+            block = np.asarray(labels[r0 : r0 + h, c0 : c0 + w])
             out[r0 : r0 + h, c0 : c0 + w] = block
         return out
     rows, cols = cell_starts(height, out_h), cell_starts(width, out_w)
@@ -47,7 +64,7 @@ def decimate_mode(ls: LabelStore, out_h: int, out_w: int) -> np.ndarray:
         for j0 in range(0, out_w, step_c):
             j1 = min(out_w, j0 + step_c)
             c0, c1 = int(cols[j0]), int(cols[j1])
-            block = np.asarray(ls.labels[r0:r1, c0:c1])
+            block = np.asarray(labels[r0:r1, c0:c1])
             local = (row_of[r0:r1, None] - i0) * (j1 - j0) + (col_of[None, c0:c1] - j0)
             n_cells = (i1 - i0) * (j1 - j0)
             counts = np.bincount(

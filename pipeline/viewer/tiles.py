@@ -240,7 +240,7 @@ class LabelTiler:
         """The mode pyramid, built on first use (one streaming pass over the store)."""
         with self._overview_lock:
             if self._overview is None:
-                from reattn_batch.outputs.decimate import decimate_mode
+                from reattn_batch.outputs.quicklook import decimate_mode
 
                 f = OVERVIEW_MIN_FACTOR
                 h0, w0 = -(-self.height // f), -(-self.width // f)
