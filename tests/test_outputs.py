@@ -14,8 +14,9 @@ from affine import Affine
 from PIL import Image
 from rasterio.crs import CRS
 from reattn_batch.cli import main
-from reattn_batch.outputs import quicklook
+from reattn_batch.outputs import decimate, quicklook
 from reattn_batch.outputs.cog import export_cog
+from reattn_batch.outputs.counts import class_counts
 from reattn_batch.outputs.info import store_info
 from reattn_batch.store import (
     StoreLayout,
@@ -195,7 +196,7 @@ def test_quicklook_size_map_colours_and_legend(labelled_store, tmp_path):
     assert at(200, 800) == PALETTE[0]
     assert at(1070, 650) == quicklook.NODATA_QUICKLOOK  # unwritten
     assert at(990, 150) == quicklook.NODATA_QUICKLOOK  # nodata inside a written block
-    counts = quicklook._decimate(open_store(labelled_store), map_h, map_w)[1]
+    counts = class_counts(open_store(labelled_store))
     assert [counts[c] for c in range(4)] == [COUNTS[c] for c in range(4)]  # legend shares
     assert counts[255] == NODATA_PX
     legend = image[:, map_w:].reshape(-1, 3)
@@ -236,10 +237,25 @@ def test_decimate_mode_matches_a_brute_force_mode(tmp_path, monkeypatch):
     create_store(path, layout, attrs=attrs(False), class_names=CLASSES)
     write_block(path, 0, 0, labels)
     ls = open_store(path)
-    monkeypatch.setattr(quicklook, "WINDOW", 16)  # many windows, cells across chunk edges
+    monkeypatch.setattr(decimate, "WINDOW", 16)  # many windows, cells across chunk edges
     for out_h, out_w in [(7, 11), (23, 34), (45, 65), (90, 130)]:
-        got = quicklook.decimate_mode(ls, out_h, out_w)
+        got = decimate.decimate_mode(ls, out_h, out_w)
         assert np.array_equal(got, brute_mode(labels, out_h, out_w)), (out_h, out_w)
+
+
+def test_halve_mode_is_the_mode_of_each_two_by_two_cell():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 4, (37, 51), dtype=np.uint8)  # odd sides: lone edge cells
+    labels[rng.random(labels.shape) < 0.3] = 255
+    labels[:6, :6] = 255  # cells of nodata only
+    got = decimate.halve_mode(labels)
+    assert got.shape == (19, 26)
+    for i in range(19):
+        for j in range(26):
+            cell = labels[2 * i : 2 * i + 2, 2 * j : 2 * j + 2].ravel()
+            valid = cell[cell != 255]
+            want = 255 if valid.size == 0 else np.bincount(valid).argmax()  # ties: smaller
+            assert got[i, j] == want, (i, j)
 
 
 # ----------------------------------------------------------------------------- info

@@ -1,16 +1,17 @@
-"""Tests for workers/upsampler.py: SimFeatUp / FeatUp joint bilateral upsamplers (SPEC 2.6)."""
+"""Tests for workers/upsampler/: SimFeatUp / FeatUp joint bilateral upsamplers (SPEC 2.6)."""
 
 from __future__ import annotations
 
 import hashlib
 import math
 import random
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import reattn_batch.workers.upsampler as up
+import reattn_batch.workers.upsampler.conv as conv
+import reattn_batch.workers.upsampler.weights as weights
 import torch
 import torch.nn.functional as F
 from reattn_batch.workers.download import PinnedFile
@@ -219,10 +220,6 @@ def test_bilinear_has_no_module() -> None:
     assert load_upsampler("bilinear", None) is None
 
 
-def _refuse_network(*args: object, **kwargs: object) -> None:
-    raise AssertionError("network must not be used")
-
-
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -231,8 +228,8 @@ def test_default_weights_offline_and_cached(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("REATTN_BATCH_CACHE", str(tmp_path))
-    monkeypatch.setattr(up, "JBU_ONE", PinnedFile("http://127.0.0.1:9/x.ckpt", sha256(b"x")))
-    monkeypatch.setattr(up, "DOWNLOAD_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(weights, "JBU_ONE", PinnedFile("http://127.0.0.1:9/x.ckpt", sha256(b"x")))
+    monkeypatch.setattr(weights, "DOWNLOAD_TIMEOUT_S", 2.0)
     with pytest.raises(UserError) as e:
         default_upsampler_weights("jbu_one")
     msg = str(e.value)
@@ -243,8 +240,8 @@ def test_default_weights_offline_and_cached(
         default_upsampler_weights("jbu_stack")
 
     cached = tmp_path / "upsampler" / "x.ckpt"
-    cached.write_bytes(b"x")  # the pinned content
-    monkeypatch.setattr(urllib.request, "urlopen", _refuse_network)
+    cached.write_bytes(b"x")  # the pinned content; nobody listens on port 9, so a
+    # download would fail: success means the checked cache was used
     assert default_upsampler_weights("jbu_one") == cached
 
 
@@ -277,9 +274,8 @@ def test_jbu_one_checkpoint_round_trip(tmp_path: Path, monkeypatch: pytest.Monke
 
     # weights=None takes the cached default (when it matches its pin) without the network
     monkeypatch.setenv("REATTN_BATCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(urllib.request, "urlopen", _refuse_network)
-    pin = PinnedFile("http://127.0.0.1:9/w.ckpt", sha256(ckpt.read_bytes()))
-    monkeypatch.setattr(up, "JBU_ONE", pin)
+    pin = PinnedFile("http://127.0.0.1:9/w.ckpt", sha256(ckpt.read_bytes()))  # no listener
+    monkeypatch.setattr(weights, "JBU_ONE", pin)
     (tmp_path / "cache" / "upsampler").mkdir(parents=True)
     (tmp_path / "cache" / "upsampler" / "w.ckpt").write_bytes(ckpt.read_bytes())
     assert isinstance(load_upsampler("jbu_one", None, feat_dim=64), JBUOne)
@@ -289,22 +285,22 @@ def test_jbu_one_checkpoint_round_trip(tmp_path: Path, monkeypatch: pytest.Monke
 def test_fused_adaptive_conv_equals_tap_loop(radius: int, monkeypatch: pytest.MonkeyPatch) -> None:
     # The compiled one-pass kernel against the eager tap-by-tap loop, for jbu_stack's and
     # jbu_one's radii; 19 channels cross the CPU loop's 16-channel chunks.
-    monkeypatch.setenv(up.FUSED_CONV_ENV, "on")
-    monkeypatch.setattr(up, "_fused_state", {})
+    monkeypatch.setenv(conv.FUSED_CONV_ENV, "on")
+    monkeypatch.setattr(conv, "_fused_state", {})
     torch.manual_seed(radius)
     d = 2 * radius + 1
     src = torch.randn(2, 19, 12 + 2 * radius, 9 + 2 * radius)
     kernel = torch.randn(2, 12, 9, d, d)
-    fused = up._fused_conv(src, kernel)
+    fused = conv._fused_conv(src, kernel)
     if fused is None:
-        pytest.skip(f"no working torch.compile here: {up._fused_state['failed']}")
-    torch.testing.assert_close(fused, up.tap_loop(src, kernel), atol=1e-5, rtol=1e-5)
+        pytest.skip(f"no working torch.compile here: {conv._fused_state['failed']}")
+    torch.testing.assert_close(fused, conv.tap_loop(src, kernel), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(adaptive_conv(src, kernel), fused, atol=0, rtol=0)
 
 
 def test_fused_conv_mode_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(up.FUSED_CONV_ENV, "auto")
-    assert not up.fused_conv_wanted(torch.device("cpu"))
-    assert up.fused_conv_wanted(torch.device("cuda"))
-    monkeypatch.setenv(up.FUSED_CONV_ENV, "maybe")
-    assert up.FUSED_CONV_ENV in _user_error(lambda: up.fused_conv_wanted(torch.device("cpu")))
+    monkeypatch.setenv(conv.FUSED_CONV_ENV, "auto")
+    assert not conv.fused_conv_wanted(torch.device("cpu"))
+    assert conv.fused_conv_wanted(torch.device("cuda"))
+    monkeypatch.setenv(conv.FUSED_CONV_ENV, "maybe")
+    assert conv.FUSED_CONV_ENV in _user_error(lambda: conv.fused_conv_wanted(torch.device("cpu")))

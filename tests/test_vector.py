@@ -26,7 +26,7 @@ from distributed import Client, LocalCluster
 from rasterio.crs import CRS
 from reattn_batch.cli import main
 from reattn_batch.outputs import vector
-from reattn_batch.store import StoreLayout, create_store, write_block
+from reattn_batch.store import StoreLayout, create_store, open_store, write_block
 
 CLASSES = ["background", "building", "road", "water"]
 H, W = 1300, 1100  # 3 x 3 blocks of 512, the last ones partial
@@ -63,15 +63,17 @@ def planted_labels(nodata: bool = True) -> np.ndarray:
     return lab
 
 
-def make_store(path, labels: np.ndarray, block: int = BLOCK, crs=CRS_25832):
+def make_store(path, labels: np.ndarray, block: int | None = BLOCK, crs=CRS_25832):
+    """A label store of ``labels`` in 512-px chunks; ``block`` None: no recorded block size."""
     h, w = labels.shape
     layout = StoreLayout(h, w, TRANSFORM, crs.to_wkt() if crs else None, chunk=512)
     attrs = {
         "software_version": "0.1.0",
         "run_fingerprint": "feedfacecafebeef",
         "classes": {"names": CLASSES, "background_index": 0},
-        "block_size": block,
     }
+    if block is not None:
+        attrs["block_size"] = block
     create_store(path, layout, attrs=attrs, class_names=CLASSES, background_index=0)
     for r in range(0, h, 512):
         for c in range(0, w, 512):
@@ -270,6 +272,18 @@ def test_an_empty_selection_writes_an_empty_layer(client, tmp_path):
     assert export(client, store, out).features == 0
     df = pyogrio.read_dataframe(out)
     assert len(df) == 0 and pyogrio.read_info(out)["crs"] == "EPSG:25832"
+
+
+def test_a_store_without_a_recorded_block_size_uses_the_default_block(client, labels, tmp_path):
+    store = make_store(tmp_path / "unrecorded.labels.zarr", labels, block=None)
+    assert "block_size" not in open_store(store).attrs
+    request = vector.plan_vector(store, tmp_path / "default.gpkg")
+    assert request.block_size == 2048  # DEFAULT_BLOCK, a multiple of the 512-px chunk
+    summary = vector.export_vector(request, client)
+    assert summary.blocks == 1  # 1300 x 1100 fits in one 2048-px block
+    classes, geoms, _ = read(request.out)
+    mine = sorted((int(c), shapely.normalize(g).wkb) for c, g in zip(classes, geoms, strict=True))
+    assert mine == sorted((c, shapely.normalize(g).wkb) for c, g in whole_raster(labels))
 
 
 # ----------------------------------------------------------------------------- command line

@@ -1,7 +1,8 @@
 """The default SimFeatUp weights: pinned, checked, cached atomically, re-fetched when bad.
 
 A real HTTP server on loopback serves the file; the pin (URL and digests) is replaced in
-one place, ``reattn_batch.workers.upsampler.JBU_ONE``. No part of urllib is replaced.
+one place, ``reattn_batch.workers.upsampler.weights.JBU_ONE``. No part of pooch or its HTTP
+client is replaced.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import reattn_batch.workers.upsampler as up
+import reattn_batch.workers.upsampler.weights as up
 import torch
 from reattn_batch.workers.download import PinnedFile, content_problem, file_digests
 from reattn_batch.workers.errors import UserError

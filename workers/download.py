@@ -1,12 +1,15 @@
-"""Fetching a pinned file into the local cache: checked, written atomically, re-fetched if bad.
+"""Fetching a pinned file into the local cache (with pooch): checked, written atomically,
+re-fetched if bad.
 
 A :class:`PinnedFile` names a URL at a fixed revision (a commit hash, never a branch) and
 the digests its bytes must have. :func:`fetch_pinned` returns a cached copy only after
 checking its digests, so a truncated or altered cache file is noticed (and fetched again,
-with a warning) on every call, not only the first. A download streams into a temporary
-file in the cache folder, is checked, flushed to disk and only then renamed over the
-destination with ``os.replace``: readers see the old file or the complete new one, never
-a partial file, and a failed download leaves nothing behind.
+with a warning) on every call, not only the first. ``pooch.retrieve`` streams a download
+into a temporary file in the cache folder, checks its sha256 and only then moves it over
+the destination (a rename in one folder): readers see the old file or the complete new
+one, never a partial file, and a failed download leaves nothing behind. Into that
+temporary file :class:`_PinnedDownloader` (pooch's HTTP downloader) writes at most
+``max_bytes``, flushes it to disk and checks the git blob id too.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import dataclasses
 import hashlib
 import logging
 import os
-import tempfile
-import urllib.request
-from http.client import HTTPException
 from pathlib import Path
+from typing import Any
 
+import pooch
+import requests
+from reattn_batch.workers.describe import one_line
 from reattn_batch.workers.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -75,6 +79,43 @@ def content_problem(path: Path, pin: PinnedFile) -> str | None:
     return None
 
 
+class _CappedFile:
+    """A binary file that refuses to grow past ``limit`` bytes (ValueError)."""
+
+    def __init__(self, f: Any, limit: int) -> None:
+        self.f, self.limit, self.size = f, limit, 0
+
+    def write(self, chunk: bytes) -> int:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise ValueError(f"the server sent more than {self.limit} bytes")
+        return self.f.write(chunk)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+class _PinnedDownloader:
+    """pooch's HTTP downloader into pooch's temporary file, at most ``pin.max_bytes``, made
+    durable (fsync) and checked against both digests before pooch moves it into place."""
+
+    def __init__(self, pin: PinnedFile, timeout: float) -> None:
+        self.pin = pin
+        self.http = pooch.HTTPDownloader(timeout=timeout, progressbar=False)
+
+    def __call__(self, url: str, output_file: str, pup: Any, check_only: bool = False) -> Any:
+        if check_only:
+            return self.http(url, output_file, pup, check_only=True)
+        with open(output_file, "wb") as f:
+            self.http(url, _CappedFile(f, self.pin.max_bytes), pup)
+            f.flush()
+            os.fsync(f.fileno())
+        problem = content_problem(Path(output_file), self.pin)
+        if problem is not None:
+            raise ValueError(f"the server sent other bytes than the pinned file: {problem}")
+        return None
+
+
 def fetch_pinned(
     pin: PinnedFile, dest: Path, *, what: str, fix: str, timeout: float = 30.0
 ) -> Path:
@@ -98,36 +139,18 @@ def fetch_pinned(
         )
     else:
         log.info("downloading %s %s -> %s", what, pin.url, dest)
-    tmp: Path | None = None
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with (
-            urllib.request.urlopen(pin.url, timeout=timeout) as resp,
-            tempfile.NamedTemporaryFile(
-                dir=dest.parent, prefix=f".{dest.name}.", suffix=".part", delete=False
-            ) as f,
-        ):
-            tmp = Path(f.name)
-            size = 0
-            while chunk := resp.read(_CHUNK):
-                size += len(chunk)
-                if size > pin.max_bytes:
-                    raise ValueError(f"the server sent more than {pin.max_bytes} bytes")
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        problem = content_problem(tmp, pin)
-        if problem is not None:
-            raise ValueError(f"the server sent other bytes than the pinned file: {problem}")
-        os.replace(tmp, dest)
-        tmp = None
+        pooch.retrieve(
+            pin.url,
+            known_hash=f"sha256:{pin.sha256.lower()}",
+            fname=dest.name,
+            path=dest.parent,
+            downloader=_PinnedDownloader(pin, timeout),
+        )
         _fsync_dir(dest.parent)
-    except (OSError, HTTPException, ValueError) as e:
-        reason = _one_line(e)
+    except (OSError, requests.RequestException, ValueError) as e:
+        reason = one_line(e)
         raise UserError(f"{what} could not be fetched from {pin.url} ({reason}); {fix}") from e
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
     log.info("%s saved to %s (sha256 %s)", what, dest, pin.sha256)
     return dest
 
@@ -140,8 +163,3 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__

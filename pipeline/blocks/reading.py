@@ -7,18 +7,14 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from reattn_batch.grid.grids import Block
+from reattn_batch.grid.grids import Block, ModelGrid
 from reattn_batch.scene import SceneInfo, WindowReadError, read_window
 from reattn_batch.workers.environment import EnvironmentSettings
 from reattn_batch.workers.segmenter import normalise_chw
 from reattn_batch.workers.sliding import Box
-
-if TYPE_CHECKING:
-    from reattn_batch.blocks.task import BlockTask
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +48,13 @@ class BlockInput:
 
     pixels: (3, h, w) CLIP-normalised, valid: (h, w) bool; [0, 0] is global model pixel
     ``origin`` = (crop_box.y0, crop_box.x0). Strips of ``STRIP_ROWS`` model rows.
+    ``scene`` is read; ``model_grid`` maps its native pixels to the model grid.
     """
 
     STRIP_ROWS = 256
 
-    def __init__(self, task: BlockTask, block: Block) -> None:
-        self.task, self.block = task, block
+    def __init__(self, scene: SceneInfo, model_grid: ModelGrid, block: Block) -> None:
+        self.scene, self.model_grid, self.block = scene, model_grid, block
         box = block.crop_box
         self.origin = (box.y0, box.x0)
         self.pixels = torch.zeros((3, *box.shape), dtype=torch.float32)
@@ -71,14 +68,14 @@ class BlockInput:
 
     def _load(self, y0: int, y1: int) -> None:
         """Read, resample (from global coordinates) and normalise model rows y0..y1."""
-        grid, box = self.task.grid.model_grid, self.block.crop_box
+        grid, box = self.model_grid, self.block.crop_box
         cols = (box.x0, box.x1)
         if grid.is_native:
-            rgb, valid = read_with_retries(self.task.scene, Box(y0, box.x0, y1, box.x1))
+            rgb, valid = read_with_retries(self.scene, Box(y0, box.x0, y1, box.x1))
             image = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)
         else:
             source = grid.to_model.sources((y0, y1), cols)
-            rgb, valid = read_with_retries(self.task.scene, source)
+            rgb, valid = read_with_retries(self.scene, source)
             image = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)
             span = {"origin": (source.y0, source.x0), "target_rows": (y0, y1), "target_cols": cols}
             image = grid.to_model.bilinear(image, **span)
@@ -103,10 +100,10 @@ class BlockInput:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def native_valid(task: BlockTask, block: Block, block_input: BlockInput) -> np.ndarray:
+def native_valid(block: Block, block_input: BlockInput) -> np.ndarray:
     """Validity of the block's native output box (nodata and alpha -> False)."""
-    if task.grid.model_grid.is_native:  # the crop region covers the block
+    if block_input.model_grid.is_native:  # the crop region covers the block
         box, (oy, ox) = block.native, block_input.origin
         return block_input.valid[box.y0 - oy : box.y1 - oy, box.x0 - ox : box.x1 - ox]
-    _, valid = read_with_retries(task.scene, block.native)  # from GDAL's block cache
+    _, valid = read_with_retries(block_input.scene, block.native)  # from GDAL's block cache
     return valid

@@ -126,7 +126,7 @@ def compute_block(task: BlockTask, index: int, queries: np.ndarray) -> BlockResu
     with clock.phase("load"):
         segmenter = TimedSegmenter(segmenter_for(task.model, queries))
         touching = task.grid.crops_touching(block.model)
-        block_input = BlockInput(task, block)
+        block_input = BlockInput(task.scene, task.grid.model_grid, block)
     crops: list[Box] = []
     progress = CropProgress(task.progress_topic, index, len(touching))
 
@@ -143,7 +143,7 @@ def compute_block(task: BlockTask, index: int, queries: np.ndarray) -> BlockResu
             segmenter, block_input.pixels, block_input.origin, touching, block.model, keep
         )
         with clock.phase("load"):
-            valid_out = native_valid(task, block, block_input)
+            valid_out = native_valid(block, block_input)
     finally:
         block_input.close()
     clock.add("model", segmenter.model_seconds)

@@ -1,7 +1,8 @@
 """`info`: per-class area statistics and the facts of a label store (SPEC 3.3).
 
-Pixel counts come from dask.array over the store's chunks (one bincount per chunk,
-summed), hectares per class where the CRS is projected, percentages of valid pixels.
+Pixel counts come from ``outputs.counts`` (dask.array over the store's chunks, one
+bincount per chunk, summed), hectares per class where the CRS is projected, percentages
+of valid pixels.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import os
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-import numpy as np
 from reattn_batch import store
+from reattn_batch.outputs.counts import class_counts
 from reattn_batch.store import NODATA, LabelStore, open_store
 
 # Hyperparameters shown in the human-readable `info` table (``--json`` has them all).
@@ -24,20 +25,6 @@ KEY_HYPERPARAMETERS = (
 def number_text(value: float | None, digits: int = 2) -> str:
     """A figure as `info` shows it (thousands separators, fixed digits; "-" for none)."""
     return "-" if value is None else f"{value:,.{digits}f}"
-
-
-def class_counts(ls: LabelStore) -> np.ndarray:
-    """(256,) int64 pixel count of every label value: a bincount per chunk, summed."""
-    import dask.array as da
-
-    labels = da.from_zarr(ls.labels)
-    per_chunk = labels.map_blocks(
-        lambda block: np.bincount(block.ravel(), minlength=256).reshape(1, 1, 256),
-        new_axis=2,
-        chunks=(1, 1, 256),
-        dtype=np.int64,
-    )
-    return np.asarray(per_chunk.sum(axis=(0, 1)).compute(), dtype=np.int64)
 
 
 def pixel_area(ls: LabelStore) -> tuple[float | None, str | None]:

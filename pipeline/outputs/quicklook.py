@@ -1,17 +1,19 @@
 """`export --quicklook`: a colour PNG of the labels with a legend.
 
-A block-wise mode decimation (nodata ignored unless a cell has no valid pixel, as GDAL's
-``mode`` does) to at most ``max_size`` pixels on the long side, coloured with the store's
-palette, with a legend to the right; read in windows, so memory stays bounded.
+A block-wise mode decimation (``outputs.decimate``: nodata ignored unless a cell has no
+valid pixel, as GDAL's ``mode`` does) to at most ``max_size`` pixels on the long side,
+coloured with the store's palette, with a legend to the right whose shares are the
+store's class counts (``outputs.counts``); read in windows, so memory stays bounded.
 """
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
-from reattn_batch.outputs.files import WINDOW, check_output, temp_sibling, window_step, windows
+from reattn_batch.outputs.counts import class_counts
+from reattn_batch.outputs.decimate import decimate_mode
+from reattn_batch.outputs.files import check_output, temp_sibling
 from reattn_batch.store import NODATA, LabelStore, open_store
 from reattn_batch.workers.errors import UserError
 
@@ -24,61 +26,6 @@ def quicklook_shape(height: int, width: int, max_size: int = 1024) -> tuple[int,
         raise UserError(f"quicklook size {max_size}: must be at least 1 pixel")
     scale = min(1.0, max_size / max(height, width))
     return max(1, min(max_size, round(height * scale))), max(1, min(max_size, round(width * scale)))
-
-
-def _cell_starts(n: int, m: int) -> np.ndarray:
-    """First source index of each of m output cells over n source pixels (m + 1 entries)."""
-    # source pixel i falls in cell floor(i * m / n); cell j starts at ceil(j * n / m).
-    return np.array([-(-j * n // m) for j in range(m + 1)], dtype=np.int64)
-
-
-def decimate_mode(ls: LabelStore, out_h: int, out_w: int) -> np.ndarray:
-    """The labels reduced to (out_h, out_w) by the most common value of each cell.
-
-    Cells are the source pixels i with floor(i * out / n) equal; nodata counts only where a
-    cell has no valid pixel (GDAL's ``mode``); ties go to the smaller class index. Read in
-    windows of whole cells, so memory stays bounded for any scene.
-    """
-    return _decimate(ls, out_h, out_w)[0]
-
-
-def _decimate(ls: LabelStore, out_h: int, out_w: int) -> tuple[np.ndarray, np.ndarray]:
-    """(decimate_mode's labels, (256,) exact full-resolution count of every label value)."""
-    height, width = ls.height, ls.width
-    totals = np.zeros(256, np.int64)
-    if (out_h, out_w) == (height, width):
-        out = np.empty((height, width), np.uint8)
-        for r0, c0, h, w in windows(height, width, window_step(ls.chunk, WINDOW)):
-            block = np.asarray(ls.labels[r0 : r0 + h, c0 : c0 + w])
-            out[r0 : r0 + h, c0 : c0 + w] = block
-            totals += np.bincount(block.ravel(), minlength=256)
-        return out, totals
-    rows, cols = _cell_starts(height, out_h), _cell_starts(width, out_w)
-    row_of = np.repeat(np.arange(out_h), np.diff(rows))
-    col_of = np.repeat(np.arange(out_w), np.diff(cols))
-    n_values = 256
-    # Cells per window: about WINDOW^2 source pixels, at most 2^22 count bins.
-    per_side = max(1, int(math.sqrt((1 << 22) / n_values)))
-    step_r = max(1, min(int(WINDOW * out_h / height), per_side))
-    step_c = max(1, min(int(WINDOW * out_w / width), per_side))
-    out = np.empty((out_h, out_w), np.uint8)
-    for i0 in range(0, out_h, step_r):
-        i1 = min(out_h, i0 + step_r)
-        r0, r1 = int(rows[i0]), int(rows[i1])
-        for j0 in range(0, out_w, step_c):
-            j1 = min(out_w, j0 + step_c)
-            c0, c1 = int(cols[j0]), int(cols[j1])
-            block = np.asarray(ls.labels[r0:r1, c0:c1])
-            local = (row_of[r0:r1, None] - i0) * (j1 - j0) + (col_of[None, c0:c1] - j0)
-            n_cells = (i1 - i0) * (j1 - j0)
-            counts = np.bincount(
-                (local * n_values + block).ravel(), minlength=n_cells * n_values
-            ).reshape(n_cells, n_values)
-            totals += counts.sum(axis=0)
-            valid = counts[:, :NODATA].sum(axis=1) > 0
-            counts[valid, NODATA] = 0  # nodata wins only in a cell without valid pixels
-            out[i0:i1, j0:j1] = counts.argmax(axis=1).astype(np.uint8).reshape(i1 - i0, j1 - j0)
-    return out, totals
 
 
 def colourise(labels: np.ndarray, colormap: dict[int, tuple]) -> np.ndarray:
@@ -123,7 +70,7 @@ def export_quicklook(
     ls = open_store(store_path)
     out = check_output(out_png, overwrite, "quicklook")
     out_h, out_w = quicklook_shape(ls.height, ls.width, max_size)
-    labels, counts = _decimate(ls, out_h, out_w)
+    labels, counts = decimate_mode(ls, out_h, out_w), class_counts(ls)
     rgb = colourise(labels, ls.colormap)
 
     # Text scaled with the map (Pillow's built-in font, no font files needed).
