@@ -10,9 +10,11 @@ import pytest
 import torch
 from reattn_batch.run.cluster import connect_timeout
 from reattn_batch.run.progress import progress_interval
-from reattn_batch.workers import text, upsampler
+from reattn_batch.workers import text
 from reattn_batch.workers.environment import EnvironmentSettings, cache_root
 from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.upsampler import conv as upsampler
+from reattn_batch.workers.upsampler import weights as weights_module
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIABLES = [EnvironmentSettings.variable(f) for f in EnvironmentSettings.model_fields]
@@ -77,8 +79,8 @@ def test_one_cache_folder_for_text_and_weights(monkeypatch, tmp_path):
     monkeypatch.setenv("REATTN_BATCH_CACHE", "~/cache")
     assert cache_root() == tmp_path / "home" / "cache"
     assert text.cache_root() == cache_root()
-    weights = upsampler.default_weights_path("jbu_one")
-    assert weights == tmp_path / "home" / "cache" / "upsampler" / upsampler.JBU_ONE.filename
+    weights = weights_module.default_weights_path("jbu_one")
+    assert weights == tmp_path / "home" / "cache" / "upsampler" / weights_module.JBU_ONE.filename
 
 
 def readme_rows() -> list[list[str]]:

@@ -1,9 +1,17 @@
-"""One line about an exception, for messages and warnings."""
+"""One line about an exception, for messages, warnings and a failed scene's record."""
 
 from __future__ import annotations
 
+from reattn_batch.workers.errors import ReattnError
 
-def one_line(e: BaseException) -> str:
-    """``Type: first line of the message`` (160 characters at most), or just the type."""
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
+
+def one_line(e: BaseException, limit: int | None = 160) -> str:
+    """The message on one line (whitespace runs joined), ``limit`` characters at most
+    (None: all), after ``Type: `` unless it is a ReattnError (already a sentence for the
+    user); just the type where there is no message."""
+    text = " ".join(str(e).split())
+    if limit is not None:
+        text = text[:limit]
+    if isinstance(e, ReattnError):
+        return text or type(e).__name__
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -9,11 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from reattn_batch.workers.describe import one_line
 from reattn_batch.workers.errors import UserError
-
-
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
 
 
 def item_href(item: Any, api_url: str | None = None) -> str:
@@ -46,7 +43,7 @@ def search_items(search: Any) -> list[str]:
     except UserError:
         raise
     except Exception as exc:
-        raise UserError(f"STAC API search at {search.url} failed ({_one_line(exc)})") from None
+        raise UserError(f"STAC API search at {search.url} failed ({one_line(exc, 200)})") from None
     return [item_href(item, search.url) for item in items]
 
 
@@ -59,7 +56,7 @@ def catalog_items(href: str) -> list[str]:
     try:
         catalog = pystac.read_file(href)
     except Exception as exc:
-        raise UserError(f"cannot read the STAC catalog {href} ({_one_line(exc)})") from None
+        raise UserError(f"cannot read the STAC catalog {href} ({one_line(exc, 200)})") from None
     if isinstance(catalog, pystac.Item):
         return [item_href(catalog)]
     if not isinstance(catalog, pystac.Catalog):
@@ -69,4 +66,4 @@ def catalog_items(href: str) -> list[str]:
     except UserError:
         raise
     except Exception as exc:
-        raise UserError(f"cannot read the Items of {href} ({_one_line(exc)})") from None
+        raise UserError(f"cannot read the Items of {href} ({one_line(exc, 200)})") from None

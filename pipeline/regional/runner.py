@@ -44,6 +44,7 @@ from reattn_batch.run.fingerprint import run_fingerprint
 from reattn_batch.run.plan import plan
 from reattn_batch.run.spine import run_scene
 from reattn_batch.settings import ClusterSettings
+from reattn_batch.workers.describe import one_line
 from reattn_batch.workers.errors import UserError
 from reattn_batch.workers.model_spec import describe_weights
 
@@ -64,13 +65,6 @@ class JobReport:
     @property
     def failed(self) -> int:
         return self.counts.get("failed", 0)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    if isinstance(exc, UserError):
-        return text or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -144,7 +138,7 @@ def _map_scene(
         entry.status = "resumed" if resume else "done"
         entry.computed, entry.crops = result.computed, result.crops
     except Exception as exc:
-        entry.status, entry.message = "failed", _one_line(exc)
+        entry.status, entry.message = "failed", one_line(exc, limit=None)
         log.debug("scene %s failed", entry.uri, exc_info=True)
     finally:
         entry.seconds = round(time.perf_counter() - start, 3)
