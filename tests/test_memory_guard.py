@@ -168,7 +168,7 @@ def test_the_estimate_covers_the_measured_peak_rss_of_a_block_task(tmp_path, siz
     The test process holds 1 GiB of ballast while the probe runs, as a full test run's
     process does after loading ViT-B models: a probe that read ru_maxrss (which Linux
     carries from parent to child across vfork/exec) measured that instead of the task."""
-    import hardening_helpers as h
+    import cli_helpers as h
 
     scene = h.write_scene(tmp_path / "scene.tif", size, size)
     ballast = np.ones(1 << 27)  # 1 GiB, touched
