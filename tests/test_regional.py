@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import hardening_helpers as h
+import cli_helpers as h
 import numpy as np
 import pytest
 import rasterio

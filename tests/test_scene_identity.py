@@ -10,7 +10,7 @@ import os
 import threading
 from pathlib import Path
 
-import hardening_helpers as h
+import cli_helpers as h
 import pytest
 import rasterio
 from rasterio.windows import Window

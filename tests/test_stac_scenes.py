@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-import hardening_helpers as h
+import cli_helpers as h
 import numpy as np
 import pystac
 import pytest

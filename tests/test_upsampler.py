@@ -33,9 +33,14 @@ needs_stack_ckpt = pytest.mark.skipif(
 )
 
 
-def test_adaptive_conv_matches_naive_loop() -> None:
+def test_adaptive_conv_matches_naive_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The eager tap loop (the CPU default) with channels that cross its channel chunk
+    # boundary with a remainder, against a per-pixel loop written out here.
+    monkeypatch.setenv(conv.FUSED_CONV_ENV, "off")
+    assert not conv.fused_conv_wanted(torch.device("cpu"))
     torch.manual_seed(0)
-    b, c, h, w, r = 2, 19, 5, 5, 2  # 19 channels cross the 16-channel CPU chunk boundary
+    b, c, h, w, r = 2, conv.CPU_CHANNEL_CHUNK + 3, 5, 5, 2
+    assert c // conv.CPU_CHANNEL_CHUNK == 1 and c % conv.CPU_CHANNEL_CHUNK == 3
     d = 2 * r + 1
     src = torch.randn(b, c, h + 2 * r, w + 2 * r, dtype=torch.float64)
     kernel = torch.randn(b, h, w, d, d, dtype=torch.float64)
@@ -46,6 +51,7 @@ def test_adaptive_conv_matches_naive_loop() -> None:
                 window = src[bi, :, y : y + d, x : x + d]  # (C, D, D)
                 expected[bi, :, y, x] = (window * kernel[bi, y, x]).sum((1, 2))
     torch.testing.assert_close(adaptive_conv(src, kernel), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(conv.tap_loop(src, kernel), expected, atol=1e-6, rtol=0)
     with pytest.raises(ValueError):
         adaptive_conv(src[..., 1:], kernel)
 
@@ -284,12 +290,12 @@ def test_jbu_one_checkpoint_round_trip(tmp_path: Path, monkeypatch: pytest.Monke
 @pytest.mark.parametrize("radius", [3, 5])
 def test_fused_adaptive_conv_equals_tap_loop(radius: int, monkeypatch: pytest.MonkeyPatch) -> None:
     # The compiled one-pass kernel against the eager tap-by-tap loop, for jbu_stack's and
-    # jbu_one's radii; 19 channels cross the CPU loop's 16-channel chunks.
+    # jbu_one's radii, with channels that cross the CPU loop's channel chunk boundary.
     monkeypatch.setenv(conv.FUSED_CONV_ENV, "on")
     monkeypatch.setattr(conv, "_fused_state", {})
     torch.manual_seed(radius)
     d = 2 * radius + 1
-    src = torch.randn(2, 19, 12 + 2 * radius, 9 + 2 * radius)
+    src = torch.randn(2, conv.CPU_CHANNEL_CHUNK + 3, 12 + 2 * radius, 9 + 2 * radius)
     kernel = torch.randn(2, 12, 9, d, d)
     fused = conv._fused_conv(src, kernel)
     if fused is None:

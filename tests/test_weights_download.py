@@ -7,12 +7,13 @@ client is replaced.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
 import logging
-import re
 import subprocess
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,13 +98,51 @@ def cache_files(root: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
-def test_default_pin_names_a_commit_and_digests() -> None:
-    pin = up.JBU_ONE
-    assert re.search(r"/SegEarth-OV/[0-9a-f]{40}/", pin.url), "the URL must name a commit"
-    assert "/main/" not in pin.url and "/master/" not in pin.url
-    assert re.fullmatch(r"[0-9a-f]{64}", pin.sha256)
-    assert pin.git_blob is not None and re.fullmatch(r"[0-9a-f]{40}", pin.git_blob)
-    assert pin.filename == "xclip_jbu_one_million_aid.ckpt"
+def test_the_shipped_pin_accepts_only_its_own_bytes(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    server: Server,
+    ckpt_bytes: bytes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The shipped pin, its digests untouched, its URL's path served on loopback: a server
+    that answers with another file is refused (naming the pinned sha256) and nothing is
+    cached; another file already at the default cache path is not trusted but fetched
+    again; a file that had the pinned sha256 would still need the pinned git blob."""
+    shipped = up.JBU_ONE
+    path = urllib.parse.urlsplit(shipped.url).path
+    server.files[path] = ckpt_bytes
+    monkeypatch.setenv("REATTN_BATCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(up, "JBU_ONE", dataclasses.replace(shipped, url=server.url(path)))
+    monkeypatch.setattr(up, "DOWNLOAD_TIMEOUT_S", 5.0)
+
+    with pytest.raises(UserError) as err:
+        default_upsampler_weights("jbu_one")
+    assert f"is not the pinned {shipped.sha256[:12]}" in str(err.value)
+    assert server.requests == [path] and cache_files(tmp_path) == []
+
+    cached = tmp_path / "upsampler" / Path(path).name
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(ckpt_bytes)
+    with (
+        caplog.at_level(logging.WARNING, logger="reattn_batch.workers.download"),
+        pytest.raises(UserError, match="could not be fetched"),
+    ):
+        load_upsampler("jbu_one", None, feat_dim=32)
+    assert server.requests == [path, path]  # the cached copy was checked, not loaded
+    assert any("damaged" in r.getMessage() for r in caplog.records)
+
+    same_sha = dataclasses.replace(
+        shipped, url=server.url(path), sha256=hashlib.sha256(ckpt_bytes).hexdigest()
+    )
+    monkeypatch.setattr(up, "JBU_ONE", same_sha)
+    with pytest.raises(UserError) as err:
+        default_upsampler_weights("jbu_one")
+    copy = tmp_path / "copy.ckpt"
+    copy.write_bytes(ckpt_bytes)
+    ours, pinned = git_blob_id(copy)[:12], shipped.git_blob[:12]
+    assert f"git blob {ours}... is not the pinned {pinned}" in str(err.value)
+    assert cache_files(tmp_path) == []  # refused: nothing left in the cache
 
 
 def test_digests_match_sha256_and_git(tmp_path: Path, ckpt_bytes: bytes) -> None:

@@ -137,6 +137,7 @@ def fetch_pinned(
             problem,
             pin.url,
         )
+        dest.unlink(missing_ok=True)  # pooch would keep a file whose sha256 alone matches
     else:
         log.info("downloading %s %s -> %s", what, pin.url, dest)
     try:
@@ -148,6 +149,10 @@ def fetch_pinned(
             downloader=_PinnedDownloader(pin, timeout),
         )
         _fsync_dir(dest.parent)
+        problem = content_problem(dest, pin)  # pooch checked the sha256; the git blob too
+        if problem is not None:
+            dest.unlink(missing_ok=True)
+            raise ValueError(problem)
     except (OSError, requests.RequestException, ValueError) as e:
         reason = one_line(e)
         raise UserError(f"{what} could not be fetched from {pin.url} ({reason}); {fix}") from e

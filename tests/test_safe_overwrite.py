@@ -7,7 +7,7 @@ store; a store of reattn-batch is still replaced.
 
 from __future__ import annotations
 
-import hardening_helpers as h
+import cli_helpers as h
 import numpy as np
 import pytest
 import zarr

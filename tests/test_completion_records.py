@@ -1,7 +1,7 @@
 """Issue 11 item 7: durable records. A zero-byte or unreadable completion record is
 redone on ``--resume`` (its block recomputed), never a traceback.
 
-LAYOUT ASSUMPTION (tests/hardening_helpers.py): records are the uint8 array
+LAYOUT ASSUMPTION (tests/cli_helpers.py): records are the uint8 array
 ``block_done`` of the store, many blocks per chunk file (item 6); the bad record is planted
 as the chunk file holding block (0, 1), so every block of that chunk counts as not done.
 
@@ -11,7 +11,7 @@ before its block's data is durable (fsync); see store/records.py and README.
 
 from __future__ import annotations
 
-import hardening_helpers as h
+import cli_helpers as h
 import numpy as np
 import pytest
 import zarr

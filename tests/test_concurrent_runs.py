@@ -14,8 +14,8 @@ from __future__ import annotations
 import sys
 import time
 
+import cli_helpers as h
 import cloudpickle
-import hardening_helpers as h
 import numpy as np
 import pytest
 from cluster_helpers import dask_processes

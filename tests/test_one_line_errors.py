@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-import hardening_helpers as h
+import cli_helpers as h
 import numpy as np
 import pytest
 import rasterio

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-import hardening_helpers as h
+import cli_helpers as h
 import pytest
 
 FRACTION = re.compile(r"(\d+)\s*/\s*(\d+)")

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 
-import hardening_helpers as h
+import cli_helpers as h
 import pytest
 from cluster_helpers import DASK, dask_processes
 from distributed import Client

@@ -1,4 +1,4 @@
-"""Black-box helpers for the issue-11 hardening tests (tests/test_hardening_*.py).
+"""Black-box helpers for the tests that drive ``python -m reattn_batch`` as a user does.
 
 These tests drive ``python -m reattn_batch ...`` as subprocesses, talk to real Dask
 schedulers and workers on loopback (tests/cluster_helpers.py) and read stores with

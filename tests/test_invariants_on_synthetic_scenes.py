@@ -23,7 +23,7 @@ import os
 import signal
 from pathlib import Path
 
-import hardening_helpers as h
+import cli_helpers as h
 import numpy as np
 import pytest
 import rasterio
