@@ -8,8 +8,9 @@ The CLI takes its option defaults and choices from these models, job spec files 
 their ``model:``, ``run:`` and ``cluster:`` sections with them, and the run fingerprint
 hashes :data:`FINGERPRINTED` fields of :class:`SceneSettings`.
 
-Errors (``settings_error``) name the key and where it came from: the flag
-(``--block-size``) or the file and dotted key (``job spec F: 'run.block_size'``).
+Errors (``settings_error``) name the key and where it came from: the Python keyword
+(`` `block_size` ``, which the CLI words as ``--block-size``) or the file and dotted key
+(``job spec F: 'run.block_size'``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pydantic import (
 )
 from reattn_batch.store.layout import CHUNK
 from reattn_batch.workers.config import Method, Probability
-from reattn_batch.workers.errors import InputError, UserError
+from reattn_batch.workers.errors import InputError
 from reattn_batch.workers.schema import Settings
 from reattn_batch.workers.upsampler import UPSAMPLER_KINDS
 
@@ -195,20 +196,6 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return [f.alias or n for n, f in model.model_fields.items()]
 
 
-def flag_name(loc: tuple) -> str:
-    """A settings key as its command-line flag: ('block_size',) -> --block-size."""
-    return "--" + str(loc[-1]).replace("_", "-") if loc else "settings"
-
-
-def from_flags(model: type[Settings], values: dict[str, Any]) -> Any:
-    """Validate flag values (None: not given) into ``model``; errors name the flag."""
-    given = {k: v for k, v in values.items() if v is not None}
-    try:
-        return model(**given)
-    except ValidationError as exc:
-        raise settings_error(exc, flag_name) from None
-
-
 def keyword_name(loc: tuple) -> str:
     """A settings key as the Python API's keyword: ('block_size',) -> `block_size`."""
     return f"`{loc[-1]}`" if loc else "settings"
@@ -243,4 +230,4 @@ def option_choices(model: type[Settings], key: str) -> list[str]:
 def require_background(classes, prob_thd: float, fix: str) -> None:
     """prob_thd > 0 sends uncertain pixels to the background class, so there must be one."""
     if prob_thd > 0 and classes.background_index is None:
-        raise UserError(f"prob_thd {prob_thd} needs a background class and none is left: {fix}")
+        raise InputError(f"prob_thd {prob_thd} needs a background class and none is left: {fix}")

@@ -150,7 +150,7 @@ def test_config_is_frozen_hashable_and_survives_pickling():
 def test_a_bad_value_in_a_config_file_names_its_key_and_the_file(tmp_path):
     user = tmp_path / "user.yaml"
     user.write_text("alpha: 0.5\nprob_thd: 1.5\n")
-    expected = f"config key 'prob_thd' (--config {user}): must lie in [0, 1], got 1.5"
+    expected = f"config key 'prob_thd' (config_file={user}): must lie in [0, 1], got 1.5"
     with pytest.raises(UserError) as err:
         load_config(user)
     assert str(err.value) == expected
@@ -160,7 +160,7 @@ def test_a_bad_value_in_a_config_file_names_its_key_and_the_file(tmp_path):
     user.write_text("crop: 100\n")
     with pytest.raises(UserError) as err:
         load_config(user)
-    assert str(err.value) == f"config key 'crop' (--config {user}): must be a positive " \
+    assert str(err.value) == f"config key 'crop' (config_file={user}): must be a positive " \
         "multiple of 16, got 100"  # fmt: skip
 
 
@@ -179,20 +179,24 @@ def test_each_error_names_the_layer_its_value_came_from(tmp_path):
     )
     user = tmp_path / "user.yaml"
     user.write_text("betta: 0.1\n")
-    with pytest.raises(UserError, match=rf"^unknown config key 'betta' \(--config {user}\); "):
+    with pytest.raises(UserError, match=rf"^unknown config key 'betta' \(config_file={user}\); "):
         load_config(user)
 
 
 def test_run_settings_share_the_config_rule_for_method_and_prob_thd():
     """--method and --prob-thd are validated by the same types as method.yaml's keys: the
-    same allowed values and the same words, where the flag is named instead of the key."""
-    from reattn_batch.settings import ModelSettings, from_flags
+    same allowed values and the same words, where the Python keyword is named instead of
+    the key (and the CLI words it as its flag)."""
+    from reattn_batch.cli import cli
+    from reattn_batch.cli.errors import as_flags
+    from reattn_batch.settings import ModelSettings, from_keywords
 
     with pytest.raises(UserError) as err:
-        from_flags(ModelSettings, {"prob_thd": 1.5})
-    assert str(err.value) == "--prob-thd: must lie in [0, 1] (got 1.5)"
+        from_keywords(ModelSettings, {"prob_thd": 1.5})
+    assert str(err.value) == "`prob_thd`: must lie in [0, 1] (got 1.5)"
+    assert as_flags(str(err.value), cli) == "--prob-thd: must lie in [0, 1] (got 1.5)"
     with pytest.raises(UserError) as err:
-        from_flags(ModelSettings, {"method": "segformer"})
-    assert str(err.value).startswith("--method: expected one of " + ", ".join(METHODS))
-    spec = from_flags(ModelSettings, {"method": "sclip", "prob_thd": 0.25}).model_spec()
+        from_keywords(ModelSettings, {"method": "segformer"})
+    assert str(err.value).startswith("`method`: expected one of " + ", ".join(METHODS))
+    spec = from_keywords(ModelSettings, {"method": "sclip", "prob_thd": 0.25}).model_spec()
     assert (spec.cfg.method, spec.cfg.prob_thd) == ("sclip", 0.25)

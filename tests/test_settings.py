@@ -1,5 +1,5 @@
 """The run settings schema: one definition of every default and allowed value, used by the
-CLI and job specs; errors name the flag or the key."""
+CLI and job specs; errors name the keyword (the CLI: the flag) or the key."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from reattn_batch.settings import (
     DEFAULT_BLOCK_SIZE,
     ModelSettings,
     SceneSettings,
-    from_flags,
+    from_keywords,
     option_choices,
 )
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError
 
 # Written out by hand from SPEC 2.2's method table and SPEC 2.6 / README "Model flags"
 # (not read from the code): the methods and upsamplers a user is promised.
@@ -82,11 +82,16 @@ def test_an_unknown_method_is_refused_with_one_line(capsys, command, args):
         ({"gsd": -1.0}, "--gsd"),
     ],
 )
-def test_flag_errors_name_the_flag(values, flag):
-    with pytest.raises(UserError, match=f"^{flag}: "):
-        from_flags(SceneSettings, values)
+def test_errors_name_the_keyword_and_the_cli_words_it_as_the_flag(values, flag):
+    from reattn_batch.cli import cli
+    from reattn_batch.cli.errors import as_flags
+
+    keyword = next(iter(values))
+    with pytest.raises(InputError, match=f"^`{keyword}`: ") as err:
+        from_keywords(SceneSettings, values)
+    assert as_flags(str(err.value), cli).startswith(f"{flag}: ")
 
 
 def test_flag_text_is_parsed_as_the_schema_says():
-    settings = from_flags(SceneSettings, {"bands": "3,2,1", "stretch": "0,3000"})
+    settings = from_keywords(SceneSettings, {"bands": "3,2,1", "stretch": "0,3000"})
     assert settings.bands == (3, 2, 1) and settings.stretch == (0.0, 3000.0)

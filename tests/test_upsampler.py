@@ -205,7 +205,7 @@ def _user_error(call: Callable[[], object]) -> str:
 @needs_stack_ckpt
 def test_load_errors_are_one_line_user_errors(tmp_path: Path) -> None:
     msg = _user_error(lambda: load_upsampler("jbu_one", STACK_CKPT))
-    assert "jbu_stack weights" in msg and "--upsampler jbu_stack" in msg and str(STACK_CKPT) in msg
+    assert "jbu_stack weights" in msg and "upsampler=jbu_stack" in msg and str(STACK_CKPT) in msg
 
     missing = tmp_path / "nope.ckpt"
     assert str(missing) in _user_error(lambda: load_upsampler("jbu_stack", missing))
@@ -219,7 +219,7 @@ def test_load_errors_are_one_line_user_errors(tmp_path: Path) -> None:
     assert "upsampler." in _user_error(lambda: load_upsampler("jbu_stack", other))
 
     assert "feat_dim 256" in _user_error(lambda: load_upsampler("jbu_stack", STACK_CKPT, 256))
-    assert "unknown --upsampler" in _user_error(lambda: load_upsampler("carafe", STACK_CKPT))
+    assert "unknown upsampler=" in _user_error(lambda: load_upsampler("carafe", STACK_CKPT))
 
 
 def test_bilinear_has_no_module() -> None:
@@ -239,10 +239,10 @@ def test_default_weights_offline_and_cached(
     with pytest.raises(UserError) as e:
         default_upsampler_weights("jbu_one")
     msg = str(e.value)
-    assert "--upsampler-weights" in msg and "http://127.0.0.1:9/x.ckpt" in msg and "\n" not in msg
+    assert "upsampler_weights=" in msg and "http://127.0.0.1:9/x.ckpt" in msg and "\n" not in msg
     assert not list((tmp_path / "upsampler").glob("*"))  # no partial file left behind
 
-    with pytest.raises(UserError, match="--upsampler-weights"):
+    with pytest.raises(UserError, match="upsampler_weights"):
         default_upsampler_weights("jbu_stack")
 
     cached = tmp_path / "upsampler" / "x.ckpt"

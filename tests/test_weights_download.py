@@ -214,7 +214,7 @@ def test_wrong_bytes_from_the_server_are_refused_and_nothing_is_cached(
         default_upsampler_weights("jbu_one")
     msg = str(err.value)
     assert "\n" not in msg and url in msg and "sha256" in msg
-    assert "--upsampler-weights" in msg and "--upsampler bilinear" in msg
+    assert "upsampler_weights=" in msg and "upsampler=bilinear" in msg
     assert cache_files(tmp_path) == []  # no partial or temporary file
 
     with pytest.raises(UserError, match="could not be fetched"):  # and so with load_upsampler
@@ -244,5 +244,5 @@ def test_offline_is_one_line_naming_the_fix(
         default_upsampler_weights("jbu_one")
     msg = str(err.value)
     assert "\n" not in msg and "http://127.0.0.1:9/w.ckpt" in msg
-    assert "--upsampler-weights PATH" in msg and "--upsampler bilinear" in msg
+    assert "upsampler_weights=PATH" in msg and "upsampler=bilinear" in msg
     assert cache_files(tmp_path) == []

@@ -22,7 +22,7 @@ from pathlib import Path
 import open_clip
 import torch
 from reattn_batch.configs import CONFIG_DIR
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import ModelError
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ CLIP_MODEL_RULE = (
 def check_clip_model(name: str, where: str = "config key 'clip_model'") -> None:
     """UserError naming ``where`` unless ``name`` is in :func:`allowed_clip_models`."""
     if name not in allowed_clip_models():
-        raise UserError(f"{where}: {name!r} is not allowed; {CLIP_MODEL_RULE}")
+        raise ModelError(f"{where}: {name!r} is not allowed; {CLIP_MODEL_RULE}")
 
 
 RANDOM_WARNING = (
@@ -187,9 +187,9 @@ def _openai_cached(arch: str) -> bool:
 def require_openai_weights(arch: str) -> None:
     """Fail at once, with one line, when OpenAI's weights are neither cached nor fetchable."""
     if not _openai_cached(arch) and not _hub_reachable():
-        raise UserError(
-            f"--clip-weights openai: OpenAI's {arch} weights are not cached and the model hub "
-            "is unreachable (offline?): pass --clip-weights PATH "
+        raise ModelError(
+            f"clip_weights=openai: OpenAI's {arch} weights are not cached and the model hub "
+            "is unreachable (offline?): pass clip_weights=PATH "
             "(OpenAI's ViT-B-16.pt or a state dict)"
         )
 
@@ -200,10 +200,10 @@ def _load_openai(clip_model: str) -> tuple[open_clip.CLIP, WeightsIdentity]:
     try:
         model = open_clip.create_model(arch, pretrained="openai", force_quick_gelu=True)
     except Exception as exc:  # hub clients raise many types when offline
-        raise UserError(
+        raise ModelError(
             f"could not fetch OpenAI's {arch} weights ({type(exc).__name__}; offline?): "
-            "pass --clip-weights PATH (OpenAI's ViT-B-16.pt or a state dict), "
-            "or --clip-weights random for a dry run"
+            "pass clip_weights=PATH (OpenAI's ViT-B-16.pt or a state dict), "
+            "or clip_weights=random for a dry run"
         ) from None
     digest = _state_digest(model)
     return model, WeightsIdentity("openai", arch, digest, random=False)
@@ -226,14 +226,14 @@ def _load_file(path: Path, clip_model: str) -> tuple[open_clip.CLIP, WeightsIden
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         what = f"lacks '{missing[0]}'" if missing else f"has unexpected '{unexpected[0]}'"
-        raise UserError(
-            f"--clip-weights {path}: not {clip_model} weights (the state dict {what}); "
+        raise ModelError(
+            f"clip_weights={path}: not {clip_model} weights (the state dict {what}); "
             "pass OpenAI's ViT-B-16.pt or an open_clip ViT-B-16 state dict"
         )
     for key, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise UserError(
-                f"--clip-weights {path}: '{key}' has shape {tuple(tensor.shape)}, "
+            raise ModelError(
+                f"clip_weights={path}: '{key}' has shape {tuple(tensor.shape)}, "
                 f"{clip_model} needs {tuple(expected[key].shape)}; pass ViT-B/16 weights"
             )
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)

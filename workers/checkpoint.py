@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import ModelError, UserError
 
 # Tensors OpenAI's TorchScript CLIP carries for its own loader; no model parameter.
 _OPENAI_METADATA = ("input_resolution", "context_length", "vocab_size")
@@ -291,9 +291,9 @@ def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     ``module.`` prefixes. Nothing in the file is executed; every failure is a ``UserError``.
     """
     path = Path(path)
-    where = f"--clip-weights {path}"
+    where = f"clip_weights={path}"
     if not path.is_file():
-        raise UserError(
+        raise ModelError(
             f"{where}: no such file; pass the path of OpenAI's ViT-B-16.pt or a state dict, "
             "or 'openai' on a machine with internet"
         )
@@ -305,7 +305,7 @@ def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             obj = load_tensors_only(path)
     except _DisallowedGlobal as e:
-        raise UserError(
+        raise ModelError(
             f"{where}: the file asks to run {e} while loading and this program refuses to "
             "execute code from a checkpoint; pass OpenAI's ViT-B-16.pt or a plain state dict "
             "of tensors"
@@ -315,14 +315,14 @@ def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     state = _unwrap(obj)
     if not isinstance(state, Mapping):
-        raise UserError(f"{where}: holds a {type(state).__name__}, not a state dict; {_FIX}")
+        raise ModelError(f"{where}: holds a {type(state).__name__}, not a state dict; {_FIX}")
     state = {str(k).removeprefix("module."): v for k, v in state.items()}
     for key in _OPENAI_METADATA:
         state.pop(key, None)
     bad = next((k for k, v in state.items() if not torch.is_tensor(v)), None)
     if not state or bad is not None:
         problem = "is empty" if not state else f"has a non-tensor entry {bad!r}"
-        raise UserError(f"{where}: the state dict {problem}; {_FIX}")
+        raise ModelError(f"{where}: the state dict {problem}; {_FIX}")
     return state
 
 
@@ -335,7 +335,7 @@ def _corrupt(where: str, error: BaseException) -> UserError:
     detail = next((line.strip() for line in text.splitlines() if line.strip()), "")
     detail = detail.split(". ")[0]
     detail = (detail[:120] + "...") if len(detail) > 120 else detail or type(error).__name__
-    return UserError(
+    return ModelError(
         f"{where}: not a readable checkpoint, the file is corrupt or truncated ({detail}); "
         "download it again or pass another file"
     )

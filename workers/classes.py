@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError
 
 BACKGROUND = "background"
 MAX_CLASSES = 255  # labels 0..254; 255 = nodata
@@ -60,28 +60,28 @@ def _read_classes_file(path: Path) -> list[list[str]]:
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
-        raise UserError(f"--classes-file {path}: no such file") from None
+        raise InputError(f"classes_file={path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"--classes-file {path}: not a readable text file ({exc})") from None
+        raise InputError(f"classes_file={path}: not a readable text file ({exc})") from None
     return [[s.strip() for s in line.split(",")] for line in lines if line.strip()]
 
 
 def build_class_list(groups: list[list[str]], add_background: bool = True) -> ClassList:
     """Validate synonym groups and apply the background rule."""
     if not groups:
-        raise UserError(
-            "the class list is empty: pass --classes building,road,water (or --classes-file F)"
+        raise InputError(
+            "the class list is empty: pass classes=building,road,water (or classes_file=F)"
         )
     seen: dict[str, int] = {}
     for c, group in enumerate(groups):
         for name in group:
             if not name:
-                raise UserError(
+                raise InputError(
                     f"class {c + 1} has an empty name or synonym: remove the stray ',' or '/'"
                 )
             key = name.casefold()
             if key in seen:
-                raise UserError(
+                raise InputError(
                     f"'{name}' is listed twice (classes {seen[key] + 1} and {c + 1}): "
                     "each class and synonym must be unique"
                 )
@@ -90,7 +90,7 @@ def build_class_list(groups: list[list[str]], add_background: bool = True) -> Cl
     if add_background and BACKGROUND not in seen:
         groups.insert(0, [BACKGROUND])
     if len(groups) > MAX_CLASSES:
-        raise UserError(
+        raise InputError(
             f"{len(groups)} classes do not fit in a uint8 label "
             f"(at most {MAX_CLASSES}, 255 is nodata): merge or drop classes"
         )
@@ -105,7 +105,7 @@ def parse_classes(
 ) -> ClassList:
     """From ``--classes`` text or ``--classes-file`` (exactly one of them)."""
     if classes is not None and classes_file is not None:
-        raise UserError("pass either --classes or --classes-file, not both")
+        raise InputError("pass either `classes` or `classes_file`, not both")
     if classes_file is not None:
         groups = _read_classes_file(Path(classes_file))
     elif classes is not None and classes.strip():

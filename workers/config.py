@@ -25,7 +25,7 @@ from pydantic import (
 from reattn_batch.configs import CONFIG_DIR
 from reattn_batch.workers import methods
 from reattn_batch.workers.backbone import CLIP_MODEL_RULE, allowed_clip_models
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import ModelError
 from reattn_batch.workers.schema import Settings, first_problem
 
 DEFAULTS_FILE = CONFIG_DIR / "method.yaml"
@@ -278,13 +278,13 @@ def build_config(values: Mapping[str, Any], source: str | Mapping[str, str]) -> 
         problem = first_problem(exc, prefer=("extra_forbidden", "missing"))
     key = str(problem.loc[0]) if problem.loc else "?"
     if problem.kind == "extra_forbidden":
-        raise UserError(
+        raise ModelError(
             f"unknown config key '{key}' ({where(key)}); known keys: {', '.join(KEYS)}"
         ) from None
     if problem.kind == "missing":
-        raise UserError(f"config key '{key}' is missing ({where(key)})") from None
+        raise ModelError(f"config key '{key}' is missing ({where(key)})") from None
     shown = "" if repr(problem.value) in problem.msg else f", got {problem.value!r}"
-    raise UserError(f"config key '{key}' ({where(key)}): {problem.msg}{shown}") from None
+    raise ModelError(f"config key '{key}' ({where(key)}): {problem.msg}{shown}") from None
 
 
 def read_yaml(path: str | Path, what: str) -> Any:
@@ -294,10 +294,10 @@ def read_yaml(path: str | Path, what: str) -> Any:
     try:
         return yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"{what} {path}: no such file") from None
+        raise ModelError(f"{what} {path}: no such file") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         first = " ".join(str(exc).split()) or type(exc).__name__
-        raise UserError(f"{what} {path}: not readable YAML ({first})") from None
+        raise ModelError(f"{what} {path}: not readable YAML ({first})") from None
 
 
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
@@ -305,7 +305,7 @@ def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"{what} {path}: expected a mapping of key: value")
+        raise ModelError(f"{what} {path}: expected a mapping of key: value")
     return data
 
 
@@ -314,13 +314,13 @@ def parse_set_option(item: str) -> tuple[str, Any]:
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise UserError(f"--set {item!r}: expected key=value, e.g. --set alpha=0.3")
+        raise ModelError(f"sets={item!r}: expected key=value, e.g. sets=alpha=0.3")
     if key not in KEYS:
-        raise UserError(f"unknown config key '{key}' in --set; known keys: {', '.join(KEYS)}")
+        raise ModelError(f"unknown config key '{key}' in `sets`; known keys: {', '.join(KEYS)}")
     try:
         return key, yaml.safe_load(raw)
     except yaml.YAMLError:
-        raise UserError(f"--set {key}: value {raw!r} is not valid YAML") from None
+        raise ModelError(f"sets={key}: value {raw!r} is not valid YAML") from None
 
 
 def load_config(
@@ -335,7 +335,7 @@ def load_config(
     origin = dict.fromkeys(values, DEFAULTS_FILE.name)
     layers: list[tuple[Mapping[str, Any], str]] = []
     if config_file is not None:
-        layers.append((_read_yaml(Path(config_file), "--config"), f"--config {config_file}"))
+        layers.append((_read_yaml(Path(config_file), "--config"), f"config_file={config_file}"))
     layers.append(({k: v for k, v in (overrides or {}).items() if v is not None}, "overrides"))
     for item in sets:
         key, value = parse_set_option(item)

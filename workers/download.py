@@ -25,7 +25,7 @@ from typing import Any
 import pooch
 import requests
 from reattn_batch.workers.describe import one_line
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def fetch_pinned(
             raise ValueError(problem)
     except (OSError, requests.RequestException, ValueError) as e:
         reason = one_line(e)
-        raise UserError(f"{what} could not be fetched from {pin.url} ({reason}); {fix}") from e
+        raise ModelError(f"{what} could not be fetched from {pin.url} ({reason}); {fix}") from e
     log.info("%s saved to %s (sha256 %s)", what, dest, pin.sha256)
     return dest
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import ModelError
 from reattn_batch.workers.schema import Settings, first_problem
 
 FUSED_CONV_MODES = ("auto", "on", "off")
@@ -127,7 +127,7 @@ class EnvironmentSettings(Settings):
         except ValidationError as exc:
             problem = first_problem(exc)
             name = str(problem.loc[0])
-            raise UserError(f"{name}={given.get(name)!r}: {problem.msg}") from None
+            raise ModelError(f"{name}={given.get(name)!r}: {problem.msg}") from None
 
     @property
     def cache_root(self) -> Path:

@@ -20,7 +20,7 @@ from collections import Counter
 import numpy as np
 import torch
 from reattn_batch.workers.backbone import Backbone
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import ModelError
 from reattn_batch.workers.model_spec import (
     ModelSpec,
     assemble_segmenter,
@@ -72,7 +72,7 @@ def _model(spec: ModelSpec) -> tuple[tuple[str, str], tuple[Backbone, torch.nn.M
             key = after
         else:
             files = [f for f in (spec.clip_weights, spec.upsampler_weights) if f]
-            raise UserError(
+            raise ModelError(
                 f"the weights files ({', '.join(files)}) kept changing while they were "
                 "loaded: let their copy or download finish, then rerun"
             )

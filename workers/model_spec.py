@@ -25,7 +25,7 @@ from reattn_batch.workers.backbone import (
 from reattn_batch.workers.checkpoint import looks_like_checkpoint
 from reattn_batch.workers.classes import ClassList
 from reattn_batch.workers.config import MethodConfig
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import ModelError
 from reattn_batch.workers.segmenter import Segmenter, resolve_device
 from reattn_batch.workers.text import query_embeddings
 from reattn_batch.workers.upsampler import default_upsampler_weights, load_upsampler
@@ -96,13 +96,13 @@ def describe_weights(spec: ModelSpec) -> dict[str, dict[str, object]]:
     else:
         path = Path(spec.clip_weights)
         if not path.is_file():
-            raise UserError(
-                f"--clip-weights {path}: no such file; pass the path of OpenAI's ViT-B-16.pt "
+            raise ModelError(
+                f"clip_weights={path}: no such file; pass the path of OpenAI's ViT-B-16.pt "
                 "or a state dict, or 'openai' on a machine with internet"
             )
         if not looks_like_checkpoint(path):
-            raise UserError(
-                f"--clip-weights {path}: not a PyTorch checkpoint (neither a zip archive nor a "
+            raise ModelError(
+                f"clip_weights={path}: not a PyTorch checkpoint (neither a zip archive nor a "
                 "pickle); pass OpenAI's ViT-B-16.pt or a state dict saved with torch.save"
             )
         clip = WeightsIdentity("file", path.name, file_sha256(path), random=False)
@@ -110,8 +110,8 @@ def describe_weights(spec: ModelSpec) -> dict[str, dict[str, object]]:
     if spec.upsampler != "bilinear":
         path = Path(spec.upsampler_weights or default_upsampler_weights(spec.upsampler))
         if not path.is_file():
-            raise UserError(
-                f"--upsampler-weights {path}: no such file; pass a SimFeatUp/FeatUp checkpoint"
+            raise ModelError(
+                f"upsampler_weights={path}: no such file; pass a SimFeatUp/FeatUp checkpoint"
             )
         upsampler |= {"name": path.name, "sha256": file_sha256(path)}
     return {"clip": clip.as_dict(), "upsampler": upsampler}
@@ -126,9 +126,9 @@ def load_model_parts(spec: ModelSpec) -> tuple[Backbone, torch.nn.Module | None]
     backbone = load_backbone(spec.clip_weights, spec.cfg.clip_model, spec.cfg.random_seed)
     feat_dim = backbone.model.visual.proj.shape[1]
     if upsampler is not None and upsampler.fixup_proj[1].in_channels != feat_dim:
-        raise UserError(
-            f"--upsampler {spec.upsampler} works on 512-d CLIP ViT-B/16 features but "
-            f"{spec.cfg.clip_model} gives {feat_dim}-d ones: use --upsampler bilinear"
+        raise ModelError(
+            f"upsampler={spec.upsampler} works on 512-d CLIP ViT-B/16 features but "
+            f"{spec.cfg.clip_model} gives {feat_dim}-d ones: use upsampler=bilinear"
         )
     return backbone, upsampler
 

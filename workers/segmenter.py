@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from reattn_batch.workers.backbone import Backbone
 from reattn_batch.workers.batching import resolve_batch_size
 from reattn_batch.workers.config import MethodConfig
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import ModelError
 from reattn_batch.workers.methods import BASE_METHODS, DenseFeatures, Method, ReAttnCLIP
 from reattn_batch.workers.upsampled_logits import upsampled_cosines
 from torch import Tensor, nn
@@ -59,7 +59,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is visible here; use --device cpu or auto")
+        raise ModelError("device=cuda: no CUDA GPU is visible here; use device=cpu or auto")
     return torch.device(device)
 
 
@@ -181,9 +181,9 @@ class Segmenter(nn.Module):
         )
         patch = self.backbone.patch_size
         if self.upsampler is not None and min(padded.shape[-2:]) < MIN_JBU_GRID * patch:
-            raise UserError(
+            raise ModelError(
                 f"a {h}x{w} px image is too small for SimFeatUp (its reflect padding needs at "
-                f"least {MIN_JBU_GRID * patch} px a side): use --upsampler bilinear"
+                f"least {MIN_JBU_GRID * patch} px a side): use upsampler=bilinear"
             )
         queries = self.queries.float()
         with self._autocast():

@@ -19,7 +19,7 @@ from reattn_batch.run.progress import RunProgress
 from reattn_batch.run.watch import NoWorkerError, NoWorkerWatch
 from reattn_batch.settings import DEFAULT_NO_WORKER_TIMEOUT
 from reattn_batch.store.records import RunRecords
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError, UserError
 from reattn_batch.workers.model_cache import embed_queries_timed
 
 log = logging.getLogger(__name__)
@@ -60,15 +60,17 @@ def block_result(future, grid: BlockGrid, out: str, tick=None):
     except NoWorkerError:
         raise  # says itself that finished blocks are kept
     except UserError as exc:
-        raise UserError(f"{exc}; finished blocks are kept in {out}: rerun with --resume") from exc
+        raise InputError(
+            f"{exc}; finished blocks are kept in {out}: rerun with resume=True"
+        ) from exc
     except Exception as exc:
         index = int(str(future.key).rsplit("-", 1)[-1])
         box = grid.block_at(index).native
         reason = str(exc).splitlines()[0] if str(exc) else ""
-        raise UserError(
+        raise InputError(
             f"block {index} (rows {box.y0}:{box.y1}, cols {box.x0}:{box.x1}) failed: "
             f"{type(exc).__name__}: {reason}; finished blocks are kept in {out}: "
-            "fix the cause and rerun with --resume"
+            "fix the cause and rerun with resume=True"
         ) from exc
     if isinstance(result, BlockFailure):
         raise failure_error(result, grid, out)
@@ -79,14 +81,14 @@ def failure_error(failure: BlockFailure, grid: BlockGrid, out: str) -> UserError
     """The one line of a block task that failed (its traceback is logged at DEBUG)."""
     log.debug("block %d failed on the worker:\n%s", failure.index, failure.traceback)
     if failure.user_error:
-        kept = f"finished blocks are kept in {out}: rerun with --resume"
-        return UserError(f"{failure.message}; {kept}")
+        kept = f"finished blocks are kept in {out}: rerun with resume=True"
+        return InputError(f"{failure.message}; {kept}")
     box = grid.block_at(failure.index).native
     reason = failure.message.splitlines()[0] if failure.message else ""
-    return UserError(
+    return InputError(
         f"block {failure.index} (rows {box.y0}:{box.y1}, cols {box.x0}:{box.x1}) failed: "
         f"{failure.error_type}: {reason}; finished blocks are kept in {out}: "
-        "fix the cause and rerun with --resume"
+        "fix the cause and rerun with resume=True"
     )
 
 

@@ -17,7 +17,7 @@ from reattn_batch.settings import (
     ClusterSettings,
     ModelSettings,
     SceneSettings,
-    from_flags,
+    from_keywords,
     option_choices,
     option_default,
     require_background,
@@ -182,7 +182,7 @@ def take(values: dict[str, Any], keys) -> dict[str, Any]:
 def build_model_spec(model: dict[str, Any]):
     """The ModelSpec of the ``model_options`` values (``model``: their keyword dict)."""
     flags = {key: model[key] for key in MODEL_KEYS} | {"config": model["config_file"]}
-    return from_flags(ModelSettings, flags).model_spec(model["sets"])
+    return from_keywords(ModelSettings, flags).model_spec(model["sets"])
 
 
 def build_classes(model: dict[str, Any], prob_thd: float):
@@ -197,13 +197,14 @@ def build_classes(model: dict[str, Any], prob_thd: float):
 
 
 def scene_settings(values: dict[str, Any]) -> SceneSettings:
-    """``scene_options`` values -> SceneSettings; errors name the flag."""
-    return from_flags(SceneSettings, values)
+    """``scene_options`` values -> SceneSettings; errors name the keyword (main words it as
+    the flag)."""
+    return from_keywords(SceneSettings, values)
 
 
 def cluster_settings(values: dict[str, Any]) -> ClusterSettings:
     """``scheduler_options`` (and ``local_cluster_options``) values -> ClusterSettings."""
-    return from_flags(ClusterSettings, values)
+    return from_keywords(ClusterSettings, values)
 
 
 def parse_resize(resize: str) -> int | None:

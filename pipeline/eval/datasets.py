@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from reattn_batch.workers.classes import ClassList, build_class_list
 from reattn_batch.workers.config import CONFIG_DIR, build_config, load_config, read_yaml
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError, UserError
 
 DATASETS_DIR = CONFIG_DIR / "datasets"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -96,15 +96,15 @@ def find_preset(name: str) -> Path:
     candidate = DATASETS_DIR / f"{key}.yaml"
     if candidate.is_file():
         return candidate
-    raise UserError(
-        f"--dataset {name!r}: no such preset; known: {', '.join(available())} "
+    raise InputError(
+        f"dataset={name!r}: no such preset; known: {', '.join(available())} "
         "(or pass the path of a preset YAML file)"
     )
 
 
 def _expect(ok: bool, where: str, key: str, what: str, value: Any) -> None:
     if not ok:
-        raise UserError(f"{where}: key '{key}': expected {what}, got {value!r}")
+        raise InputError(f"{where}: key '{key}': expected {what}, got {value!r}")
 
 
 def _layout(raw: Any, where: str) -> Layout:
@@ -112,7 +112,7 @@ def _layout(raw: Any, where: str) -> Layout:
     fields = [f.name for f in dataclasses.fields(Layout)]
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise UserError(f"{where}: unknown key 'layout.{unknown[0]}'; known: {', '.join(fields)}")
+        raise InputError(f"{where}: unknown key 'layout.{unknown[0]}'; known: {', '.join(fields)}")
     values = {}
     for field in ("img_dir", "ann_dir", "img_suffix", "seg_map_suffix"):
         value = raw.get(field)
@@ -136,13 +136,13 @@ def load_preset(name: str) -> DatasetPreset:
     where = f"dataset preset {path}"
     raw = read_yaml(path, "dataset preset")
     if not isinstance(raw, dict):
-        raise UserError(f"{where}: expected a mapping of key: value")
+        raise InputError(f"{where}: expected a mapping of key: value")
     unknown = sorted(set(raw) - set(_REQUIRED) - set(_OPTIONAL))
     if unknown:
-        raise UserError(f"{where}: unknown key '{unknown[0]}'; known: {', '.join(_REQUIRED)}")
+        raise InputError(f"{where}: unknown key '{unknown[0]}'; known: {', '.join(_REQUIRED)}")
     missing = [k for k in _REQUIRED if k not in raw]
     if missing:
-        raise UserError(f"{where}: key '{missing[0]}' is missing")
+        raise InputError(f"{where}: key '{missing[0]}' is missing")
 
     classes = raw["classes"]
     _expect(
@@ -195,7 +195,7 @@ def load_preset(name: str) -> DatasetPreset:
     try:
         preset.class_list()
     except UserError as exc:
-        raise UserError(f"{where}: key 'classes': {exc}") from None
+        raise InputError(f"{where}: key 'classes': {exc}") from None
     return preset
 
 
@@ -218,17 +218,17 @@ def read_label(path: str | Path, reduce_zero: bool) -> np.ndarray:
         with Image.open(path) as image:
             label = np.array(image)
     except FileNotFoundError:
-        raise UserError(f"{path}: no such label file") from None
+        raise InputError(f"{path}: no such label file") from None
     except OSError as exc:
-        raise UserError(f"{path}: not a readable label image ({exc})") from None
+        raise InputError(f"{path}: not a readable label image ({exc})") from None
     if label.ndim != 2:
-        raise UserError(
+        raise InputError(
             f"{path}: label has shape {label.shape}; expected one channel of class indices "
             "(convert colour-coded labels with the dataset's converter first)"
         )
     if label.dtype != np.uint8:
         if label.size and (label.min() < 0 or label.max() > 255):
-            raise UserError(f"{path}: label values outside 0..255; expected uint8 class indices")
+            raise InputError(f"{path}: label values outside 0..255; expected uint8 class indices")
         label = label.astype(np.uint8)
     return reduce_zero_label(label) if reduce_zero else label
 
@@ -253,19 +253,19 @@ def preset_samples(preset: DatasetPreset, data_root: Path) -> list[Sample]:
     """Pairs under ``data_root`` in the preset's layout, sorted as mmseg lists them."""
     layout = preset.layout
     if not data_root.is_dir():
-        raise UserError(f"--data-root {data_root}: no such folder")
+        raise InputError(f"data_root={data_root}: no such folder")
     img_root, ann_root = data_root / layout.img_dir, data_root / layout.ann_dir
     for folder, key in ((img_root, "img_dir"), (ann_root, "ann_dir")):
         if not folder.is_dir():
-            raise UserError(
-                f"--data-root {data_root}: no folder {getattr(layout, key)} ({preset.name} "
+            raise InputError(
+                f"data_root={data_root}: no folder {getattr(layout, key)} ({preset.name} "
                 f"layout.{key} in {preset.path.name}); expected the layout of SegEarth-OV's "
-                "dataset preparation, or pass --images DIR --labels DIR"
+                "dataset preparation, or pass images=DIR labels=DIR"
             )
     if layout.split_file is not None:
         split = data_root / layout.split_file
         if not split.is_file():
-            raise UserError(
+            raise InputError(
                 f"{split}: the {preset.name} split file (layout.split_file) is missing; "
                 "put the list of evaluation image names there"
             )
@@ -282,12 +282,12 @@ def preset_samples(preset: DatasetPreset, data_root: Path) -> list[Sample]:
     for stem, image in pairs:
         label = ann_root / f"{stem}{layout.seg_map_suffix}"
         if not image.is_file():
-            raise UserError(f"{image}: listed in {layout.split_file} but no such image")
+            raise InputError(f"{image}: listed in {layout.split_file} but no such image")
         if not label.is_file():
-            raise UserError(f"{image}: no label {label} ({preset.name} layout.seg_map_suffix)")
+            raise InputError(f"{image}: no label {label} ({preset.name} layout.seg_map_suffix)")
         samples.append(Sample(name=stem, image=image, label=label))
     if not samples:
-        raise UserError(f"{img_root}: no images ending in {layout.img_suffix}")
+        raise InputError(f"{img_root}: no images ending in {layout.img_suffix}")
     return samples
 
 
@@ -298,11 +298,11 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 def paired_samples(images: Path, labels: Path, seg_map_suffix: str | None = None) -> list[Sample]:
-    """``--images DIR --labels DIR``: each image paired with the label of the same stem
+    """``images=DIR labels=DIR``: each image paired with the label of the same stem
     (relative path without suffix), or with stem + ``seg_map_suffix`` where given."""
-    for folder, option in ((images, "--images"), (labels, "--labels")):
+    for folder, option in ((images, "`images`"), (labels, "`labels`")):
         if not folder.is_dir():
-            raise UserError(f"{option} {folder}: no such folder")
+            raise InputError(f"{option} {folder}: no such folder")
     by_stem: dict[str, list[Path]] = {}
     for path in _images_in(labels):
         by_stem.setdefault(str(path.relative_to(labels).with_suffix("")), []).append(path)
@@ -315,14 +315,14 @@ def paired_samples(images: Path, labels: Path, seg_map_suffix: str | None = None
             found = by_stem.get(stem, [])
             if len(found) != 1:
                 why = "no label" if not found else f"{len(found)} labels"
-                raise UserError(
-                    f"{image}: {why} named {stem}.* in --labels {labels}; "
+                raise InputError(
+                    f"{image}: {why} named {stem}.* in labels={labels}; "
                     "images and labels are paired by file name without its suffix"
                 )
             label = found[0]
         samples.append(Sample(name=stem, image=image, label=label))
     if not samples:
-        raise UserError(f"--images {images}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+        raise InputError(f"images={images}: no images ({', '.join(IMAGE_EXTENSIONS)})")
     return samples
 
 
@@ -334,23 +334,23 @@ def select_samples(
     labels: Path | None,
     limit: int | None,
 ) -> list[Sample]:
-    """The samples of --data-root (in the preset's layout) or --images/--labels."""
+    """The samples of `data_root` (in the preset's layout) or `images`/`labels`."""
 
     if limit is not None and limit < 1:
-        raise UserError(f"--limit {limit}: must be at least 1")
+        raise InputError(f"limit={limit}: must be at least 1")
     if (images is None) != (labels is None):
-        raise UserError("pass --images DIR and --labels DIR together")
+        raise InputError("pass images=DIR and labels=DIR together")
     if images is not None and data_root is not None:
-        raise UserError("pass --data-root DIR or --images DIR --labels DIR, not both")
+        raise InputError("pass data_root=DIR or images=DIR labels=DIR, not both")
     if images is not None:
         suffix = preset.layout.seg_map_suffix if preset else None
         samples = paired_samples(images, labels, suffix)
     elif data_root is not None:
         if preset is None:
-            raise UserError(
-                "--data-root needs --dataset NAME (for its layout); or pass --images/--labels"
+            raise InputError(
+                "`data_root` needs dataset=NAME (for its layout); or pass `images`/`labels`"
             )
         samples = preset_samples(preset, data_root)
     else:
-        raise UserError("nothing to evaluate: pass --data-root DIR, or --images DIR --labels DIR")
+        raise InputError("nothing to evaluate: pass data_root=DIR, or images=DIR labels=DIR")
     return samples if limit is None else samples[:limit]

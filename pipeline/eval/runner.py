@@ -35,7 +35,7 @@ from reattn_batch.image.io import read_rgb, rescaled_size, write_label_png
 from reattn_batch.image.segment import Segmentation, segment_array
 from reattn_batch.report import Clock, TimedSegmenter, model_facts
 from reattn_batch.workers.classes import ClassList
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError, UserError
 from reattn_batch.workers.model_spec import ModelSpec, assemble_segmenter, load_model_parts
 from reattn_batch.workers.postprocess import labels_from_logits
 from reattn_batch.workers.segmenter import Segmenter
@@ -284,7 +284,7 @@ def run_dask(
             raise
         except Exception as exc:
             reason = str(exc).splitlines()[0] if str(exc) else ""
-            raise UserError(
+            raise InputError(
                 f"{sample.image}: evaluation failed on a worker: {type(exc).__name__}: {reason}"
             ) from exc
         total += counts

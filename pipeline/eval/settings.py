@@ -14,7 +14,7 @@ from typing import Any
 
 from reattn_batch.eval.runner import Setting
 from reattn_batch.workers.config import build_config, parse_set_option, read_yaml
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError
 
 GRID_KEYS = ("name", "config", "reported_miou", "description")
 
@@ -46,27 +46,29 @@ def load_grid(path: Path, base_spec) -> list:
     -> Settings on top of ``base_spec``; errors name the row and the key."""
     rows = read_yaml(path, "--grid")
     if not isinstance(rows, list) or not rows:
-        raise UserError(f"--grid {path}: expected a non-empty list of settings")
+        raise InputError(f"grid={path}: expected a non-empty list of settings")
     settings, seen = [], set()
     for i, row in enumerate(rows, 1):
         where = f"--grid {path}, setting {i}"
         if not isinstance(row, dict):
-            raise UserError(f"{where}: expected a mapping with 'name' and 'config'")
+            raise InputError(f"{where}: expected a mapping with 'name' and 'config'")
         unknown = sorted(set(row) - set(GRID_KEYS))
         if unknown:
-            raise UserError(f"{where}: unknown key '{unknown[0]}'; known: {', '.join(GRID_KEYS)}")
+            raise InputError(f"{where}: unknown key '{unknown[0]}'; known: {', '.join(GRID_KEYS)}")
         name = row.get("name")
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._+-]+", name):
-            raise UserError(f"{where}: key 'name': expected letters, digits, . _ + -; got {name!r}")
+            raise InputError(
+                f"{where}: key 'name': expected letters, digits, . _ + -; got {name!r}"
+            )
         if name in seen:
-            raise UserError(f"{where}: key 'name': {name!r} is used twice")
+            raise InputError(f"{where}: key 'name': {name!r} is used twice")
         seen.add(name)
         config = row.get("config") or {}
         reported = row.get("reported_miou") or {}
         if not isinstance(config, dict):
-            raise UserError(f"{where} ({name}): key 'config': expected a mapping of config keys")
+            raise InputError(f"{where} ({name}): key 'config': expected a mapping of config keys")
         if not isinstance(reported, dict):
-            raise UserError(f"{where} ({name}): key 'reported_miou': expected dataset: mIoU")
+            raise InputError(f"{where} ({name}): key 'reported_miou': expected dataset: mIoU")
         cfg = build_config({**base_spec.cfg.as_dict(), **config}, source=f"{where} ({name})")
         settings.append(
             Setting(name, dataclasses.replace(base_spec, cfg=cfg), dict(config), dict(reported))

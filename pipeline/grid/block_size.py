@@ -62,7 +62,7 @@ def choose_block_size(
     if best is None:
         return BlockChoice(CHUNK, float("nan"), False)
     log.warning(
-        "--block-size auto: no block that fits a worker's memory keeps the halo redundancy "
+        "block_size='auto': no block that fits a worker's memory keeps the halo redundancy "
         "under %.0f %%; using %d px with %.1f %% redundancy (give workers more memory to "
         "lower it)", 100 * target, best.block, 100 * best.redundancy,
     )  # fmt: skip

@@ -6,17 +6,17 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
     """An image file -> (H, W, 3) uint8 RGB, decoded as mmcv does (OpenCV, colour)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such file; pass the path of an image (PNG, JPEG, TIFF)")
+        raise InputError(f"{path}: no such file; pass the path of an image (PNG, JPEG, TIFF)")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        raise UserError(f"{path}: not a readable image; pass a PNG, JPEG or TIFF file")
+        raise InputError(f"{path}: not a readable image; pass a PNG, JPEG or TIFF file")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -35,6 +35,6 @@ def resize_long_side(image: np.ndarray, long_side: int) -> np.ndarray:
 def write_label_png(path: str | Path, labels: np.ndarray) -> None:
     """(H, W) uint8 labels -> a single-channel PNG."""
     if not cv2.imwrite(str(path), np.ascontiguousarray(labels, dtype=np.uint8)):
-        raise UserError(
+        raise InputError(
             f"-o {path}: could not write the PNG; check the folder exists and is writable"
         )

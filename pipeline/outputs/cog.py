@@ -18,7 +18,7 @@ import numpy as np
 from affine import Affine
 from reattn_batch.outputs.files import TILE, check_output, temp_sibling, window_step, windows
 from reattn_batch.store import NODATA, LabelStore, open_store
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError
 
 OVERVIEW_RESAMPLING = ("mode", "nearest")
 COMPRESSIONS = ("deflate", "zstd")
@@ -75,9 +75,9 @@ def export_cog(
     from rasterio.windows import Window
 
     if resampling not in OVERVIEW_RESAMPLING:
-        raise UserError(f"overview resampling {resampling!r}: choose mode or nearest")
+        raise InputError(f"overview resampling {resampling!r}: choose mode or nearest")
     if compress not in COMPRESSIONS:
-        raise UserError(f"compression {compress!r}: choose deflate or zstd")
+        raise InputError(f"compression {compress!r}: choose deflate or zstd")
     ls = open_store(store_path)
     out = check_output(out_path, overwrite, "COG")
     georef: dict[str, Any] = {}
@@ -142,7 +142,7 @@ def export_cog(
             raise RuntimeError(f"GDAL wrote an invalid COG: {'; '.join(problems)}")
         os.replace(tmp_cog, out)
     except OSError as exc:
-        raise UserError(f"cannot write the COG {out} ({exc.strerror or exc})") from None
+        raise InputError(f"cannot write the COG {out} ({exc.strerror or exc})") from None
     finally:
         for path in (tmp, tmp_cog):
             path.unlink(missing_ok=True)

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import StoreError
 
 TILE = 512  # COG tile edge
 WINDOW = 2048  # edge of the windows read from the store (a multiple of TILE)
@@ -19,14 +19,14 @@ def check_output(path: str | os.PathLike, overwrite: bool, what: str) -> Path:
     """A writable output path; an existing one only with ``overwrite`` (UserError otherwise)."""
     out = Path(path)
     if out.is_dir():
-        raise UserError(f"{what} {out} is a folder; pass a file path")
+        raise StoreError(f"{what} {out} is a folder; pass a file path")
     if (out.exists() or out.is_symlink()) and not overwrite:
-        raise UserError(f"{what} {out} already exists; pass --overwrite to replace it")
+        raise StoreError(f"{what} {out} already exists; pass overwrite=True to replace it")
     parent = out.absolute().parent
     if not parent.is_dir():
-        raise UserError(f"{what} {out}: the folder {parent} does not exist; create it first")
+        raise StoreError(f"{what} {out}: the folder {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{what} {out}: the folder {parent} is not writable")
+        raise StoreError(f"{what} {out}: the folder {parent} is not writable")
     return out
 
 

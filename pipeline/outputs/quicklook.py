@@ -15,7 +15,7 @@ from reattn_batch.outputs.counts import class_counts
 from reattn_batch.outputs.decimate import decimate_mode
 from reattn_batch.outputs.files import check_output, temp_sibling
 from reattn_batch.store import NODATA, LabelStore, open_store
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError
 
 NODATA_QUICKLOOK = (224, 224, 224)  # light grey: nodata / not yet written
 
@@ -23,7 +23,7 @@ NODATA_QUICKLOOK = (224, 224, 224)  # light grey: nodata / not yet written
 def quicklook_shape(height: int, width: int, max_size: int = 1024) -> tuple[int, int]:
     """(rows, cols) of the quicklook's map: the long side scaled to at most ``max_size``."""
     if max_size < 1:
-        raise UserError(f"quicklook size {max_size}: must be at least 1 pixel")
+        raise InputError(f"quicklook size {max_size}: must be at least 1 pixel")
     scale = min(1.0, max_size / max(height, width))
     return max(1, min(max_size, round(height * scale))), max(1, min(max_size, round(width * scale)))
 
@@ -113,7 +113,7 @@ def export_quicklook(
         canvas.save(tmp, format="PNG", optimize=True)
         os.replace(tmp, out)
     except OSError as exc:
-        raise UserError(f"cannot write the quicklook {out} ({exc.strerror or exc})") from None
+        raise InputError(f"cannot write the quicklook {out} ({exc.strerror or exc})") from None
     finally:
         tmp.unlink(missing_ok=True)
     return canvas.size

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from reattn_batch.workers.describe import one_line
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError, UserError
 
 
 def item_href(item: Any, api_url: str | None = None) -> str:
@@ -21,7 +21,7 @@ def item_href(item: Any, api_url: str | None = None) -> str:
         return href
     if api_url and item.collection_id:
         return f"{api_url.rstrip('/')}/collections/{item.collection_id}/items/{item.id}"
-    raise UserError(f"STAC Item {item.id} has no self link; it cannot be read again as a scene")
+    raise InputError(f"STAC Item {item.id} has no self link; it cannot be read again as a scene")
 
 
 def search_items(search: Any) -> list[str]:
@@ -43,7 +43,7 @@ def search_items(search: Any) -> list[str]:
     except UserError:
         raise
     except Exception as exc:
-        raise UserError(f"STAC API search at {search.url} failed ({one_line(exc, 200)})") from None
+        raise InputError(f"STAC API search at {search.url} failed ({one_line(exc, 200)})") from None
     return [item_href(item, search.url) for item in items]
 
 
@@ -52,18 +52,18 @@ def catalog_items(href: str) -> list[str]:
     import pystac
 
     if "://" not in href and not Path(href).is_file():
-        raise UserError(f"{href}: no such STAC catalog file")
+        raise InputError(f"{href}: no such STAC catalog file")
     try:
         catalog = pystac.read_file(href)
     except Exception as exc:
-        raise UserError(f"cannot read the STAC catalog {href} ({one_line(exc, 200)})") from None
+        raise InputError(f"cannot read the STAC catalog {href} ({one_line(exc, 200)})") from None
     if isinstance(catalog, pystac.Item):
         return [item_href(catalog)]
     if not isinstance(catalog, pystac.Catalog):
-        raise UserError(f"{href} is not a STAC catalog or collection")
+        raise InputError(f"{href} is not a STAC catalog or collection")
     try:
         return [item_href(item) for item in catalog.get_items(recursive=True)]
     except UserError:
         raise
     except Exception as exc:
-        raise UserError(f"cannot read the Items of {href} ({one_line(exc, 200)})") from None
+        raise InputError(f"cannot read the Items of {href} ({one_line(exc, 200)})") from None

@@ -45,7 +45,7 @@ from reattn_batch.run.plan import plan
 from reattn_batch.run.spine import run_scene
 from reattn_batch.settings import ClusterSettings
 from reattn_batch.workers.describe import one_line
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError, UserError
 from reattn_batch.workers.model_spec import describe_weights
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def _job_lock(root: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise UserError(
+            raise InputError(
                 f"another job run is writing to {root} (it holds {LOCK_FILE}); "
                 "wait for it to finish"
             ) from None
@@ -123,7 +123,7 @@ def _map_scene(
         if (out / ".zgroup").exists():
             attrs = store.read_attrs(out)
             if attrs.get("run_fingerprint") != run_fingerprint(request, plan(request), weights):
-                raise UserError(
+                raise InputError(
                     f"{out} holds labels of a different run (the scene file, classes, model "
                     "or run settings changed since it was written); it is left as it is: "
                     "move or delete it to map this scene again"
@@ -158,7 +158,7 @@ def run_job(job: RegionalJob, summary_path: Path | None = None) -> JobReport:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(
+        raise InputError(
             f"job spec {job.path}: 'output_root': cannot create {root} ({exc.strerror or exc})"
         ) from None
     summary_path = Path(summary_path) if summary_path else root / SUMMARY_JSON
@@ -166,7 +166,7 @@ def run_job(job: RegionalJob, summary_path: Path | None = None) -> JobReport:
         try:
             weights = describe_weights(job.model)  # once; a missing file fails the job
         except UserError as exc:
-            raise UserError(f"job spec {job.path}: 'model': {exc}") from None
+            raise InputError(f"job spec {job.path}: 'model': {exc}") from None
         entries = [SceneEntry(uri=s, store=str(job.store_for(s))) for s in job.scenes]
         index = write_index(job, entries)
         with contextlib.ExitStack() as stack:

@@ -37,7 +37,7 @@ from reattn_batch.settings import (
 )
 from reattn_batch.workers.classes import ClassList, build_class_list, parse_classes
 from reattn_batch.workers.config import read_yaml
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError, UserError
 from reattn_batch.workers.model_spec import ModelSpec
 
 
@@ -185,7 +185,7 @@ class RegionalJob:
         path = Path(path)
         data = read_yaml(path, "job spec")
         if not isinstance(data, dict):
-            raise UserError(f"job spec {path}: expected a mapping of {', '.join(_top_keys())}")
+            raise InputError(f"job spec {path}: expected a mapping of {', '.join(_top_keys())}")
         try:
             raw = JobFile.model_validate(data)
         except ValidationError as exc:
@@ -249,7 +249,7 @@ class _Resolver:
         self.base = path.absolute().parent
 
     def error(self, key: str, why: str) -> UserError:
-        return UserError(f"job spec {self.path}: '{key}': {why}")
+        return InputError(f"job spec {self.path}: '{key}': {why}")
 
     def local(self, key: str, value: str | Path, base: Path | None = None) -> Path:
         """A local path; relative paths are relative to the spec file's folder."""

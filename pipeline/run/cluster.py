@@ -14,7 +14,7 @@ import dask
 from distributed import Client, LocalCluster
 from reattn_batch.settings import ClusterSettings
 from reattn_batch.workers.environment import EnvironmentSettings
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import ClusterError
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +140,10 @@ def cluster_info(client: Client, torch_threads: int) -> ClusterInfo:
 def connect(request: ClusterSettings) -> Iterator[tuple[Client, ClusterInfo]]:
     """A Dask client for the request; closes what it started."""
     if request.scheduler or request.scheduler_file:
-        where = request.scheduler or f"--scheduler-file {request.scheduler_file}"
+        where = request.scheduler or f"scheduler_file={request.scheduler_file}"
         if request.scheduler_file is not None and not Path(request.scheduler_file).is_file():
-            raise UserError(
-                f"--scheduler-file {request.scheduler_file}: no such file; "
+            raise ClusterError(
+                f"scheduler_file={request.scheduler_file}: no such file; "
                 "start `dask scheduler --scheduler-file F` first"
             )
         timeout = connect_timeout()
@@ -158,16 +158,16 @@ def connect(request: ClusterSettings) -> Iterator[tuple[Client, ClusterInfo]]:
                 raise
             # distributed's words for a TLS set-up that cannot work: no certificates for
             # a tls:// address, a tcp:// one while encryption is required, unreadable files
-            raise UserError(
+            raise ClusterError(
                 f"cannot connect to the Dask scheduler at {where}: TLS set-up: {exc}; "
                 f"for tls:// set {TLS_ENV_HINT} (deploy/README.md, TLS)"
             ) from None
         except (OSError, TimeoutError, ValueError) as exc:
-            raise UserError(
+            raise ClusterError(
                 f"could not reach the Dask scheduler at {where} within {timeout:g} s "
                 f"({type(exc).__name__}): "
                 "check the address and that the scheduler runs, "
-                "or drop --scheduler to use a local cluster"
+                "or drop `scheduler` to use a local cluster"
             ) from None
         cluster = None
         torch_threads = 0

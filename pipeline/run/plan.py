@@ -11,7 +11,7 @@ from reattn_batch.grid.grids import BlockGrid, ModelGrid
 from reattn_batch.run.request import SceneRequest
 from reattn_batch.scene import SceneInfo, open_scene
 from reattn_batch.settings import AUTO_BLOCK, GSD_FACTOR_BOUNDS
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,8 @@ def check_gsd_factor(native_gsd: float, model_gsd: float) -> None:
     lo, hi = GSD_FACTOR_BOUNDS
     factor = native_gsd / model_gsd
     if not lo <= factor <= hi:
-        raise UserError(
-            f"--gsd {model_gsd:g} on a scene of GSD {native_gsd:g} resamples it by x{factor:.3g}; "
+        raise InputError(
+            f"gsd={model_gsd:g} on a scene of GSD {native_gsd:g} resamples it by x{factor:.3g}; "
             f"the model grid must be between 1/{1 / lo:g} and {hi:g} times the native one: "
-            f"pass a --gsd between {native_gsd / hi:g} and {native_gsd / lo:g}"
+            f"pass a `gsd` between {native_gsd / hi:g} and {native_gsd / lo:g}"
         )

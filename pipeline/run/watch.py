@@ -65,8 +65,8 @@ class NoWorkerWatch:
         return window_for(self.threads)
 
     def _message(self, n_workers: int) -> str:
-        kept = f"finished blocks are kept in {self.out}: rerun with --resume"
-        wait = "or raise --no-worker-timeout (job specs: run.no_worker_timeout)"
+        kept = f"finished blocks are kept in {self.out}: rerun with resume=True"
+        wait = "or raise no_worker_timeout (job specs: run.no_worker_timeout)"
         if self.gpu and n_workers:
             return (
                 f"no Dask worker with the GPU resource for {self.timeout:g} s ({n_workers} "

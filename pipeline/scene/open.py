@@ -11,8 +11,8 @@ from reattn_batch.scene import gdal_backend, zarr_backend
 from reattn_batch.scene.info import SceneInfo
 from reattn_batch.scene.policy import STRETCH_PERCENTILES, STRETCH_SAMPLE_LONG_SIDE
 from reattn_batch.scene.uri import error_text, is_remote, resolve_scene, resolve_uri
-from reattn_batch.settings import SceneSettings, from_flags
-from reattn_batch.workers.errors import UserError
+from reattn_batch.settings import SceneSettings, from_keywords
+from reattn_batch.workers.errors import InputError, UserError
 
 log = logging.getLogger("reattn_batch.scene")
 
@@ -25,14 +25,14 @@ def open_scene(
     asset: str | None = None,
 ) -> SceneInfo:
     """Metadata of a scene (and its stretch for non-uint8 data); see the module docstring."""
-    checked = from_flags(SceneSettings, {"bands": bands, "stretch": stretch})
+    checked = from_keywords(SceneSettings, {"bands": bands, "stretch": stretch})
     bands, stretch = checked.bands, checked.stretch
     uri, item = resolve_scene(uri, asset)
     kind, path = resolve_uri(uri)
     if kind == "gdal" and not is_remote(path) and not Path(path).exists():
-        raise UserError(f"{uri}: no such file; pass the path of a GeoTIFF/COG or a .zarr store")
+        raise InputError(f"{uri}: no such file; pass the path of a GeoTIFF/COG or a .zarr store")
     if kind == "zarr" and "://" not in path and not Path(path).exists():
-        raise UserError(f"{uri}: no such file or Zarr store; check the path")
+        raise InputError(f"{uri}: no such file or Zarr store; check the path")
     if kind == "zarr":
         scene = zarr_backend.open_dataset(uri, path, bands, variable)
     else:
@@ -68,9 +68,9 @@ def _estimate_stretch(scene: SceneInfo) -> tuple[float, float]:
     except UserError:
         raise
     except Exception as exc:
-        raise UserError(
+        raise InputError(
             f"{scene.path}: could not read a decimated sample for the stretch "
-            f"({error_text(exc)}); pass --stretch lo,hi or check the file"
+            f"({error_text(exc)}); pass stretch=lo,hi or check the file"
         ) from None
     sample = values[:, ok].astype(np.float64).ravel()
     if sample.size == 0:

@@ -38,7 +38,7 @@ import math
 import numpy as np
 from affine import Affine
 from reattn_batch.scene.info import SceneInfo
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError
 
 log = logging.getLogger("reattn_batch.scene")
 
@@ -55,29 +55,27 @@ def choose_bands(
 ) -> tuple[tuple[int, ...], int | None]:
     """(bands, mask_band) from the band count and colour interpretation names."""
     if count < 1:
-        raise UserError(f"{uri}: the scene has no bands; pass a raster with 1, 3 or 4 bands")
+        raise InputError(f"{uri}: the scene has no bands; pass a raster with 1, 3 or 4 bands")
     interp = interp or ["undefined"] * count
     alpha = next((i + 1 for i, name in enumerate(interp) if name == "alpha"), None)
     if requested is not None:
         for b in requested:
             if not 1 <= b <= count:
-                raise UserError(
-                    f"--bands: band {b} is out of range; {uri} has {count} band"
+                raise InputError(
+                    f"`bands`: band {b} is out of range; {uri} has {count} band"
                     f"{'s' if count != 1 else ''} (1..{count})"
                 )
         chosen = requested * 3 if len(requested) == 1 else requested
     elif count > 4:
-        raise UserError(
-            f"{uri} has {count} bands; pass --bands R,G,B (1-based), e.g. --bands 3,2,1"
-        )
+        raise InputError(f"{uri} has {count} bands; pass bands=R,G,B (1-based), e.g. bands=3,2,1")
     elif count == 1:
         if interp[0] == "palette":
             log.warning("%s: a paletted band is read as grey values, not its colours", uri)
         chosen = (1, 1, 1)
     elif count == 2:
         if alpha != 2:
-            raise UserError(
-                f"{uri} has 2 bands and the second is not alpha; pass --bands 1 (grey) or --bands 2"
+            raise InputError(
+                f"{uri} has 2 bands and the second is not alpha; pass bands=1 (grey) or bands=2"
             )
         chosen = (1, 1, 1)
     else:
@@ -93,7 +91,7 @@ def pixel_size(uri: str, transform: Affine) -> float:
     xres = math.hypot(transform.a, transform.d)
     yres = math.hypot(transform.b, transform.e)
     if xres <= 0 or yres <= 0:
-        raise UserError(f"{uri}: degenerate geotransform {tuple(transform)[:6]}; fix the file")
+        raise InputError(f"{uri}: degenerate geotransform {tuple(transform)[:6]}; fix the file")
     if abs(xres - yres) > 0.01 * max(xres, yres):
         log.warning("%s: non-square pixels (%g x %g); using their mean as the GSD", uri, xres, yres)
     return (xres + yres) / 2

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError
 
 #: Asset keys read by default, in order (case-insensitive); then an asset with role "visual".
 DEFAULT_ASSET_KEYS = ("visual", "rgb")
@@ -67,14 +67,16 @@ def read_item(href: str):
     import pystac
 
     if "://" not in href and not Path(href).is_file():
-        raise UserError(f"{href}: no such STAC Item file; pass the Item's JSON path or URL")
+        raise InputError(f"{href}: no such STAC Item file; pass the Item's JSON path or URL")
     try:
         obj = pystac.read_file(href)
     except Exception as exc:  # unreadable, not JSON, not STAC: one line
         text = " ".join(str(exc).split())[:200]
-        raise UserError(f"{href}: cannot read a STAC Item ({type(exc).__name__}: {text})") from None
+        raise InputError(
+            f"{href}: cannot read a STAC Item ({type(exc).__name__}: {text})"
+        ) from None
     if not isinstance(obj, pystac.Item):
-        raise UserError(
+        raise InputError(
             f"{href} is a STAC {type(obj).__name__}, not an Item; pass one Item as SCENE "
             "(regional jobs take catalogs: scenes.stac_catalog)"
         )
@@ -87,8 +89,8 @@ def choose_asset(item, asset: str | None, href: str) -> str:
     shown = ", ".join(keys) or "none"
     if asset is not None:
         if asset not in item.assets:
-            raise UserError(
-                f"--asset {asset}: the STAC Item {href} has no such asset; its assets: {shown}"
+            raise InputError(
+                f"asset={asset}: the STAC Item {href} has no such asset; its assets: {shown}"
             )
         return asset
     lower = {k.lower(): k for k in keys}
@@ -98,8 +100,8 @@ def choose_asset(item, asset: str | None, href: str) -> str:
     for key, value in item.assets.items():
         if "visual" in (value.roles or []):
             return key
-    raise UserError(
-        f"{href}: the STAC Item has no RGB/visual asset; pass --asset NAME (its assets: {shown})"
+    raise InputError(
+        f"{href}: the STAC Item has no RGB/visual asset; pass asset=NAME (its assets: {shown})"
     )
 
 

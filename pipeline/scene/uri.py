@@ -13,7 +13,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError
 
 #: GDAL options for remote (``/vsi*``) files, set at open and around every read unless
 #: the environment sets them (timeouts turn a stalled server into a retryable error).
@@ -40,9 +40,7 @@ def resolve_scene(uri: str, asset: str | None = None):
         item = resolve_item(uri, asset)
         return item.asset_href, item
     if asset is not None:
-        raise UserError(
-            f"--asset {asset} needs a STAC Item (.json file or URL) as SCENE; got {uri}"
-        )
+        raise InputError(f"asset={asset} needs a STAC Item (.json file or URL) as SCENE; got {uri}")
     return uri, None
 
 

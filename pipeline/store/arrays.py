@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 from reattn_batch.store.layout import CONFIDENCE, LABELS
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import StoreError
 
 # Per-process cache of opened arrays: (resolved store path, array name) ->
 # ((inode, mtime_ns) of the array's .zarray, array). The stamp notices a recreated store.
@@ -24,7 +24,7 @@ def open_array(path: str | os.PathLike, name: str, mode: str = "r+") -> zarr.Arr
         st = meta.stat()
     except FileNotFoundError:
         if not (root / ".zgroup").exists():
-            raise UserError(
+            raise StoreError(
                 f"{root} is not a label store (no .zgroup); create it first or check the path"
             ) from None
         raise KeyError(f"{root} has no '{name}' array") from None

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import StoreError
 
 
 def jsonable(value: Any) -> Any:
@@ -42,7 +42,7 @@ def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
     """The group attributes as a plain dict (read from .zattrs, not the consolidated copy)."""
     root = Path(path)
     if not (root / ".zgroup").exists():
-        raise UserError(f"{root} is not a label store (no .zgroup); check the path")
+        raise StoreError(f"{root} is not a label store (no .zgroup); check the path")
     group = zarr.open_group(str(root), mode="r", zarr_format=2, use_consolidated=False)
     return dict(group.attrs.asdict())
 
@@ -54,7 +54,7 @@ def update_attrs(path: str | os.PathLike, **attrs: Any) -> None:
     """
     root = Path(path)
     if not (root / ".zgroup").exists():
-        raise UserError(f"{root} is not a label store (no .zgroup); check the path")
+        raise StoreError(f"{root} is not a label store (no .zgroup); check the path")
     new = checked_attrs(attrs)
     group = zarr.open_group(str(root), mode="r+", zarr_format=2, use_consolidated=False)
     group.attrs.update(new)

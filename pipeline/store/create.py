@@ -43,7 +43,7 @@ from reattn_batch.store.layout import (
 from reattn_batch.store.palette import label_attrs
 from reattn_batch.store.records import RECORD_CHUNK
 from reattn_batch.workers.classes import MAX_CLASSES
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import StoreError
 
 #: The marker every store of reattn-batch carries: the group attribute ``software`` with
 #: this value (and ``store_layout_version``), written by :func:`_build` itself. (No extra
@@ -81,9 +81,9 @@ def check_not_input(out: str | os.PathLike, inputs: Iterable[str | os.PathLike])
     for source in inputs:
         src = Path(source).expanduser().resolve()
         if target == src or src.is_relative_to(target) or target.is_relative_to(src):
-            raise UserError(
+            raise StoreError(
                 f"the output store {out} is, holds or lies inside the input {source}; "
-                "pass an --out path outside the input"
+                "pass an out=path outside the input"
             )
 
 
@@ -114,7 +114,7 @@ def create_store(
     if not class_names:
         raise ValueError("class_names is empty")
     if len(class_names) > MAX_CLASSES:
-        raise UserError(
+        raise StoreError(
             f"{len(class_names)} classes do not fit in a uint8 label map with 255 as nodata; "
             f"pass at most {MAX_CLASSES} classes"
         )
@@ -122,8 +122,9 @@ def create_store(
 
     if path.exists() or path.is_symlink():
         if not overwrite:
-            raise UserError(
-                f"{path} already exists; pass --overwrite to replace it or --resume to finish it"
+            raise StoreError(
+                f"{path} already exists; pass overwrite=True to replace it "
+                "or resume=True to finish it"
             )
         if not looks_like_zarr(path):
             what = (
@@ -131,8 +132,8 @@ def create_store(
                 if path.is_dir() and any((path / n).exists() for n in ZARR_MARKERS)
                 else "not a Zarr store"
             )
-            raise UserError(
-                f"{path} exists and is {what}, so --overwrite will not delete it; "
+            raise StoreError(
+                f"{path} exists and is {what}, so overwrite=True will not delete it; "
                 "choose another output path"
             )
 
@@ -140,12 +141,12 @@ def create_store(
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(
+        raise StoreError(
             f"cannot create the folder for the output store {path} ({exc.strerror or exc}); "
             "pass an output path in a writable folder"
         ) from None
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(
+        raise StoreError(
             f"the folder {parent} of the output store {path} is not writable; "
             "pass an output path in a writable folder"
         )
@@ -161,7 +162,7 @@ def create_store(
         os.rename(tmp, path)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(
+        raise StoreError(
             f"cannot write the output store {path} ({exc.strerror or exc}); "
             "check the folder is writable and has free space"
         ) from None

@@ -11,7 +11,7 @@ from reattn_batch.store.attrs import checked_attrs, read_attrs
 from reattn_batch.store.create import ZARR_MARKERS, create_store
 from reattn_batch.store.layout import StoreLayout
 from reattn_batch.store.records import done_blocks
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import StoreError
 
 
 def prepare(
@@ -40,10 +40,10 @@ def prepare(
             old.get(k) != new.get(k) for k in worker_keys
         ):
             differ = [k for k in run_keys if old.get(k) != new.get(k)] or ["run_fingerprint"]
-            raise UserError(
-                f"--resume {path}: the store was written by a different run "
+            raise StoreError(
+                f"resume=True {path}: the store was written by a different run "
                 f"({', '.join(differ)} differ); "
-                "pass the same settings, or --overwrite to start again"
+                "pass the same settings, or overwrite=True to start again"
             )
         return done_blocks(path)
     create_store(

@@ -14,7 +14,7 @@ from http.server import ThreadingHTTPServer
 
 from reattn_batch.viewer.handler import make_handler
 from reattn_batch.viewer.store_view import StoreView
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 0  # any free port
@@ -43,9 +43,9 @@ def make_server(viewer: StoreView, host: str = DEFAULT_HOST, port: int = DEFAULT
     try:
         return server_class((host, port), handler)
     except OSError as exc:
-        raise UserError(
+        raise InputError(
             f"cannot listen on {host}:{port} ({exc.strerror or exc}); "
-            "pass another --port (0 picks a free one) or --host"
+            "pass another `port` (0 picks a free one) or `host`"
         ) from None
 
 

@@ -20,7 +20,7 @@ from reattn_batch.viewer.png import empty_png, encode_png
 from reattn_batch.viewer.scene_tiles import SceneTiler
 from reattn_batch.viewer.static_files import load_static
 from reattn_batch.viewer.tile_grid import MAX_ZOOM
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError, UserError
 
 log = logging.getLogger("reattn_batch")
 
@@ -38,7 +38,7 @@ class StoreView:
 
         self.ls = open_store(store_path)
         if self.ls.crs_wkt is None:
-            raise UserError(
+            raise InputError(
                 f"{self.ls.path} has no CRS, so it cannot be placed on a map; "
                 "use `reattn-batch export --quicklook` to look at it"
             )
@@ -90,7 +90,7 @@ class StoreView:
             variable=attrs.get("variable"),
         )
         if info.crs_wkt is None:
-            raise UserError(f"{uri} has no CRS, so it cannot be placed on the map")
+            raise InputError(f"{uri} has no CRS, so it cannot be placed on the map")
         return SceneTiler(info)
 
     def _page_info(self) -> dict[str, Any]:

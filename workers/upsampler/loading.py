@@ -7,7 +7,7 @@ from pathlib import Path
 
 from reattn_batch.workers.checkpoint import load_tensors_only
 from reattn_batch.workers.describe import one_line
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import ModelError
 from reattn_batch.workers.upsampler.modules import MODULES, UPSAMPLER_KINDS
 from reattn_batch.workers.upsampler.weights import default_upsampler_weights
 from torch import Tensor, nn
@@ -26,24 +26,24 @@ def _detect_kind(keys: list[str]) -> str | None:
 
 def _read_upsampler_state(path: Path, label: str) -> dict[str, Tensor]:
     """The ``upsampler.*`` tensors of a Lightning checkpoint, prefix stripped."""
-    fix = "pass a SimFeatUp/FeatUp .ckpt file, or --upsampler bilinear"
+    fix = "pass a SimFeatUp/FeatUp .ckpt file, or upsampler=bilinear"
     if not path.is_file():
-        raise UserError(f"{label} {path} does not exist; {fix}")
+        raise ModelError(f"{label} {path} does not exist; {fix}")
     try:
         ckpt = load_tensors_only(path)
     except Exception as e:  # torch.load raises many types on a corrupt or foreign file
-        raise UserError(
+        raise ModelError(
             f"{label} {path} is not a readable checkpoint ({one_line(e)}); {fix}"
         ) from e
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
-        raise UserError(f"{label} {path} holds no state dict; {fix}")
+        raise ModelError(f"{label} {path} holds no state dict; {fix}")
     prefix = "upsampler."
     ups = {
         k[len(prefix) :]: v for k, v in state.items() if isinstance(k, str) and k.startswith(prefix)
     }
     if not ups or not all(isinstance(v, Tensor) for v in ups.values()):
-        raise UserError(f"{label} {path} holds no 'upsampler.*' tensors; {fix}")
+        raise ModelError(f"{label} {path} holds no 'upsampler.*' tensors; {fix}")
     return ups
 
 
@@ -61,23 +61,23 @@ def load_upsampler(kind: str, weights: str | Path | None, feat_dim: int = 512) -
             log.warning("--upsampler bilinear ignores --upsampler-weights %s", weights)
         return None
     if kind not in MODULES:
-        raise UserError(f"unknown --upsampler {kind!r}; choose one of {', '.join(UPSAMPLER_KINDS)}")
+        raise ModelError(f"unknown upsampler={kind!r}; choose one of {', '.join(UPSAMPLER_KINDS)}")
     if weights is None:
         path, label = default_upsampler_weights(kind), "cached default upsampler weights"
     else:
-        path, label = Path(weights).expanduser(), "--upsampler-weights"
+        path, label = Path(weights).expanduser(), "`upsampler_weights`"
     state = _read_upsampler_state(path, label)
     held = _detect_kind(list(state))
     if held is None:
-        raise UserError(
+        raise ModelError(
             f"{label} {path} holds upsampler weights of no known kind (neither up.* for jbu_one "
-            "nor up1..up4 for jbu_stack); pass a SimFeatUp/FeatUp .ckpt, or --upsampler bilinear"
+            "nor up1..up4 for jbu_stack); pass a SimFeatUp/FeatUp .ckpt, or upsampler=bilinear"
         )
     if held != kind:
         what = {"jbu_one": "jbu_one weights (up)", "jbu_stack": "jbu_stack weights (up1..up4)"}
-        raise UserError(
-            f"{label} {path} holds {what[held]} but --upsampler {kind} was chosen; "
-            f"pass --upsampler {held}"
+        raise ModelError(
+            f"{label} {path} holds {what[held]} but upsampler={kind} was chosen; "
+            f"pass upsampler={held}"
         )
     module = MODULES[kind](feat_dim)
     expected = module.state_dict()
@@ -94,9 +94,9 @@ def load_upsampler(kind: str, weights: str | Path | None, feat_dim: int = 512) -
             for name, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong))
             if items
         )
-        raise UserError(
+        raise ModelError(
             f"{label} {path} does not match a {kind} upsampler with feat_dim {feat_dim} "
-            f"({detail}); pass weights made for this CLIP backbone, or --upsampler bilinear"
+            f"({detail}); pass weights made for this CLIP backbone, or upsampler=bilinear"
         )
     module.load_state_dict(state, strict=True)
     module.eval().requires_grad_(False)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from reattn_batch.workers.download import PinnedFile, fetch_pinned
 from reattn_batch.workers.environment import cache_root
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import ModelError
 from reattn_batch.workers.upsampler.modules import UPSAMPLER_KINDS
 
 # SegEarth-OV's released SimFeatUp weights, pinned: the URL names a commit, not a branch,
@@ -32,12 +32,12 @@ DOWNLOAD_TIMEOUT_S = 30.0
 def default_weights_path(kind: str) -> Path:
     """Where the default weights of ``kind`` are cached (whether or not they are there yet)."""
     if kind == "jbu_stack":
-        raise UserError(
-            "--upsampler jbu_stack has no default weights; pass --upsampler-weights PATH "
-            "(a FeatUp jbu_stack .ckpt), or use --upsampler jbu_one or --upsampler bilinear"
+        raise ModelError(
+            "upsampler=jbu_stack has no default weights; pass upsampler_weights=PATH "
+            "(a FeatUp jbu_stack .ckpt), or use upsampler=jbu_one or upsampler=bilinear"
         )
     if kind != "jbu_one":
-        raise UserError(f"--upsampler {kind!r} has no weights; choose one of {UPSAMPLER_KINDS}")
+        raise ModelError(f"upsampler={kind!r} has no weights; choose one of {UPSAMPLER_KINDS}")
     return cache_root() / "upsampler" / JBU_ONE.filename
 
 
@@ -54,8 +54,8 @@ def default_upsampler_weights(kind: str) -> Path:
         dest,
         what="the default SimFeatUp weights",
         fix=(
-            f"pass --upsampler-weights PATH (a local copy of {JBU_ONE.filename}) "
-            "or --upsampler bilinear"
+            f"pass upsampler_weights=PATH (a local copy of {JBU_ONE.filename}) "
+            "or upsampler=bilinear"
         ),
         timeout=DOWNLOAD_TIMEOUT_S,
     )

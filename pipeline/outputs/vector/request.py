@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError
 
 #: Output extension -> format; the extension of OUT picks it.
 FORMATS: dict[str, str] = {".gpkg": "GPKG", ".fgb": "FlatGeobuf", ".parquet": "GeoParquet"}
@@ -73,19 +73,19 @@ def plan_vector(
     out = Path(out)
     fmt = FORMATS.get(out.suffix.lower())
     if fmt is None:
-        raise UserError(
-            f"--vector {out}: unknown format {out.suffix or '(no extension)'!r}; "
+        raise InputError(
+            f"vector={out}: unknown format {out.suffix or '(no extension)'!r}; "
             f"end the name in {', '.join(FORMATS)}"
         )
     if connectivity not in CONNECTIVITIES:
-        raise UserError(f"--connectivity {connectivity}: choose 4 or 8")
-    for name, value in (("--min-area", min_area), ("--simplify", simplify)):
+        raise InputError(f"connectivity={connectivity}: choose 4 or 8")
+    for name, value in (("`min_area`", min_area), ("`simplify`", simplify)):
         if not math.isfinite(value) or value < 0:
-            raise UserError(f"{name} {value}: must be a number >= 0 (CRS units)")
+            raise InputError(f"{name} {value}: must be a number >= 0 (CRS units)")
     ls = open_store(store_path)
     if ls.path.absolute() == out.absolute() or ls.path.absolute() in out.absolute().parents:
-        raise UserError(f"--vector {out} is inside the store; pass a path outside it")
-    check_output(out, overwrite, "--vector")
+        raise InputError(f"vector={out} is inside the store; pass a path outside it")
+    check_output(out, overwrite, "`vector`")
     names = tuple(ls.class_names)
     background = (ls.attrs.get("classes") or {}).get("background_index", 0)
     if classes is None:
@@ -93,11 +93,11 @@ def plan_vector(
     else:
         wanted = [w.strip() for w in classes.split(",") if w.strip()]
         if not wanted:
-            raise UserError("--classes is empty; pass class names of the store, comma-separated")
+            raise InputError("`classes` is empty; pass class names of the store, comma-separated")
         unknown = [w for w in wanted if w not in names]
         if unknown:
-            raise UserError(
-                f"--classes {','.join(unknown)}: not in the store's classes "
+            raise InputError(
+                f"classes={','.join(unknown)}: not in the store's classes "
                 f"({', '.join(names)}); pick from those"
             )
         chosen = tuple(sorted({names.index(w) for w in wanted}))

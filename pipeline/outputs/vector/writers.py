@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from reattn_batch.outputs.vector.request import VectorRequest
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError
 
 LAYER = "polygons"
 
@@ -110,6 +110,6 @@ def write_features(
             )
         os.replace(tmp, out)
     except OSError as exc:
-        raise UserError(f"cannot write {out} ({exc.strerror or exc})") from None
+        raise InputError(f"cannot write {out} ({exc.strerror or exc})") from None
     finally:
         tmp.unlink(missing_ok=True)
