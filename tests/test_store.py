@@ -13,6 +13,7 @@ import rasterio
 import xarray as xr
 import zarr
 from affine import Affine
+from odc.geo.geobox import GeoBox
 from rasterio.crs import CRS
 from reattn_batch.store import (
     StoreLayout,
@@ -76,7 +77,9 @@ def written_store(request, tmp_path_factory):
     epsg, transform = CASES[request.param]
     crs = CRS.from_epsg(epsg)
     path = tmp_path_factory.mktemp(request.param) / "out.zarr"
-    layout = StoreLayout(H, W, transform, crs.to_wkt(), chunk=CHUNK, with_confidence=False)
+    layout = StoreLayout(
+        GeoBox((H, W), transform, crs.to_wkt()), chunk=CHUNK, with_confidence=False
+    )
     create_store(path, layout, attrs=user_attrs(), overwrite=False, class_names=CLASSES)
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
@@ -196,7 +199,7 @@ def test_palette_deterministic_and_distinct():
 
 def test_no_crs_store_opens_everywhere(tmp_path):
     path = tmp_path / "pix.zarr"
-    layout = StoreLayout(300, 200, Affine.identity(), None, chunk=128)
+    layout = StoreLayout(GeoBox((300, 200), Affine.identity(), None), chunk=128)
     create_store(path, layout, attrs={}, overwrite=False, class_names=["a", "b"])
     block = pattern(0, 128, 256, 72)
     write_block(path, 0, 128, block)
@@ -220,7 +223,9 @@ def test_no_crs_store_opens_everywhere(tmp_path):
 
 
 def _small(path, value: int, **kw):
-    layout = StoreLayout(64, 64, Affine(1, 0, 0, 0, -1, 64), CRS.from_epsg(32632).to_wkt(), 32)
+    layout = StoreLayout(
+        GeoBox((64, 64), Affine(1, 0, 0, 0, -1, 64), CRS.from_epsg(32632).to_wkt()), 32
+    )
     create_store(path, layout, attrs={"run": value}, class_names=["a", "b"], **kw)
     write_block(path, 0, 0, np.full((64, 64), value, np.uint8))
 
@@ -245,7 +250,7 @@ def test_overwrite_recreates_with_new_shape_in_same_process(tmp_path):
     """The per-process array cache must notice that the store was replaced."""
     path = tmp_path / "out.zarr"
     _small(path, 1, overwrite=False)
-    layout = StoreLayout(40, 50, Affine(2, 0, 10, 0, -2, 100), None, chunk=32)
+    layout = StoreLayout(GeoBox((40, 50), Affine(2, 0, 10, 0, -2, 100), None), chunk=32)
     create_store(path, layout, attrs={}, overwrite=True, class_names=["a"])
     write_block(path, 32, 32, np.zeros((8, 18), np.uint8))
     labels = open_labels(path)
@@ -276,11 +281,14 @@ def test_confidence_only_when_requested(tmp_path):
     wkt = CRS.from_epsg(25832).to_wkt()
     plain, conf = tmp_path / "plain.zarr", tmp_path / "conf.zarr"
     create_store(
-        plain, StoreLayout(64, 64, Affine(1, 0, 0, 0, -1, 0), wkt, 32), attrs={}, class_names=["a"]
+        plain,
+        StoreLayout(GeoBox((64, 64), Affine(1, 0, 0, 0, -1, 0), wkt), 32),
+        attrs={},
+        class_names=["a"],
     )
     create_store(
         conf,
-        StoreLayout(64, 64, Affine(1, 0, 0, 0, -1, 0), wkt, 32, with_confidence=True),
+        StoreLayout(GeoBox((64, 64), Affine(1, 0, 0, 0, -1, 0), wkt), 32, with_confidence=True),
         attrs={},
         class_names=["a"],
     )
