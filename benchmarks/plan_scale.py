@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--flush", type=int, default=1000, help="blocks between flushes")
     args = parser.parse_args()
 
+    from odc.geo.geobox import GeoBox
     from reattn_batch.grid.grids import BlockGrid, ModelGrid
     from reattn_batch.store import StoreLayout, create_store, done_blocks, started_blocks
     from reattn_batch.store.records import RunRecords
@@ -58,7 +59,7 @@ def main() -> None:
         t = time.perf_counter()
         create_store(
             out,
-            StoreLayout(shape[0], shape[1], Affine(0.5, 0, 0, 0, -0.5, 0), None),
+            StoreLayout(GeoBox(shape, Affine(0.5, 0, 0, 0, -0.5, 0), None)),
             attrs={},
             class_names=["background", "building"],
             blocks=grid.counts,

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 from affine import Affine
+from odc.geo.geobox import GeoBox
 from rasterio.crs import CRS
 from reattn_batch.outputs import vector
 from reattn_batch.run.cluster import connect
@@ -73,7 +74,8 @@ def block_labels(grids, r0: int, c0: int, h: int, w: int) -> np.ndarray:
 
 def make_store(path: Path, n: int, seed: int = 0) -> None:
     layout = StoreLayout(
-        n, n, Affine(0.5, 0, 356000, 0, -0.5, 5645000), CRS.from_epsg(25832).to_wkt(), 512
+        GeoBox((n, n), Affine(0.5, 0, 356000, 0, -0.5, 5645000), CRS.from_epsg(25832).to_wkt()),
+        512,
     )
     attrs = {"classes": {"names": CLASSES, "background_index": 0}, "block_size": BLOCK}
     create_store(path, layout, attrs=attrs, class_names=CLASSES)

@@ -22,6 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from affine import Affine  # noqa: E402
+from odc.geo.geobox import GeoBox  # noqa: E402
 from pyproj import Transformer  # noqa: E402
 from rasterio.crs import CRS  # noqa: E402
 from reattn_batch.store import StoreLayout, create_store, write_block  # noqa: E402
@@ -31,7 +32,7 @@ CLASSES = ["background", "building", "road", "water"]
 
 def build(path: Path, size: int, block: int = 4096) -> None:
     transform = Affine(1.0, 0, 300000, 0, -1.0, 5700000)
-    layout = StoreLayout(size, size, transform, CRS.from_epsg(32632).to_wkt(), chunk=512)
+    layout = StoreLayout(GeoBox((size, size), transform, CRS.from_epsg(32632).to_wkt()), chunk=512)
     create_store(path, layout, attrs={}, class_names=CLASSES, overwrite=True)
     for r0 in range(0, size, block):
         for c0 in range(0, size, block):

@@ -58,6 +58,21 @@ def test_separable_count_equals_enumeration(native, f, block):
         assert ranges == set(grid.axis_model_ranges(axis))
 
 
+@pytest.mark.parametrize(
+    "native, block, counts",
+    [((1500, 1100), 512, (3, 3)), ((1024, 512), 512, (2, 1)), ((200, 150), 512, (1, 1))],
+)
+def test_blocks_tile_the_scene_once_in_row_major_order(native, block, counts):
+    grid = BlockGrid(model_grid(native, 1.0), block, 224, 112)
+    assert grid.counts == counts and len(grid) == counts[0] * counts[1]
+    cover = np.zeros(native, np.int64)
+    for i, b in enumerate(grid.blocks()):
+        row, col = divmod(i, counts[1])
+        assert (b.native.y0, b.native.x0) == (row * block, col * block)
+        cover[b.native.y0 : b.native.y1, b.native.x0 : b.native.x1] += 1
+    assert (cover == 1).all()  # every native pixel in exactly one block
+
+
 def test_each_crop_has_one_owner_block_that_runs_it():
     for f in (1.0, 0.77, 1.6):
         grid = BlockGrid(model_grid((1500, 1100), f), 512, 224, 112)

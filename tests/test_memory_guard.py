@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from affine import Affine
 from conftest import koeln_window_tif
 from distributed import LocalCluster
+from odc.geo.geobox import GeoBox, GeoboxTiles
 from reattn_batch.cli import main
 from reattn_batch.grid.grids import BlockGrid, ModelGrid
 from reattn_batch.run.guard import (
@@ -166,8 +168,9 @@ def test_gpu_workers_are_checked_against_the_gpu_memory():
 
 def test_one_strip_sources_count_the_whole_strip():
     """A 20000 px scene stored as one strip of every row: a block read decodes it all."""
-    strip = Source(20000, 20000, tile=(20000, 20000), tile_bands=3, itemsize=2)
-    tiled = Source(20000, 20000, tile=(256, 256), tile_bands=3, itemsize=2)
+    scene = GeoBox((20000, 20000), Affine.identity(), None)
+    strip = Source(GeoboxTiles(scene, (20000, 20000)), tile_bands=3, itemsize=2)
+    tiled = Source(GeoboxTiles(scene, (256, 256)), tile_bands=3, itemsize=2)
     need_strip = estimate_block_memory(grid(1024), queries=10, **BILINEAR, source=strip)
     need_tiled = estimate_block_memory(grid(1024), queries=10, **BILINEAR, source=tiled)
     # the 1232 px read decodes the whole strip, or 5 + 1 (unaligned) tiles of 256 per axis

@@ -11,6 +11,7 @@ import pytest
 import rasterio
 import zarr
 from affine import Affine
+from odc.geo.geobox import GeoBox
 from PIL import Image
 from rasterio.crs import CRS
 from reattn_batch.cli import main
@@ -81,7 +82,7 @@ def attrs(random_weights: bool = True) -> dict:
 def labelled_store(tmp_path_factory):
     """A 1100 x 1300 EPSG:25832 store with two of its four blocks written and recorded."""
     path = tmp_path_factory.mktemp("store") / "scene.labels.zarr"
-    layout = StoreLayout(H, W, TRANSFORM, CRS.from_epsg(25832).to_wkt(), chunk=512)
+    layout = StoreLayout(GeoBox((H, W), TRANSFORM, CRS.from_epsg(25832).to_wkt()), chunk=512)
     create_store(
         path, layout, attrs=attrs(), class_names=CLASSES, background_index=0, blocks=(2, 2)
     )
@@ -96,7 +97,10 @@ def labelled_store(tmp_path_factory):
 def small_store(path, crs_wkt, transform=Affine(2.0, 0, 1000, 0, -2.0, 5000)):
     """A 200 x 300 store: class 1 in the left half, class 0 in the right."""
     create_store(
-        path, StoreLayout(200, 300, transform, crs_wkt), attrs=attrs(False), class_names=CLASSES
+        path,
+        StoreLayout(GeoBox((200, 300), transform, crs_wkt)),
+        attrs=attrs(False),
+        class_names=CLASSES,
     )
     labels = np.zeros((200, 300), np.uint8)
     labels[:, :150] = 1
@@ -233,7 +237,7 @@ def test_decimate_mode_matches_a_brute_force_mode(tmp_path, monkeypatch):
     labels[rng.random((90, 130)) < 0.3] = 255
     labels[:20, :30] = 255  # whole cells of nodata
     path = tmp_path / "rand.zarr"
-    layout = StoreLayout(90, 130, TRANSFORM, None, chunk=16)
+    layout = StoreLayout(GeoBox((90, 130), TRANSFORM, None), chunk=16)
     create_store(path, layout, attrs=attrs(False), class_names=CLASSES)
     write_block(path, 0, 0, labels)
     ls = open_store(path)

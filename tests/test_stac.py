@@ -15,6 +15,7 @@ import pystac
 import pytest
 import rasterio
 from affine import Affine
+from odc.geo.geobox import GeoBox
 from pyproj import Transformer
 from rasterio.crs import CRS
 from reattn_batch.cli import main
@@ -38,7 +39,7 @@ ATTRS = {
 
 
 def make_store(path: Path, crs_wkt: str | None = CRS.from_epsg(25832).to_wkt(), **extra):
-    layout = StoreLayout(H, W, TRANSFORM, crs_wkt, chunk=512)
+    layout = StoreLayout(GeoBox((H, W), TRANSFORM, crs_wkt), chunk=512)
     create_store(path, layout, attrs={**ATTRS, **extra}, class_names=CLASSES, background_index=0)
     labels = np.zeros((H, W), np.uint8)
     labels[100:300, 100:600] = 2

@@ -13,6 +13,7 @@ import rasterio
 import xarray as xr
 import zarr
 from affine import Affine
+from odc.geo.geobox import GeoBox
 from rasterio.crs import CRS
 from reattn_batch.store import (
     StoreLayout,
@@ -76,7 +77,9 @@ def written_store(request, tmp_path_factory):
     epsg, transform = CASES[request.param]
     crs = CRS.from_epsg(epsg)
     path = tmp_path_factory.mktemp(request.param) / "out.zarr"
-    layout = StoreLayout(H, W, transform, crs.to_wkt(), chunk=CHUNK, with_confidence=False)
+    layout = StoreLayout(
+        GeoBox((H, W), transform, crs.to_wkt()), chunk=CHUNK, with_confidence=False
+    )
     create_store(path, layout, attrs=user_attrs(), overwrite=False, class_names=CLASSES)
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
@@ -196,7 +199,7 @@ def test_palette_deterministic_and_distinct():
 
 def test_no_crs_store_opens_everywhere(tmp_path):
     path = tmp_path / "pix.zarr"
-    layout = StoreLayout(300, 200, Affine.identity(), None, chunk=128)
+    layout = StoreLayout(GeoBox((300, 200), Affine.identity(), None), chunk=128)
     create_store(path, layout, attrs={}, overwrite=False, class_names=["a", "b"])
     block = pattern(0, 128, 256, 72)
     write_block(path, 0, 128, block)
@@ -220,7 +223,9 @@ def test_no_crs_store_opens_everywhere(tmp_path):
 
 
 def _small(path, value: int, **kw):
-    layout = StoreLayout(64, 64, Affine(1, 0, 0, 0, -1, 64), CRS.from_epsg(32632).to_wkt(), 32)
+    layout = StoreLayout(
+        GeoBox((64, 64), Affine(1, 0, 0, 0, -1, 64), CRS.from_epsg(32632).to_wkt()), 32
+    )
     create_store(path, layout, attrs={"run": value}, class_names=["a", "b"], **kw)
     write_block(path, 0, 0, np.full((64, 64), value, np.uint8))
 
@@ -245,7 +250,7 @@ def test_overwrite_recreates_with_new_shape_in_same_process(tmp_path):
     """The per-process array cache must notice that the store was replaced."""
     path = tmp_path / "out.zarr"
     _small(path, 1, overwrite=False)
-    layout = StoreLayout(40, 50, Affine(2, 0, 10, 0, -2, 100), None, chunk=32)
+    layout = StoreLayout(GeoBox((40, 50), Affine(2, 0, 10, 0, -2, 100), None), chunk=32)
     create_store(path, layout, attrs={}, overwrite=True, class_names=["a"])
     write_block(path, 32, 32, np.zeros((8, 18), np.uint8))
     labels = open_labels(path)
@@ -276,11 +281,14 @@ def test_confidence_only_when_requested(tmp_path):
     wkt = CRS.from_epsg(25832).to_wkt()
     plain, conf = tmp_path / "plain.zarr", tmp_path / "conf.zarr"
     create_store(
-        plain, StoreLayout(64, 64, Affine(1, 0, 0, 0, -1, 0), wkt, 32), attrs={}, class_names=["a"]
+        plain,
+        StoreLayout(GeoBox((64, 64), Affine(1, 0, 0, 0, -1, 0), wkt), 32),
+        attrs={},
+        class_names=["a"],
     )
     create_store(
         conf,
-        StoreLayout(64, 64, Affine(1, 0, 0, 0, -1, 0), wkt, 32, with_confidence=True),
+        StoreLayout(GeoBox((64, 64), Affine(1, 0, 0, 0, -1, 0), wkt), 32, with_confidence=True),
         attrs={},
         class_names=["a"],
     )
@@ -323,3 +331,78 @@ def test_write_block_rejects_misaligned_regions(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         write_block(path, 0, 0, np.zeros((32, 32), np.int64))
     assert (open_labels(path)[:] == 1).all()
+
+
+def _south_up_custom_crs(directory) -> str:
+    """A small south-up GeoTIFF in a CRS with no EPSG code (a custom transverse Mercator),
+    so the WKT is the file's own text, not a registry's."""
+    path = directory / "south_up.tif"
+    crs = CRS.from_proj4("+proj=tmerc +lat_0=0 +lon_0=9.5 +k=0.9996 +x_0=500000 +ellps=GRS80")
+    profile = {
+        "driver": "GTiff", "width": 300, "height": 200, "count": 3, "dtype": "uint8",
+        "crs": crs, "transform": Affine(0.3, 0, 420000.25, 0, 0.3, 5600000.75),
+    }  # fmt: skip
+    with rasterio.open(path, "w", **profile) as out:
+        out.write(np.zeros((3, 200, 300), np.uint8))
+    return str(path)
+
+
+@pytest.mark.parametrize("source", ["RGB.byte.tif", "cogeo.tif", "oem_koeln_50.tif", "south-up"])
+def test_store_georeferencing_equals_rasterio_of_the_source(source, tmp_path):
+    """open_scene's GeoBox -> StoreLayout -> store: every georeferencing attribute equals
+    what rasterio reads from the source file itself (GDAL's ``_CRS`` WKT byte for byte; the
+    CF grid mapping as rioxarray writes it for rasterio's CRS and transform)."""
+    import pickle
+
+    import rioxarray  # noqa: F401  (registers .rio)
+    from conftest import shared_file
+    from reattn_batch.scene import open_scene
+    from reattn_batch.store import open_store
+
+    path = (
+        _south_up_custom_crs(tmp_path) if source == "south-up" else shared_file(f"rasters/{source}")
+    )
+    with rasterio.open(path) as ds:
+        wkt, transform, shape, bounds = ds.crs.to_wkt(), ds.transform, ds.shape, ds.bounds
+        crs = ds.crs
+    scene = open_scene(str(path))
+    assert pickle.loads(pickle.dumps(scene)).crs_wkt == wkt  # what the workers get
+    out = tmp_path / "out.zarr"
+    create_store(out, StoreLayout(scene.geobox), attrs={}, class_names=["a", "b"])
+
+    group, labels = read_attrs(out), zarr.open_array(str(out / "labels"), mode="r").attrs
+    assert labels["_CRS"] == {"wkt": wkt}
+    for attrs in (group, labels):
+        assert attrs["spatial:transform"] == list(transform)[:6]
+        assert attrs["spatial:shape"] == list(shape)
+        assert attrs["spatial:bbox"] == [  # rasterio's bounds, south-up ordered as min/max
+            min(bounds.left, bounds.right), min(bounds.bottom, bounds.top),
+            max(bounds.left, bounds.right), max(bounds.bottom, bounds.top),
+        ]  # fmt: skip
+        assert attrs["proj:wkt2"] == crs.to_wkt(version="WKT2_2019")
+        assert attrs.get("proj:code") == (f"EPSG:{crs.to_epsg()}" if crs.to_epsg() else None)
+    probe = xr.DataArray(np.zeros((1, 1), np.uint8), dims=("y", "x"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pyproj: no CF mapping for some CRSs
+        probe = probe.rio.write_crs(crs).rio.write_transform(transform)
+    grid_mapping = zarr.open_array(str(out / "spatial_ref"), mode="r").attrs
+    assert dict(grid_mapping) == {"_ARRAY_DIMENSIONS": [], **probe["spatial_ref"].attrs}
+    rows, cols = np.arange(shape[0]), np.arange(shape[1])
+    x, _ = rasterio.transform.xy(transform, np.zeros_like(cols), cols, offset="center")
+    _, y = rasterio.transform.xy(transform, rows, np.zeros_like(rows), offset="center")
+    np.testing.assert_array_equal(zarr.open_array(str(out / "x"), mode="r")[:], x)
+    np.testing.assert_array_equal(zarr.open_array(str(out / "y"), mode="r")[:], y)
+    with gdal_open(out) as gds:
+        assert (gds.crs, gds.shape) == (crs, shape)
+        assert gds.transform.almost_equals(transform, precision=1e-9)
+    # the store read back for the outputs has the scene's grid
+    ls = open_store(out)
+    assert ls.geobox == scene.geobox
+    assert (ls.transform, ls.height, ls.width) == (transform, *shape)
+
+
+def test_invalid_wkt_is_one_user_error():
+    from reattn_batch.grid.raster import raster_geobox
+
+    with pytest.raises(UserError, match="not valid WKT"):
+        raster_geobox((10, 10), Affine.identity(), 'PROJCS["broken",')

@@ -23,6 +23,7 @@ import shapely.geometry
 from affine import Affine
 from conftest import koeln_window_tif, labels_of
 from distributed import Client, LocalCluster
+from odc.geo.geobox import GeoBox
 from rasterio.crs import CRS
 from reattn_batch.cli import main
 from reattn_batch.outputs import vector
@@ -66,7 +67,7 @@ def planted_labels(nodata: bool = True) -> np.ndarray:
 def make_store(path, labels: np.ndarray, block: int | None = BLOCK, crs=CRS_25832):
     """A label store of ``labels`` in 512-px chunks; ``block`` None: no recorded block size."""
     h, w = labels.shape
-    layout = StoreLayout(h, w, TRANSFORM, crs.to_wkt() if crs else None, chunk=512)
+    layout = StoreLayout(GeoBox((h, w), TRANSFORM, crs.to_wkt() if crs else None), chunk=512)
     attrs = {
         "software_version": "0.1.0",
         "run_fingerprint": "feedfacecafebeef",

@@ -23,6 +23,7 @@ import pytest
 import rasterio
 from affine import Affine
 from conftest import shared_file
+from odc.geo.geobox import GeoBox
 from PIL import Image
 from pyproj import Transformer
 from rasterio.crs import CRS
@@ -93,7 +94,7 @@ def make_store(folder: Path, name: str = "planted.labels.zarr") -> Path:
         "random_weights": True,
     }
     store = folder / name
-    layout = StoreLayout(H, W, TRANSFORM, CRS_WKT, chunk=CHUNK, with_confidence=True)
+    layout = StoreLayout(GeoBox((H, W), TRANSFORM, CRS_WKT), chunk=CHUNK, with_confidence=True)
     create_store(store, layout, attrs=attrs, class_names=CLASSES, background_index=0, blocks=(1, 1))
     write_block(store, 0, 0, labels, confidence)
     mark_block_done(store, 0)
@@ -387,7 +388,7 @@ def test_bad_stores_get_one_line(tmp_path):
     plain = tmp_path / "plain"
     plain.mkdir()
     no_crs = tmp_path / "nocrs.zarr"
-    layout = Layout(32, 32, Affine.identity(), None, chunk=32)
+    layout = Layout(GeoBox((32, 32), Affine.identity(), None), chunk=32)
     create_store(no_crs, layout, attrs={}, class_names=CLASSES)
     for store, text in ((tmp_path / "missing.zarr", "no such label store"),
                         (plain, "not a label store"), (no_crs, "has no CRS")):  # fmt: skip
@@ -608,7 +609,7 @@ def koeln_store(tmp_path_factory):
     labels = np.digitize(grey, [80, 120, 160]).astype(np.uint8)
     store = tmp_path_factory.mktemp("koeln") / "koeln.labels.zarr"
     attrs = {"scene": str(scene), "bands": [1, 2, 3], "stretch": None, "random_weights": False}
-    layout = StoreLayout(*labels.shape, transform, crs_wkt, chunk=512)
+    layout = StoreLayout(GeoBox(labels.shape, transform, crs_wkt), chunk=512)
     create_store(store, layout, attrs=attrs, class_names=CLASSES, background_index=0)
     write_block(store, 0, 0, labels)
     return store, labels, transform, crs_wkt

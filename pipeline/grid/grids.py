@@ -8,7 +8,9 @@
   convention of OpenCV and torch's align_corners=False);
 - crop grid: ONE global grid of crops (224 at stride 112, last clamped) over the
   model grid (reattn_batch.workers.sliding.crop_grid);
-- block grid: output blocks of ``block`` native pixels (a multiple of the Zarr chunk).
+- block grid: output blocks of ``block`` native pixels (a multiple of the Zarr chunk),
+  odc-geo's tiling of the native shape (``BlockGrid.tiles``; the georeferenced native grid
+  is the scene's GeoBox, grid/raster.py).
 
 Each block's task needs: its native output box, the model-grid region whose logits
 resample to that box, the crops touching that region, and the native window that
@@ -20,8 +22,8 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import math
 
+from odc.geo.roi import Tiles
 from reattn_batch.grid.resample import Axis, Resampler
 from reattn_batch.workers.sliding import Box, crop_grid, crop_starts
 
@@ -110,9 +112,15 @@ class BlockGrid:
         return self.model_grid.native_shape
 
     @property
+    def tiles(self) -> Tiles:
+        """The blocks as odc-geo tiles of the native shape: ``block`` x ``block`` px in
+        rows and columns from (0, 0), the last of each axis cut at the scene's edge."""
+        return Tiles(self.native_shape, (self.block, self.block))
+
+    @property
     def counts(self) -> tuple[int, int]:
-        h, w = self.native_shape
-        return math.ceil(h / self.block), math.ceil(w / self.block)
+        """Blocks per axis (rows, cols): ceil(native size / block)."""
+        return self.tiles.shape.yx
 
     def __len__(self) -> int:
         rows, cols = self.counts
@@ -149,14 +157,8 @@ class BlockGrid:
         rows, cols = self.counts
         if not 0 <= index < rows * cols:
             raise IndexError(index)
-        h, w = self.native_shape
-        r, c = divmod(index, cols)
-        native = Box(
-            r * self.block,
-            c * self.block,
-            min((r + 1) * self.block, h),
-            min((c + 1) * self.block, w),
-        )
+        ys, xs = self.tiles[divmod(index, cols)]
+        native = Box(ys.start, xs.start, ys.stop, xs.stop)
         model = self.model_grid.model_box_for_native(native)
         crops = self.crops_touching(model)
         crop_box = Box(
@@ -224,4 +226,6 @@ class BlockGrid:
         (mh, mw), (h, w) = self.model_grid.shape, self.native_shape
         row = min((crop.y0 + crop.y1) * h // (2 * mh), h - 1)
         col = min((crop.x0 + crop.x1) * w // (2 * mw), w - 1)
-        return (row // self.block) * self.counts[1] + col // self.block
+        tiles = self.tiles
+        block_row, block_col = tiles.locate((row, col))
+        return block_row * tiles.shape.x + block_col

@@ -150,7 +150,7 @@ def build_item(
     if ls.crs_wkt is None:
         raise UserError(_NO_CRS.format(store=ls.path))
     t = ls.transform
-    geometry = footprint(list(t)[:6], ls.height, ls.width, ls.crs_wkt)
+    geometry = footprint(ls.geobox)
     when, source = _scene_datetime(attrs, ls.path)
     properties: dict[str, Any] = {
         f"{PREFIX}datetime_source": source,

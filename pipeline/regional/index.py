@@ -12,9 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from affine import Affine
 from reattn_batch import store
+from reattn_batch.grid.raster import raster_geobox
 
 if TYPE_CHECKING:
+    from odc.geo.geobox import GeoBox
     from reattn_batch.regional.spec import RegionalJob
 
 #: What happened to a scene in this run (``pending``: not reached yet, index only).
@@ -25,18 +28,13 @@ INDEX_GEOJSON = "index.geojson"
 FOOTPRINT_POINTS = 32
 
 
-def footprint(
-    transform: Any, height: int, width: int, crs_wkt: str | None
-) -> dict[str, Any] | None:
-    """The scene's outline as a GeoJSON geometry in EPSG:4326 (lon, lat), or None without
-    a CRS; odc-geo densifies the edges before reprojection so they follow the true outline."""
-    if not crs_wkt:
+def footprint(geobox: GeoBox) -> dict[str, Any] | None:
+    """The outline of ``geobox`` (a scene's or store's grid, grid/raster.py) as a GeoJSON
+    geometry in EPSG:4326 (lon, lat), or None without a CRS; odc-geo densifies the edges
+    before reprojection so they follow the true outline."""
+    if geobox.crs is None:
         return None
-    from affine import Affine
-    from odc.geo.geobox import GeoBox
-
-    box = GeoBox((height, width), Affine(*transform[:6]), crs_wkt)
-    return json.loads(json.dumps(box.footprint("epsg:4326", npoints=FOOTPRINT_POINTS).json))
+    return json.loads(json.dumps(geobox.footprint("epsg:4326", npoints=FOOTPRINT_POINTS).json))
 
 
 def _bbox(geom: dict[str, Any] | None) -> list[float] | None:
@@ -63,7 +61,8 @@ def store_facts(path: Path) -> dict[str, Any]:
     shape = attrs.get("spatial:shape")
     transform = attrs.get("spatial:transform")
     if shape and transform:
-        facts["footprint"] = footprint(transform, shape[0], shape[1], attrs.get("proj:wkt2"))
+        grid = raster_geobox(shape, Affine(*transform[:6]), attrs.get("proj:wkt2") or None)
+        facts["footprint"] = footprint(grid)
     return facts
 
 

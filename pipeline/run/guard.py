@@ -26,6 +26,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from odc.geo.geobox import GeoboxTiles
 from reattn_batch.grid.grids import BlockGrid
 from reattn_batch.store.layout import CHUNK
 from reattn_batch.workers.errors import UserError
@@ -100,29 +101,29 @@ class BlockMemory:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """The source's internal tiling as a read sees it (SceneInfo.tile / tile_bands)."""
+    """The source's internal tiling as a read sees it: ``tiles``, the scene's GeoBox cut
+    into its internal tiles (SceneInfo.tile, (rows, cols); None: unknown), the bands a tile
+    holds (SceneInfo.tile_bands) and bytes per sample."""
 
-    height: int
-    width: int
-    tile: tuple[int, int] | None
+    tiles: GeoboxTiles | None
     tile_bands: int
     itemsize: int
 
     @classmethod
     def of(cls, scene) -> Source:
-        return cls(
-            scene.height, scene.width, scene.tile, scene.tile_bands, np.dtype(scene.dtype).itemsize
-        )
+        tiles = GeoboxTiles(scene.geobox, scene.tile) if scene.tile is not None else None
+        return cls(tiles, scene.tile_bands, np.dtype(scene.dtype).itemsize)
 
 
 def source_bytes(source: Source | None, read: tuple[int, int]) -> int:
     """Bytes of the source tiles decoded for a ``read`` (rows, cols) window beyond the
     window itself: whole tiles, one more per axis for an unaligned window."""
-    if source is None or source.tile is None:
+    if source is None or source.tiles is None:
         return 0
-    (th, tw), (rh, rw) = source.tile, read
-    rows = min(source.height, (math.ceil(rh / th) + 1) * th)
-    cols = min(source.width, (math.ceil(rw / tw) + 1) * tw)
+    (height, width), (th, tw) = source.tiles.base.shape, source.tiles.chunk_shape((0, 0))
+    rh, rw = read
+    rows = min(height, (math.ceil(rh / th) + 1) * th)
+    cols = min(width, (math.ceil(rw / tw) + 1) * tw)
     decoded = rows * cols * source.tile_bands * source.itemsize
     return max(0, decoded - rh * rw * source.tile_bands * source.itemsize)
 

@@ -88,13 +88,7 @@ def run_scene(
         log.info("block task memory estimate %.2f GiB", need.total / 2**30)
         done = store.prepare(
             out,
-            store.StoreLayout(
-                height=scene.height,
-                width=scene.width,
-                transform=scene.transform,
-                crs_wkt=scene.crs_wkt,
-                with_confidence=request.settings.save_confidence,
-            ),
+            store.StoreLayout(scene.geobox, with_confidence=request.settings.save_confidence),
             attrs=run_attrs(
                 request, layout, weights, fingerprint, worker_precision(client, info, request.model)
             ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from reattn_batch.grid.raster import raster_geobox
 from reattn_batch.scene.handles import cached, handle_key
 from reattn_batch.scene.identity import local_raster_identity, remote_identity
 from reattn_batch.scene.info import SceneInfo
@@ -75,10 +76,7 @@ def open_dataset(uri: str, path: str, bands: tuple[int, ...] | None) -> SceneInf
         else:  # content sample of the file, its sidecars and a VRT's sources
             identity = local_raster_identity(path, ds.files)
         return SceneInfo(
-            height=ds.height,
-            width=ds.width,
-            transform=transform,
-            crs_wkt=crs_wkt,
+            geobox=raster_geobox((ds.height, ds.width), transform, crs_wkt),
             gsd=pixel_size(uri, transform),
             bands=chosen,
             mask_band=mask_band,

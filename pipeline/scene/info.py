@@ -5,18 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from affine import Affine
+from odc.geo.geobox import GeoBox
+from reattn_batch.grid.raster import crs_wkt
 from reattn_batch.scene.uri import error_text, is_remote
 from reattn_batch.workers.errors import UserError
 
 
 @dataclass
 class SceneInfo:
-    """What a task needs to read a scene: cheap, picklable, no open handles."""
+    """What a task needs to read a scene: cheap, picklable, no open handles.
 
-    height: int
-    width: int
-    transform: Affine
-    crs_wkt: str | None
+    geobox: the native grid (shape (rows, cols), transform, CRS; grid/raster.py), which
+    ``height``, ``width``, ``transform`` and ``crs_wkt`` read.
+    """
+
+    geobox: GeoBox
     gsd: float
     bands: tuple[int, ...]
     mask_band: int | None
@@ -37,6 +40,24 @@ class SceneInfo:
     #: The STAC Item the scene came from (its href) and its datetime, when it came from one.
     stac_item: str | None = None
     scene_datetime: str | None = None
+
+    @property
+    def height(self) -> int:
+        return self.geobox.height
+
+    @property
+    def width(self) -> int:
+        return self.geobox.width
+
+    @property
+    def transform(self) -> Affine:
+        """Native pixel (col, row) -> CRS (x, y), upper-left-corner convention."""
+        return self.geobox.transform
+
+    @property
+    def crs_wkt(self) -> str | None:
+        """The CRS as the WKT the source gave (verbatim), or None."""
+        return crs_wkt(self.geobox)
 
     @property
     def is_zarr(self) -> bool:

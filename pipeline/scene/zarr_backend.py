@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 from affine import Affine
+from reattn_batch.grid.raster import raster_geobox
 from reattn_batch.scene.handles import cached, handle_key
 from reattn_batch.scene.identity import zarr_identity
 from reattn_batch.scene.info import SceneInfo
@@ -92,11 +93,9 @@ def open_dataset(
             transform = Affine.identity()
         nodata = da.rio.nodata
         identity = store_identity(path, str(da.name))
+        shape = (int(da.sizes[y_dim]), int(da.sizes[x_dim]))
         return SceneInfo(
-            height=int(da.sizes[y_dim]),
-            width=int(da.sizes[x_dim]),
-            transform=transform,
-            crs_wkt=crs.to_wkt() if crs else None,
+            geobox=raster_geobox(shape, transform, crs.to_wkt() if crs else None),
             gsd=pixel_size(uri, transform),
             bands=chosen,
             mask_band=mask_band,

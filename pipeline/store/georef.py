@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 from reattn_batch.store.layout import StoreLayout
-from reattn_batch.workers.errors import UserError
 
 _PROJ_CONVENTION = {
     "schema_url": "https://raw.githubusercontent.com/zarr-experimental/geo-proj/refs/tags/v1/schema.json",
@@ -39,14 +38,8 @@ def grid_mapping_attrs(layout: StoreLayout) -> dict[str, Any]:
     """CF grid-mapping attributes of ``spatial_ref``, as rioxarray writes them."""
     import rioxarray  # noqa: F401  (registers the .rio accessor)
     import xarray as xr
-    from pyproj import CRS as ProjCRS
 
-    try:
-        ProjCRS.from_wkt(layout.crs_wkt)
-    except Exception as exc:  # pyproj raises CRSError; keep the message
-        raise UserError(
-            f"the scene's CRS is not valid WKT ({exc}); fix or assign the CRS"
-        ) from None
+    # the CRS is valid WKT: grid/raster.py checked it when the GeoBox was built
     probe = xr.DataArray(np.zeros((1, 1), np.uint8), dims=("y", "x"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pyproj warns when a CRS has no CF mapping

@@ -44,6 +44,8 @@ from dataclasses import dataclass
 
 from affine import Affine
 from numcodecs import Zstd
+from odc.geo.geobox import GeoBox
+from reattn_batch.grid.raster import crs_wkt
 from reattn_batch.workers.errors import UserError
 
 #: Label value of nodata and of pixels not yet written (labels are 0..254).
@@ -67,21 +69,34 @@ CHUNK_KEYS = {"name": "v2", "separator": "/"}  # nested chunk folders: labels/<r
 class StoreLayout:
     """The native grid of a scene and how its label store is chunked.
 
-    height, width: the scene's size in native pixels (rows, columns).
-    transform: native pixel (col, row) -> CRS (x, y), upper-left-corner convention
-        (rasterio's ``dataset.transform``); north-up or south-up, no rotation.
-    crs_wkt: the scene's CRS as WKT (any version GDAL parses), or None for a scene
-        without a CRS: then x/y are pixel coordinates and no grid mapping is written.
+    geobox: the scene's native grid (grid/raster.py): shape (rows, cols) in native pixels;
+        transform, native pixel (col, row) -> CRS (x, y), upper-left-corner convention
+        (rasterio's ``dataset.transform``), north-up or south-up, no rotation; the CRS as
+        WKT (kept verbatim), or None for a scene without a CRS: then x/y are pixel
+        coordinates and no grid mapping is written.
     chunk: Zarr chunk edge in pixels (square chunks); block edges are multiples of it.
     with_confidence: also create the ``confidence`` array.
     """
 
-    height: int
-    width: int
-    transform: Affine
-    crs_wkt: str | None
+    geobox: GeoBox
     chunk: int = CHUNK
     with_confidence: bool = False
+
+    @property
+    def height(self) -> int:
+        return self.geobox.height
+
+    @property
+    def width(self) -> int:
+        return self.geobox.width
+
+    @property
+    def transform(self) -> Affine:
+        return self.geobox.transform
+
+    @property
+    def crs_wkt(self) -> str | None:
+        return crs_wkt(self.geobox)
 
 
 def validate_layout(layout: StoreLayout) -> None:

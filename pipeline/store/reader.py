@@ -1,5 +1,5 @@
 """Reading a finished (or partial) label store for outputs: :class:`LabelStore` holds its
-attributes, labels array, class names, colours, transform and CRS, checked once."""
+attributes, labels array, class names, colours and grid (a GeoBox), checked once."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import zarr
 from affine import Affine
+from odc.geo.geobox import GeoBox
+from reattn_batch.grid.raster import crs_wkt, raster_geobox
 from reattn_batch.store.arrays import open_labels
 from reattn_batch.store.attrs import read_attrs
 from reattn_batch.store.layout import GRID_MAPPING, LABELS, NODATA
@@ -27,16 +29,25 @@ class LabelStore:
     labels: zarr.Array
     class_names: list[str]
     colormap: dict[int, tuple[int, int, int, int]]  # class index (and 255) -> RGBA
-    transform: Affine
-    crs_wkt: str | None
+    #: The labels' grid (grid/raster.py): their shape, the store's ``spatial:transform``
+    #: (identity without one) and its CRS (the CF grid mapping's WKT, verbatim).
+    geobox: GeoBox
 
     @property
     def height(self) -> int:
-        return int(self.labels.shape[0])
+        return self.geobox.height
 
     @property
     def width(self) -> int:
-        return int(self.labels.shape[1])
+        return self.geobox.width
+
+    @property
+    def transform(self) -> Affine:
+        return self.geobox.transform
+
+    @property
+    def crs_wkt(self) -> str | None:
+        return crs_wkt(self.geobox)
 
     @property
     def chunk(self) -> int:
@@ -74,8 +85,7 @@ def open_store(path: str | os.PathLike) -> LabelStore:
         labels=labels,
         class_names=[str(n) for n in names],
         colormap=_colormap(labels, attrs, len(names)),
-        transform=_transform(attrs),
-        crs_wkt=_crs_wkt(root, attrs),
+        geobox=raster_geobox(labels.shape, _transform(attrs), _crs_wkt(root, attrs)),
     )
 
 
