@@ -72,7 +72,7 @@ def test_refusal_suggests_a_block_size_that_fits():
             for b in (1024, 1536, 2048)}  # fmt: skip
     assert need[1024] < 6e9 < need[1536]
     limit = 7_500_000_000
-    with pytest.raises(UserError, match="--block-size 1024"):
+    with pytest.raises(UserError, match="block_size=1024"):
         check_block_memory(grid(2048), queries=100, **BILINEAR, worker_limit=limit)
     fitting = check_block_memory(grid(1024), queries=100, **BILINEAR, worker_limit=limit)
     assert fitting.total == need[1024] == 4_139_376_384
@@ -180,7 +180,7 @@ def test_one_strip_sources_count_the_whole_strip():
     # the strip's 4.12e9 does not
     worker = [Worker(1, 2_500_000_000)]
     check_block_memory(grid(1024), queries=10, **BILINEAR, source=tiled, workers=worker)
-    with pytest.raises(UserError, match="--block-size|workers with more memory"):
+    with pytest.raises(UserError, match="block_size=|workers with more memory"):
         check_block_memory(grid(1024), queries=10, **BILINEAR, source=strip, workers=worker)
 
 

@@ -24,7 +24,7 @@ from reattn_batch.store import (
     update_attrs,
     write_block,
 )
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import StoreError, UserError
 
 CLASSES = ["background", "building", "low vegetation", "water", "road"]
 H, W, CHUNK = 1000, 1300, 512
@@ -233,10 +233,10 @@ def _small(path, value: int, **kw):
 def test_existing_store_needs_overwrite(tmp_path):
     path = tmp_path / "out.zarr"
     _small(path, 1, overwrite=False)
-    with pytest.raises(UserError, match="--overwrite") as err:
+    with pytest.raises(StoreError, match="overwrite=True") as err:
         _small(path, 2, overwrite=False)
     assert "\n" not in str(err.value) and str(path) in str(err.value)
-    assert "--resume" in str(err.value)
+    assert "resume=True" in str(err.value)
     assert (open_labels(path)[:] == 1).all()
     assert read_attrs(path)["run"] == 1
 

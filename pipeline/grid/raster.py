@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from affine import Affine
 from odc.geo.geobox import GeoBox
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError
 
 
 def raster_geobox(shape: tuple[int, int], transform: Affine, crs_wkt: str | None) -> GeoBox:
@@ -29,7 +29,7 @@ def raster_geobox(shape: tuple[int, int], transform: Affine, crs_wkt: str | None
         try:
             ProjCRS.from_wkt(crs_wkt)
         except Exception as exc:  # pyproj raises CRSError; keep the message
-            raise UserError(
+            raise InputError(
                 f"the scene's CRS is not valid WKT ({exc}); fix or assign the CRS"
             ) from None
     return GeoBox((int(shape[0]), int(shape[1])), transform, crs_wkt)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from reattn_batch.store.layout import NODATA
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError
 
 #: Store attribute naming the STAC Item the scene came from (an href); becomes a
 #: ``derived_from`` link.
@@ -43,7 +43,7 @@ MEDIA_TYPES = {
 }
 ZARR_MEDIA_TYPE = "application/vnd+zarr"
 _NO_CRS = (
-    "--stac: {store} has no CRS, so a STAC Item cannot place it on Earth; "
+    "`stac`: {store} has no CRS, so a STAC Item cannot place it on Earth; "
     "assign the scene a CRS and run it again"
 )
 
@@ -64,14 +64,14 @@ def check_dir(store_path: str | os.PathLike, out_dir: str | os.PathLike, overwri
     is a file."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--stac {out_dir} is a file; pass a folder for the STAC Item")
+        raise InputError(f"stac={out_dir} is a file; pass a folder for the STAC Item")
     from reattn_batch.store import open_store
 
     if open_store(store_path).crs_wkt is None:
-        raise UserError(_NO_CRS.format(store=store_path))
+        raise InputError(_NO_CRS.format(store=store_path))
     path = item_path(store_path, out_dir)
     if path.exists() and not overwrite:
-        raise UserError(f"--stac: {path} already exists; pass --overwrite to replace it")
+        raise InputError(f"`stac`: {path} already exists; pass overwrite=True to replace it")
     return path
 
 
@@ -148,7 +148,7 @@ def build_item(
     ls = open_store(store_path)
     attrs = ls.attrs
     if ls.crs_wkt is None:
-        raise UserError(_NO_CRS.format(store=ls.path))
+        raise InputError(_NO_CRS.format(store=ls.path))
     t = ls.transform
     geometry = footprint(ls.geobox)
     when, source = _scene_datetime(attrs, ls.path)
@@ -253,5 +253,5 @@ def write_item(
         item.make_asset_hrefs_relative()
         item.save_object(include_self_link=False, dest_href=str(path))
     except OSError as exc:
-        raise UserError(f"--stac: cannot write {path} ({exc.strerror or exc})") from None
+        raise InputError(f"`stac`: cannot write {path} ({exc.strerror or exc})") from None
     return path

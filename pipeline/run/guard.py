@@ -29,7 +29,7 @@ import numpy as np
 from odc.geo.geobox import GeoboxTiles
 from reattn_batch.grid.grids import BlockGrid
 from reattn_batch.store.layout import CHUNK
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError, UserError
 
 FLOAT = 4
 MODEL_BYTES = 1.2e9  # ViT-B/16 fp32 weights, activations of a batch, text tower
@@ -246,13 +246,13 @@ def _refusal(grid, shape, need: int, limit: int, threads: int, kind: str) -> Use
 
     suggestion = next((s for s in range(grid.block - CHUNK, 0, -CHUNK) if fits(s)), None)
     fix = (
-        f"pass --block-size {suggestion}"
+        f"pass block_size={suggestion}"
         if suggestion
         else "use fewer classes or synonyms, a smaller batch_size, fewer threads per worker, "
         "or workers with more memory"
     )
     tasks = f"{threads} threads x " if threads > 1 else ""
-    return UserError(
+    return InputError(
         f"a {grid.block} px block with {shape['queries']} text queries ({tasks}one block task) "
         f"needs about {need / 2**30:.1f} GiB but a worker has {limit / 2**30:.1f} GiB of "
         f"{kind}memory: {fix}"

@@ -11,7 +11,7 @@ from reattn_batch.scene.identity import local_raster_identity, remote_identity
 from reattn_batch.scene.info import SceneInfo
 from reattn_batch.scene.policy import choose_bands, pixel_size, unique_bands, valid_mask
 from reattn_batch.scene.uri import error_text, gdal_env, is_remote
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError
 
 
 def open_dataset(uri: str, path: str, bands: tuple[int, ...] | None) -> SceneInfo:
@@ -26,10 +26,10 @@ def open_dataset(uri: str, path: str, bands: tuple[int, ...] | None) -> SceneInf
     except RasterioError as exc:
         text = error_text(exc)
         if is_remote(path):
-            raise UserError(
+            raise InputError(
                 f"{uri}: could not open it ({text}); check the URL and, for s3, credentials"
             ) from None
-        raise UserError(
+        raise InputError(
             f"{uri}: not a raster GDAL can read ({text}); pass a GeoTIFF/COG or a .zarr store"
         ) from None
     with ds:
@@ -38,17 +38,17 @@ def open_dataset(uri: str, path: str, bands: tuple[int, ...] | None) -> SceneInf
             hint = (
                 f" (it has subdatasets: {', '.join(ds.subdatasets[:5])})" if ds.subdatasets else ""
             )
-            raise UserError(
+            raise InputError(
                 f"{uri}: the scene has no bands{hint}; pass a raster with 1, 3 or 4 bands"
             )
         interp = [ci.name for ci in ds.colorinterp]
         chosen, mask_band = choose_bands(uri, count, bands, interp)
         dtypes = {ds.dtypes[b - 1] for b in chosen}
         if len(dtypes) != 1:
-            raise UserError(f"{uri}: bands {chosen} have different types {sorted(dtypes)}")
+            raise InputError(f"{uri}: bands {chosen} have different types {sorted(dtypes)}")
         dtype = dtypes.pop()
         if np.dtype(dtype).kind not in "uif":
-            raise UserError(f"{uri}: {dtype} pixels are not supported; pass integer or float data")
+            raise InputError(f"{uri}: {dtype} pixels are not supported; pass integer or float data")
         nodata = ds.nodatavals[chosen[0] - 1]
         flags = ds.mask_flag_enums[chosen[0] - 1]
         internal = (
@@ -60,7 +60,7 @@ def open_dataset(uri: str, path: str, bands: tuple[int, ...] | None) -> SceneInf
         transform = ds.transform
         if transform.is_identity and (ds.gcps[0] or ds.rpcs):
             kind = "ground control points (GCPs)" if ds.gcps[0] else "RPCs"
-            raise UserError(
+            raise InputError(
                 f"{uri}: georeferenced by {kind} only, which reattn-batch does not warp; "
                 "warp it to a map grid first, e.g. `gdalwarp -t_srs EPSG:XXXX "
                 f"{'-rpc ' if not ds.gcps[0] else ''}in.tif out.tif`, and map out.tif"

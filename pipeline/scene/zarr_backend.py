@@ -15,7 +15,7 @@ from reattn_batch.scene.identity import zarr_identity
 from reattn_batch.scene.info import SceneInfo
 from reattn_batch.scene.policy import choose_bands, pixel_size, unique_bands, valid_mask
 from reattn_batch.scene.uri import ZARR_MARKERS, error_text
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import InputError
 
 log = logging.getLogger("reattn_batch.scene")
 
@@ -38,16 +38,16 @@ def image_variable(uri: str, ds: Any, variable: str | None) -> Any:
     names = [str(n) for n in ds.data_vars]
     if variable is not None:
         if variable not in ds.data_vars:
-            raise UserError(
+            raise InputError(
                 f"{uri} has no variable {variable!r}; its variables are: "
-                f"{', '.join(names) or 'none'}; pass --variable NAME"
+                f"{', '.join(names) or 'none'}; pass variable=NAME"
             )
         return ds[variable]
     candidates = [n for n in names if ds[n].ndim == 3] or [n for n in names if ds[n].ndim == 2]
     if len(candidates) != 1:
-        raise UserError(
+        raise InputError(
             f"{uri}: cannot tell which variable is the image (variables: "
-            f"{', '.join(names) or 'none'}); pass --variable NAME"
+            f"{', '.join(names) or 'none'}); pass variable=NAME"
         )
     return ds[candidates[0]]
 
@@ -55,7 +55,7 @@ def image_variable(uri: str, ds: Any, variable: str | None) -> Any:
 def image_dims(uri: str, da: Any) -> tuple[str | None, str, str]:
     """(band_dim or None, y_dim, x_dim) of a 2-D or 3-D variable."""
     if da.ndim not in (2, 3):
-        raise UserError(
+        raise InputError(
             f"{uri}: variable {da.name!r} has dims {da.dims}; need (band, y, x) or (y, x)"
         )
     try:
@@ -72,7 +72,7 @@ def open_dataset(
     try:
         ds = open_xarray(path)
     except Exception as exc:
-        raise UserError(
+        raise InputError(
             f"{uri}: not a readable Zarr store ({error_text(exc)}); pass a Zarr store "
             "with a (band, y, x) variable"
         ) from None
@@ -84,7 +84,7 @@ def open_dataset(
         chosen, mask_band = choose_bands(uri, count, bands, None)
         dtype = np.dtype(da.dtype)
         if dtype.kind not in "uif":
-            raise UserError(f"{uri}: {dtype} pixels are not supported; pass integer or float data")
+            raise InputError(f"{uri}: {dtype} pixels are not supported; pass integer or float data")
         crs = da.rio.crs
         try:
             transform = da.rio.transform()

@@ -46,7 +46,7 @@ from affine import Affine
 from numcodecs import Zstd
 from odc.geo.geobox import GeoBox
 from reattn_batch.grid.raster import crs_wkt
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import StoreError
 
 #: Label value of nodata and of pixels not yet written (labels are 0..254).
 NODATA = 255
@@ -106,11 +106,11 @@ def validate_layout(layout: StoreLayout) -> None:
         raise ValueError(f"chunk must be positive, got {layout.chunk}")
     t = layout.transform
     if not all(math.isfinite(v) for v in tuple(t)[:6]):
-        raise UserError(f"the scene's transform has non-finite values ({tuple(t)[:6]})")
+        raise StoreError(f"the scene's transform has non-finite values ({tuple(t)[:6]})")
     if t.b != 0 or t.d != 0:
-        raise UserError(
+        raise StoreError(
             "the scene's geotransform is rotated or sheared, which the label store cannot "
             "represent; warp it to a north-up grid first (gdalwarp)"
         )
     if t.a == 0 or t.e == 0:
-        raise UserError(f"the scene's transform has a zero pixel size ({tuple(t)[:6]})")
+        raise StoreError(f"the scene's transform has a zero pixel size ({tuple(t)[:6]})")

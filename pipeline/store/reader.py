@@ -17,7 +17,7 @@ from reattn_batch.store.arrays import open_labels
 from reattn_batch.store.attrs import read_attrs
 from reattn_batch.store.layout import GRID_MAPPING, LABELS, NODATA
 from reattn_batch.store.palette import class_palette
-from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.errors import StoreError
 
 
 @dataclass(frozen=True)
@@ -58,24 +58,24 @@ def open_store(path: str | os.PathLike) -> LabelStore:
     """Open a reattn-batch label store read-only; a UserError (one line) if it is not one."""
     root = Path(path)
     if not root.exists():
-        raise UserError(
+        raise StoreError(
             f"{root}: no such label store; pass the .zarr folder `reattn-batch run` wrote"
         )
     if not root.is_dir() or not (root / ".zgroup").is_file():
-        raise UserError(
+        raise StoreError(
             f"{root} is not a label store (not a Zarr format-2 group); "
             "pass the .zarr folder `reattn-batch run` wrote"
         )
     attrs = read_attrs(root)
     names = attrs.get("class_names")
     if not isinstance(names, list) or not names or not (root / LABELS / ".zarray").is_file():
-        raise UserError(
+        raise StoreError(
             f"{root} is a Zarr group but not a reattn-batch label store "
             "(no 'labels' array or 'class_names' attribute)"
         )
     labels = open_labels(root)
     if labels.ndim != 2 or labels.dtype != np.uint8:
-        raise UserError(
+        raise StoreError(
             f"{root}: 'labels' is {labels.dtype} {labels.shape}, not a 2-D uint8 label map; "
             "the store is damaged or not a reattn-batch store"
         )
