@@ -1,4 +1,4 @@
-"""Analytic FLOPs of one crop through ``CropSegmenter.crop_logits`` (multiply-add = 2 FLOPs).
+"""Analytic FLOPs of one crop through ``Segmenter.forward`` (multiply-add = 2 FLOPs).
 
 Counted: matrix products and convolutions (the work a GPU's tensor cores do); softmax,
 LayerNorm, GELU and other element-wise work is left out. Encoder and upsampler apart:
@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 from reattn_batch.workers.config import MethodConfig
+from reattn_batch.workers.methods import BASE_METHODS
 
 KEY_DIM = 32  # JBU range projection width
 BICUBIC_TAPS = 16
@@ -45,13 +46,14 @@ def block_flops(tokens: int, width: int, mlp: int) -> int:
 def final_block_flops(cfg: MethodConfig, tokens: int, width: int, mlp: int) -> int:
     """Block 12 under the method (maps of the base, A v, out_proj, MLP where kept)."""
     t, d = tokens, width
-    base = cfg.attention_base
-    maps = {"vanilla": 1, "maskclip": 0, "sclip": 2, "clearclip": 1, "segearth-ov": 3}[base]
+    base = BASE_METHODS[cfg.attention_base]  # the registry: its maps and residual
+    maps = base.attention_maps
     if cfg.method == "reattnclip" and cfg.patch_patch == "reattn" and cfg.cls_row == "reattn":
         maps = 0  # A_refine replaces the base's maps (cls_col zero) or keeps few entries
-    av = 0 if base == "maskclip" and cfg.method != "reattnclip" else 2 * t * t * d
+    identity = base.attention_maps == 0 and cfg.method != "reattnclip"
+    av = 0 if identity else 2 * t * t * d
     flops = 2 * t * 3 * d * d + maps * 2 * t * t * d + av + 2 * t * d * d
-    if base in ("vanilla", "sclip"):
+    if base.keeps_residual:
         flops += 2 * t * d * mlp * 2
     return flops
 

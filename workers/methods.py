@@ -67,6 +67,8 @@ class Method(nn.Module):
     name: ClassVar[str]
     summary: ClassVar[str]
     keeps_residual: ClassVar[bool]
+    #: T x T softmax maps :meth:`attention` computes (0: the identity), for the FLOP model
+    attention_maps: ClassVar[int] = 1
 
     def attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor | None:
         """A (B, H, T, T) fp32 from q, k, v (B, H, T, hd), or None for the identity."""
@@ -110,6 +112,7 @@ class BaseMethod(Method):
 
 class Vanilla(BaseMethod):
     name = "vanilla"
+    attention_maps = 1
     summary = "CLIP's own last block: softmax(q k^T s)"
     keeps_residual = True
     reattn_base = False  # SPEC 2.3: A_refine starts from a training-free base
@@ -120,6 +123,7 @@ class Vanilla(BaseMethod):
 
 class MaskCLIP(BaseMethod):
     name = "maskclip"
+    attention_maps = 0
     summary = "identity attention (the value path), no residual or FFN"
     keeps_residual = False
 
@@ -129,6 +133,7 @@ class MaskCLIP(BaseMethod):
 
 class SCLIP(BaseMethod):
     name = "sclip"
+    attention_maps = 2
     summary = "softmax(q q^T s) + softmax(k k^T s), residual and FFN kept"
     keeps_residual = True
 
@@ -138,6 +143,7 @@ class SCLIP(BaseMethod):
 
 class ClearCLIP(BaseMethod):
     name = "clearclip"
+    attention_maps = 1
     summary = "softmax(q q^T s), no residual or FFN"
     keeps_residual = False
 
@@ -147,6 +153,7 @@ class ClearCLIP(BaseMethod):
 
 class SegEarthOV(BaseMethod):
     name = "segearth-ov"
+    attention_maps = 3
     summary = "softmax(qq) + softmax(kk) + softmax(vv) (rows sum to 3), no residual or FFN"
     keeps_residual = False
 
