@@ -8,6 +8,7 @@ import shutil
 import uuid
 from typing import Any
 
+from odc.geo.geobox import GeoboxTiles
 from reattn_batch.outputs.vector.features import part_file
 from reattn_batch.outputs.vector.merge import MergeJob, merge_groups, pack_groups
 from reattn_batch.outputs.vector.polygonize import BlockJob, BlockResult, polygonize_block
@@ -23,13 +24,16 @@ def export_vector(request: VectorRequest, client: Any) -> VectorSummary:
     from reattn_batch.store import open_store
 
     ls = open_store(request.store)
-    t = ls.transform
+    # Vertices go through the scene's transform with global pixel offsets (not each
+    # tile's own transform), so that they do not depend on the block size.
+    t = ls.geobox.transform
     transform = (t.a, t.b, t.c, t.d, t.e, t.f)
     pixel_area = abs(t.a * t.e - t.b * t.d)
     multi = request.connectivity == 8
     units = area_units(ls.crs_wkt)
-    step = request.block_size
-    grid = (math.ceil(ls.height / step), math.ceil(ls.width / step))
+    scene_height, scene_width = ls.geobox.shape.yx
+    tiles = GeoboxTiles(ls.geobox, (request.block_size, request.block_size))
+    grid = tiles.shape.yx  # (block rows, block cols)
     parts = request.out.absolute().parent / f".{request.out.name}.parts-{uuid.uuid4().hex[:8]}"
     parts.mkdir()
     try:
@@ -37,12 +41,12 @@ def export_vector(request: VectorRequest, client: Any) -> VectorSummary:
             BlockJob(
                 store=str(ls.path.absolute()),
                 index=br * grid[1] + bc,
-                row0=br * step,
-                col0=bc * step,
-                height=min(step, ls.height - br * step),
-                width=min(step, ls.width - bc * step),
-                scene_height=ls.height,
-                scene_width=ls.width,
+                row0=rows.start,
+                col0=cols.start,
+                height=rows.stop - rows.start,
+                width=cols.stop - cols.start,
+                scene_height=scene_height,
+                scene_width=scene_width,
                 classes=request.classes,
                 class_names=request.class_names,
                 connectivity=request.connectivity,
@@ -55,6 +59,7 @@ def export_vector(request: VectorRequest, client: Any) -> VectorSummary:
             )
             for br in range(grid[0])
             for bc in range(grid[1])
+            for rows, cols in [tiles.roi[br, bc]]  # row and column slices, clipped to the scene
         ]
         tag = uuid.uuid4().hex[:8]
         futures = client.map(
