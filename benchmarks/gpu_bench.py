@@ -28,6 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.call_timer import seconds_per_call  # noqa: E402
+from benchmarks.flops import VitShape, encoder_flops, upsampler_flops  # noqa: E402
+from benchmarks.model_throughput import build_upsampler, machine_info  # noqa: E402
 from reattn_batch.workers.backbone import load_backbone  # noqa: E402
 from reattn_batch.workers.classes import parse_classes  # noqa: E402
 from reattn_batch.workers.config import load_config  # noqa: E402
@@ -35,10 +38,6 @@ from reattn_batch.workers.encoder import encode_crops  # noqa: E402
 from reattn_batch.workers.segmenter import Segmenter, resolve_device  # noqa: E402
 from reattn_batch.workers.text import query_embeddings  # noqa: E402
 from reattn_batch.workers.upsampled_logits import upsampled_cosines  # noqa: E402
-
-from benchmarks.call_timer import seconds_per_call  # noqa: E402
-from benchmarks.flops import VitShape, encoder_flops, upsampler_flops  # noqa: E402
-from benchmarks.model_throughput import build_upsampler, machine_info  # noqa: E402
 
 CLASSES = "road/parking lot,building,low vegetation,tree,car,clutter/background"
 # bf16 dense tensor-core peak, TFLOP/s (vendor data sheets; SXM parts).

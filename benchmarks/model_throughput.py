@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from reattn_batch.workers.backbone import load_backbone
 from reattn_batch.workers.classes import parse_classes
 from reattn_batch.workers.config import DTYPES, METHODS, load_config

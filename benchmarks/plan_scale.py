@@ -38,6 +38,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from odc.geo.geobox import GeoBox
+
     from reattn_batch.grid.grids import BlockGrid, ModelGrid
     from reattn_batch.store import StoreLayout, create_store, done_blocks, started_blocks
     from reattn_batch.store.records import RunRecords

@@ -29,6 +29,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.model_throughput import machine_info  # noqa: E402
 from reattn_batch.workers.backbone import load_backbone  # noqa: E402
 from reattn_batch.workers.classes import parse_classes  # noqa: E402
 from reattn_batch.workers.config import load_config  # noqa: E402
@@ -38,8 +39,6 @@ from reattn_batch.workers.sliding import slide_inference  # noqa: E402
 from reattn_batch.workers.text import query_embeddings  # noqa: E402
 from reattn_batch.workers.upsampled_logits import upsampled_cosines  # noqa: E402
 from reattn_batch.workers.upsampler import load_upsampler  # noqa: E402
-
-from benchmarks.model_throughput import machine_info  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = ROOT.parent / "shared/data/labelled/potsdam/img/2_10_0_0_512_512.png"

@@ -33,6 +33,7 @@ import numpy as np
 from affine import Affine
 from odc.geo.geobox import GeoBox
 from rasterio.crs import CRS
+
 from reattn_batch.outputs import vector
 from reattn_batch.run.cluster import connect
 from reattn_batch.settings import ClusterSettings

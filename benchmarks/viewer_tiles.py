@@ -25,6 +25,7 @@ from affine import Affine  # noqa: E402
 from odc.geo.geobox import GeoBox  # noqa: E402
 from pyproj import Transformer  # noqa: E402
 from rasterio.crs import CRS  # noqa: E402
+
 from reattn_batch.store import StoreLayout, create_store, write_block  # noqa: E402
 
 CLASSES = ["background", "building", "road", "water"]

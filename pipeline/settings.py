@@ -28,6 +28,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+
 from reattn_batch.store.layout import CHUNK
 from reattn_batch.workers.config import Method, Probability
 from reattn_batch.workers.errors import InputError

@@ -35,6 +35,7 @@ def peak_rss() -> int:
 def main(scene: str, out: str, block: int) -> None:
     import torch  # noqa: F401  (imported before the baseline: the runtime is not the task)
     from distributed import Client, LocalCluster
+
     from reattn_batch.run.cluster import cluster_info
     from reattn_batch.run.guard import Source, estimate_block_memory, model_bytes
     from reattn_batch.run.plan import plan

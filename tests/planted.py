@@ -69,8 +69,9 @@ from pathlib import Path
 
 import numpy as np
 import open_clip
-import reattn_batch.workers.backbone  # registers configs/models, incl. ViT-T-16-test
 import torch
+
+import reattn_batch.workers.backbone  # registers configs/models, incl. ViT-T-16-test
 from reattn_batch.workers.segmenter import CLIP_MEAN, CLIP_STD
 
 CLIP_MODEL = "ViT-T-16-test"

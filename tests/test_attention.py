@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from reattn_batch.workers.attention import ReAttnParts, refine_attention
 from reattn_batch.workers.backbone import load_backbone
 from reattn_batch.workers.config import BASES, load_config

@@ -11,6 +11,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+
 from reattn_batch.workers.backbone import _hub_reachable, load_backbone
 from reattn_batch.workers.errors import UserError
 from reattn_batch.workers.vit import qkv, run_trunk, softmax_attention

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from reattn_batch.workers.batching import (
     CUDA_BATCH_CAP,
     crop_bytes,

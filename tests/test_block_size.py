@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from reattn_batch.grid.block_size import choose_block_size
 from reattn_batch.grid.grids import BlockGrid, ModelGrid
 from reattn_batch.grid.resample import Axis
@@ -123,6 +124,7 @@ def test_fingerprint_ignores_block_size_and_resume_keeps_the_stores(tmp_path):
     run takes the store's recorded block size (its completion records are per block)."""
     import zarr
     from conftest import koeln_window_tif
+
     from reattn_batch.cli import main
     from reattn_batch.run.fingerprint import run_fingerprint
     from reattn_batch.run.plan import plan

@@ -16,6 +16,7 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
+
 from reattn_batch.workers.checkpoint import read_clip_state_dict
 from reattn_batch.workers.errors import UserError
 

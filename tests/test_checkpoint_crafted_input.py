@@ -13,9 +13,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from test_checkpoint import assert_same, jit_save, tiny_clip
+
 from reattn_batch.workers.checkpoint import class_declarations, read_clip_state_dict
 from reattn_batch.workers.errors import UserError
-from test_checkpoint import assert_same, jit_save, tiny_clip
 
 BOUND_S = 5.0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from reattn_batch.workers.classes import parse_classes
 from reattn_batch.workers.errors import UserError
 

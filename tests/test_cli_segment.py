@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import shared_file
+
 from reattn_batch.cli import main
 from reattn_batch.workers.postprocess import labels_from_logits
 

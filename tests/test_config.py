@@ -7,6 +7,7 @@ import pickle
 
 import pytest
 from pydantic import ValidationError
+
 from reattn_batch.workers.config import METHODS, load_config
 from reattn_batch.workers.errors import UserError
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import open_clip
 import pytest
 from packaging.requirements import Requirement
+
 from reattn_batch.workers.backbone import load_backbone
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from reattn_batch.run.cluster import connect_timeout
 from reattn_batch.run.progress import progress_interval
 from reattn_batch.workers import text

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from conftest import SHARED_DATA, shared_file
 from PIL import Image
+
 from reattn_batch.cli import main
 from reattn_batch.cli.options import build_model_spec
 from reattn_batch.eval.datasets import (

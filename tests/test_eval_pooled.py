@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 from conftest import SHARED_DATA, shared_file
 from PIL import Image
+
 from reattn_batch.cli import main
 
 TINY = ["--clip-weights", "random", "--set", "clip_model=ViT-T-16-test", "--upsampler", "bilinear"]

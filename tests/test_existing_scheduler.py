@@ -19,6 +19,7 @@ from cluster_helpers import (
 )
 from conftest import koeln_window_tif, labels_of
 from distributed import Client
+
 from reattn_batch.cli import main
 from reattn_batch.workers import model_cache
 

@@ -35,11 +35,12 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
 from reattn_batch.workers.backbone import Backbone, WeightsIdentity, load_backbone
 from reattn_batch.workers.config import METHODS, load_config
 from reattn_batch.workers.encoder import encode_crops
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
 
 def _load_flops_module():

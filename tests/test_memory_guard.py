@@ -13,6 +13,7 @@ from affine import Affine
 from conftest import koeln_window_tif
 from distributed import LocalCluster
 from odc.geo.geobox import GeoBox, GeoboxTiles
+
 from reattn_batch.cli import main
 from reattn_batch.grid.grids import BlockGrid, ModelGrid
 from reattn_batch.run.guard import (

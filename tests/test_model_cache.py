@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from reattn_batch.workers import model_cache
 from reattn_batch.workers.backbone import load_backbone
 from reattn_batch.workers.config import load_config

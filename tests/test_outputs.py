@@ -14,6 +14,8 @@ from affine import Affine
 from odc.geo.geobox import GeoBox
 from PIL import Image
 from rasterio.crs import CRS
+from rio_cogeo.cogeo import cog_validate
+
 from reattn_batch.cli import main
 from reattn_batch.outputs import decimate, quicklook
 from reattn_batch.outputs.cog import export_cog
@@ -28,7 +30,6 @@ from reattn_batch.store import (
     write_block,
 )
 from reattn_batch.workers.errors import UserError
-from rio_cogeo.cogeo import cog_validate
 
 CLASSES = ["background", "building", "road", "water"]
 H, W = 1100, 1300  # rows, cols

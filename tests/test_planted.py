@@ -16,6 +16,7 @@ import numpy as np
 import planted
 import pytest
 import torch
+
 from reattn_batch.cli import main
 from reattn_batch.workers.backbone import load_backbone
 from reattn_batch.workers.config import METHODS, load_config

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from reattn_batch.workers.postprocess import class_probabilities, labels_from_logits
 
 

@@ -19,6 +19,7 @@ import zarr
 from conftest import shared_file
 from pyproj import Transformer
 from rasterio.windows import Window
+
 from reattn_batch import store
 from reattn_batch.cli import main
 from reattn_batch.regional import runner

@@ -10,6 +10,7 @@ import pytest
 import rasterio
 import zarr
 from conftest import framed_rgb_byte, koeln_window_tif
+
 from reattn_batch.cli import main
 from reattn_batch.grid.grids import BlockGrid, ModelGrid
 from reattn_batch.workers.sliding import crop_grid

@@ -16,6 +16,7 @@ import rasterio
 import zarr
 from conftest import shared_file
 from distributed import Client, LocalCluster
+
 from reattn_batch.cli import main
 from reattn_batch.store import done_blocks, read_attrs
 

@@ -12,6 +12,7 @@ import zarr
 from conftest import shared_file
 from distributed import LocalCluster
 from rasterio.transform import from_origin
+
 from reattn_batch.cli import main
 from reattn_batch.store import read_attrs
 

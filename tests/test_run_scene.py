@@ -14,6 +14,7 @@ import xarray as xr
 import zarr
 from conftest import framed_rgb_byte, koeln_window_tif, labels_of
 from distributed import Client, LocalCluster
+
 from reattn_batch.cli import main
 from reattn_batch.workers import model_cache
 

@@ -21,6 +21,7 @@ from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 from rasterio.windows import Window
+
 from reattn_batch.scene import (
     SceneInfo,
     WindowReadError,

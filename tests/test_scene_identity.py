@@ -14,6 +14,7 @@ import cli_helpers as h
 import pytest
 import rasterio
 from rasterio.windows import Window
+
 from reattn_batch.scene import open_scene
 from reattn_batch.scene.identity import EDGE, remote_identity
 

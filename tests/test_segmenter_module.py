@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from reattn_batch.api.model import load_model
 from reattn_batch.workers.errors import InputError, ReattnError
 from reattn_batch.workers.methods import BASE_METHODS, METHODS, REATTN_BASES, Method

@@ -6,6 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+
 from reattn_batch.cli import cli, main
 from reattn_batch.settings import (
     DEFAULT_BLOCK_SIZE,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from reattn_batch.workers.sliding import Box, crop_grid, crop_starts
 
 

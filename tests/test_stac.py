@@ -18,6 +18,7 @@ from affine import Affine
 from odc.geo.geobox import GeoBox
 from pyproj import Transformer
 from rasterio.crs import CRS
+
 from reattn_batch.cli import main
 from reattn_batch.outputs import stac
 from reattn_batch.store import StoreLayout, class_palette, create_store, update_attrs, write_block

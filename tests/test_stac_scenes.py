@@ -22,6 +22,7 @@ import rasterio
 import shapely.geometry
 from pyproj import Transformer
 from rasterio.transform import from_origin
+
 from reattn_batch import store
 from reattn_batch.cli import main
 
@@ -416,6 +417,7 @@ def test_the_deploy_examples_hold_valid_job_specs():
     """deploy/jobs/stac_region.yaml and the spec in the CronJob's ConfigMap pass the job
     spec schema (the search itself needs the network, so it is not run)."""
     import yaml
+
     from reattn_batch.regional.spec import JobFile
 
     root = Path(__file__).resolve().parents[1] / "deploy"

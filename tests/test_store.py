@@ -15,6 +15,7 @@ import zarr
 from affine import Affine
 from odc.geo.geobox import GeoBox
 from rasterio.crs import CRS
+
 from reattn_batch.store import (
     StoreLayout,
     class_palette,
@@ -356,6 +357,7 @@ def test_store_georeferencing_equals_rasterio_of_the_source(source, tmp_path):
 
     import rioxarray  # noqa: F401  (registers .rio)
     from conftest import shared_file
+
     from reattn_batch.scene import open_scene
     from reattn_batch.store import open_store
 

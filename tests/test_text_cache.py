@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from reattn_batch.workers.backbone import load_backbone
 from reattn_batch.workers.text import _cache_file, query_embeddings
 

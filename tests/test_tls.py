@@ -12,6 +12,7 @@ import pytest
 import zarr
 from cluster_helpers import TINY, dask_processes, self_signed, tiny_scene
 from distributed import Client
+
 from reattn_batch.cli import main
 
 

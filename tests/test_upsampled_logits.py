@@ -9,13 +9,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from test_upsampler import STACK_CKPT, needs_stack_ckpt
+from torch import nn
+
 from reattn_batch.workers.backbone import load_backbone
 from reattn_batch.workers.config import load_config
 from reattn_batch.workers.segmenter import Segmenter
 from reattn_batch.workers.upsampled_logits import full_cosines, reduced_cosines, upsampled_cosines
 from reattn_batch.workers.upsampler import JBUOne, JBUStack, load_upsampler
-from test_upsampler import STACK_CKPT, needs_stack_ckpt
-from torch import nn
 
 TOL = 1e-6
 

@@ -9,11 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
 import reattn_batch.workers.upsampler as up
 import reattn_batch.workers.upsampler.conv as conv
 import reattn_batch.workers.upsampler.weights as weights
-import torch
-import torch.nn.functional as F
 from reattn_batch.workers.download import PinnedFile
 from reattn_batch.workers.errors import UserError
 from reattn_batch.workers.upsampler import (
@@ -24,7 +26,6 @@ from reattn_batch.workers.upsampler import (
     default_upsampler_weights,
     load_upsampler,
 )
-from torch import nn
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 STACK_CKPT = DATA / "weights" / "featup_clip_jbu_stack_cocostuff.ckpt"

@@ -25,6 +25,7 @@ from conftest import koeln_window_tif, labels_of
 from distributed import Client, LocalCluster
 from odc.geo.geobox import GeoBox
 from rasterio.crs import CRS
+
 from reattn_batch.cli import main
 from reattn_batch.outputs import vector
 from reattn_batch.store import StoreLayout, create_store, open_store, write_block

@@ -27,6 +27,7 @@ from odc.geo.geobox import GeoBox
 from PIL import Image
 from pyproj import Transformer
 from rasterio.crs import CRS
+
 from reattn_batch.store import (
     StoreLayout,
     class_palette,
@@ -218,6 +219,7 @@ def test_imagery_tiles_show_the_scene_over_the_store_footprint(planted, tmp_path
     (its decimated copy): opaque exactly where the store's label tile is inside the scene
     (2 px margin for the bilinear edge), with the scene's colour, transparent far outside."""
     import rioxarray
+
     from reattn_batch.scene import open_scene
     from reattn_batch.store import open_store
     from reattn_batch.viewer.label_tiles import LabelTiler

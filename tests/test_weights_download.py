@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import reattn_batch.workers.upsampler.weights as up
 import torch
+
+import reattn_batch.workers.upsampler.weights as up
 from reattn_batch.workers.download import PinnedFile, content_problem, file_digests
 from reattn_batch.workers.errors import UserError
 from reattn_batch.workers.upsampler import JBUOne, default_upsampler_weights, load_upsampler

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import open_clip
 import torch
+from torch import nn
+
 from reattn_batch.configs import CONFIG_DIR
 from reattn_batch.workers.errors import ModelError
-from torch import nn
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ import logging
 import math
 
 import torch
+
 from reattn_batch.workers.config import AUTO_BATCH, MethodConfig
 
 log = logging.getLogger(__name__)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+
 from reattn_batch.workers.errors import ModelError, UserError
 
 # Tensors OpenAI's TorchScript CLIP carries for its own loader; no model parameter.

@@ -22,6 +22,7 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+
 from reattn_batch.configs import CONFIG_DIR
 from reattn_batch.workers import methods
 from reattn_batch.workers.backbone import CLIP_MODEL_RULE, allowed_clip_models

@@ -24,6 +24,7 @@ from typing import Any
 
 import pooch
 import requests
+
 from reattn_batch.workers.describe import one_line
 from reattn_batch.workers.errors import ModelError
 

@@ -8,11 +8,12 @@ the :class:`~reattn_batch.workers.segmenter.Segmenter` holds that module itself.
 
 from __future__ import annotations
 
+from torch import Tensor
+
 from reattn_batch.workers.backbone import Backbone
 from reattn_batch.workers.config import MethodConfig
 from reattn_batch.workers.methods import DenseFeatures
 from reattn_batch.workers.segmenter import build_method
-from torch import Tensor
 
 
 def encode_crops(backbone: Backbone, cfg: MethodConfig, images: Tensor) -> DenseFeatures:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+
 from reattn_batch.workers.errors import ModelError
 from reattn_batch.workers.schema import Settings, first_problem
 

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
+from torch import Tensor, nn
+
 from reattn_batch.workers.attention import (
     ReAttnParts,
     fused_patch_attention,
@@ -37,7 +39,6 @@ from reattn_batch.workers.attention import (
 )
 from reattn_batch.workers.rotation import rotate, to_ground_order
 from reattn_batch.workers.vit import TrunkOutput, merge_heads, qkv, run_trunk, softmax_attention
-from torch import Tensor, nn
 
 
 @dataclasses.dataclass

@@ -19,6 +19,7 @@ from collections import Counter
 
 import numpy as np
 import torch
+
 from reattn_batch.workers.backbone import Backbone
 from reattn_batch.workers.errors import ModelError
 from reattn_batch.workers.model_spec import (

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import open_clip
 import torch
+
 from reattn_batch.workers import upsampler as upsampler_module
 from reattn_batch.workers.backbone import (
     Backbone,

@@ -21,13 +21,14 @@ import contextlib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from reattn_batch.workers.backbone import Backbone
 from reattn_batch.workers.batching import resolve_batch_size
 from reattn_batch.workers.config import MethodConfig
 from reattn_batch.workers.errors import ModelError
 from reattn_batch.workers.methods import BASE_METHODS, DenseFeatures, Method, ReAttnCLIP
 from reattn_batch.workers.upsampled_logits import upsampled_cosines
-from torch import Tensor, nn
 
 CLIP_MEAN = (122.771, 116.746, 104.094)  # on 0..255 RGB
 MIN_JBU_GRID = 3  # patches a side: jbu_one's radius-5 reflect padding at the first x2 step

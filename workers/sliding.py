@@ -14,8 +14,9 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
-from reattn_batch.workers.segmenter import Segmenter
 from torch import Tensor
+
+from reattn_batch.workers.segmenter import Segmenter
 
 
 @dataclasses.dataclass(frozen=True, order=True)

@@ -19,6 +19,7 @@ import numpy as np
 import open_clip
 import torch
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
 from reattn_batch.workers.backbone import Backbone
 from reattn_batch.workers.environment import cache_root
 

@@ -32,8 +32,9 @@ and the logit is (u . t) / |u|. Only rounding differs from the full path (tests:
 from __future__ import annotations
 
 import torch
-from reattn_batch.workers.config import UPSAMPLER_PATHS
 from torch import Tensor, nn
+
+from reattn_batch.workers.config import UPSAMPLER_PATHS
 
 
 def outer_fixup(upsampler: nn.Module) -> tuple[Tensor, Tensor]:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from reattn_batch.grid.grids import BlockGrid, ModelGrid
-
 from efficiency.inputs import mosaic_side
+from reattn_batch.grid.grids import BlockGrid, ModelGrid
 
 
 def halo_table(

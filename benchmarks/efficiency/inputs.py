@@ -11,9 +11,9 @@ import numpy as np
 import rasterio
 import torch
 from rasterio.windows import Window
-from reattn_batch.workers.upsampler import JBUOne, JBUStack
 
 from efficiency.settings import MOSAIC_TILE
+from reattn_batch.workers.upsampler import JBUOne, JBUStack
 
 
 def mosaic_side(megapixels: float) -> int:

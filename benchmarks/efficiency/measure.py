@@ -19,6 +19,10 @@ import cloudpickle
 import numpy as np
 import psutil
 from distributed.diagnostics import MemorySampler
+
+from efficiency import worker_tasks
+from efficiency.settings import load_average
+from efficiency.worker_tasks import PLAIN_SCRIPT, cuda_peak, model_only_calls
 from reattn_batch import store
 from reattn_batch.run.plan import plan
 from reattn_batch.run.request import SceneRequest
@@ -27,10 +31,6 @@ from reattn_batch.settings import ClusterSettings
 from reattn_batch.workers.errors import UserError
 from reattn_batch.workers.model_spec import ModelSpec
 from reattn_batch.workers.segmenter import resolve_device
-
-from efficiency import worker_tasks
-from efficiency.settings import load_average
-from efficiency.worker_tasks import PLAIN_SCRIPT, cuda_peak, model_only_calls
 
 cloudpickle.register_pickle_by_value(worker_tasks)
 

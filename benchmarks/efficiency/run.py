@@ -17,18 +17,6 @@ from typing import Any
 
 import psutil
 import rasterio
-from reattn_batch.blocks.task import BlockTask
-from reattn_batch.run.cluster import connect
-from reattn_batch.run.plan import plan
-from reattn_batch.run.request import SceneRequest
-from reattn_batch.run.spine import run_scene
-from reattn_batch.settings import ClusterSettings, SceneSettings
-from reattn_batch.workers.batching import CPU_BATCH
-from reattn_batch.workers.classes import parse_classes
-from reattn_batch.workers.config import load_config
-from reattn_batch.workers.errors import UserError
-from reattn_batch.workers.model_spec import ModelSpec
-from reattn_batch.workers.segmenter import autocast_dtype, resolve_device
 
 from efficiency.halo import halo_table
 from efficiency.inputs import build_mosaic, mosaic_side, random_upsampler_checkpoint
@@ -48,6 +36,18 @@ from efficiency.settings import (
     parse_sizes,
 )
 from efficiency.worker_tasks import profile_block, read_worker_env, set_torch_threads, warm_worker
+from reattn_batch.blocks.task import BlockTask
+from reattn_batch.run.cluster import connect
+from reattn_batch.run.plan import plan
+from reattn_batch.run.request import SceneRequest
+from reattn_batch.run.spine import run_scene
+from reattn_batch.settings import ClusterSettings, SceneSettings
+from reattn_batch.workers.batching import CPU_BATCH
+from reattn_batch.workers.classes import parse_classes
+from reattn_batch.workers.config import load_config
+from reattn_batch.workers.errors import UserError
+from reattn_batch.workers.model_spec import ModelSpec
+from reattn_batch.workers.segmenter import autocast_dtype, resolve_device
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

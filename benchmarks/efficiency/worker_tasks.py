@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from reattn_batch.blocks.task import BlockTask, run_block
-from reattn_batch.workers.model_cache import embed_queries, segmenter_for
-from reattn_batch.workers.model_spec import ModelSpec
 from torch.profiler import ProfilerActivity, _ExperimentalConfig, profile, record_function
 
 from efficiency.settings import MODEL_LABEL, PROFILE_TARGETS
+from reattn_batch.blocks.task import BlockTask, run_block
+from reattn_batch.workers.model_cache import embed_queries, segmenter_for
+from reattn_batch.workers.model_spec import ModelSpec
 
 TASK_LABEL = "run_block (profiled)"  # the span that marks the task thread
 

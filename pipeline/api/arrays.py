@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
 from reattn_batch.api.model import class_list, load_model, use_classes
 from reattn_batch.image.segment import segment_array
 from reattn_batch.workers.classes import ClassList

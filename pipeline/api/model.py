@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from reattn_batch.settings import ModelSettings, from_keywords
 from reattn_batch.workers.backbone import Backbone
 from reattn_batch.workers.classes import ClassList, parse_classes

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+
 from reattn_batch.grid.grids import Block, ModelGrid
 from reattn_batch.scene import SceneInfo, WindowReadError, read_window
 from reattn_batch.workers.environment import EnvironmentSettings

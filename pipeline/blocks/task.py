@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from reattn_batch import store
 from reattn_batch.blocks.reading import BlockInput, native_valid
 from reattn_batch.grid.grids import BlockGrid

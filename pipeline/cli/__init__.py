@@ -13,6 +13,7 @@ import os
 import sys
 
 import click
+
 from reattn_batch.cli.errors import as_flags
 from reattn_batch.cli.eval import eval_command
 from reattn_batch.cli.export import export_command

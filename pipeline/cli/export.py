@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 from click.core import ParameterSource
+
 from reattn_batch.cli.options import Decorator, apply, cluster_settings, scheduler_options
 from reattn_batch.outputs.vector import CONNECTIVITIES, DEFAULT_CONNECTIVITY
 from reattn_batch.workers.errors import UserError

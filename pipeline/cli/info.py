@@ -26,10 +26,11 @@ def info_command(store_path: Path, as_json: bool) -> None:
 
 def print_info(info: dict[str, Any]) -> None:
     """The summary as rich tables on stdout."""
-    from reattn_batch.outputs.info import number_text
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
+
+    from reattn_batch.outputs.info import number_text
 
     console = Console()
     if info["random_weights"]:

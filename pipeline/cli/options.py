@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from reattn_batch.settings import (
     HALO_TARGET,
     ClusterSettings,

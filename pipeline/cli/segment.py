@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from reattn_batch.cli.options import (
     build_classes,
     build_model_spec,

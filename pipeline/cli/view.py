@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import click
+
 from reattn_batch.viewer.server import DEFAULT_HOST, DEFAULT_PORT
 
 log = logging.getLogger("reattn_batch")

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
 from reattn_batch.workers.classes import ClassList, build_class_list
 from reattn_batch.workers.config import CONFIG_DIR, build_config, load_config, read_yaml
 from reattn_batch.workers.errors import InputError, UserError

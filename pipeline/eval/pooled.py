@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from reattn_batch.image.segment import Segmentation, finish_segmentation, model_input
 from reattn_batch.workers.classes import ClassList
 from reattn_batch.workers.segmenter import Segmenter

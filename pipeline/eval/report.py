@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
+
 from reattn_batch.eval.metrics import summarise
 from reattn_batch.eval.runner import SettingResult
 from reattn_batch.workers.classes import ClassList
 from reattn_batch.workers.model_spec import describe_weights
-from rich.console import Console
-from rich.table import Table
 
 REPORTED_NOTE = "as reported in the ReAttnCLIP paper; not measured here"
 RANDOM_WARNING = (

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from reattn_batch.eval.datasets import Sample, read_label
 from reattn_batch.eval.metrics import confusion_matrix
 from reattn_batch.eval.pooled import pooled_segmentations

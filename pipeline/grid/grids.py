@@ -24,6 +24,7 @@ import bisect
 import dataclasses
 
 from odc.geo.roi import Tiles
+
 from reattn_batch.grid.resample import Axis, Resampler
 from reattn_batch.workers.sliding import Box, crop_grid, crop_starts
 

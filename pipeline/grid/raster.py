@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from affine import Affine
 from odc.geo.geobox import GeoBox
+
 from reattn_batch.workers.errors import InputError
 
 

@@ -18,8 +18,9 @@ import dataclasses
 
 import numpy as np
 import torch
-from reattn_batch.workers.sliding import Box
 from torch import Tensor
+
+from reattn_batch.workers.sliding import Box
 
 
 @dataclasses.dataclass(frozen=True)

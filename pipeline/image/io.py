@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from reattn_batch.workers.errors import InputError
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from reattn_batch.image.io import read_rgb, rescaled_size, resize_long_side
 from reattn_batch.report import Clock, TimedSegmenter, model_facts
 from reattn_batch.workers.classes import ClassList

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from affine import Affine
+
 from reattn_batch.outputs.files import TILE, check_output, temp_sibling, window_step, windows
 from reattn_batch.store import NODATA, LabelStore, open_store
 from reattn_batch.workers.errors import InputError

@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 import numpy as np
+
 from reattn_batch.outputs.files import WINDOW, window_step, windows
 from reattn_batch.store import NODATA, LabelStore
 

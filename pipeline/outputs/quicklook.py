@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+
 from reattn_batch.outputs.counts import class_counts
 from reattn_batch.outputs.decimate import decimate_mode
 from reattn_batch.outputs.files import check_output, temp_sibling

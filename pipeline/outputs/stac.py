@@ -142,6 +142,7 @@ def build_item(
     from pystac.extensions.projection import ProjectionExtension
     from pystac.extensions.raster import DataType, RasterBand, RasterExtension, Sampling
     from rasterio.crs import CRS
+
     from reattn_batch.regional.index import footprint
     from reattn_batch.store import open_store
 

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from affine import Affine
+
 from reattn_batch import store
 from reattn_batch.grid.raster import raster_geobox
 
 if TYPE_CHECKING:
     from odc.geo.geobox import GeoBox
+
     from reattn_batch.regional.spec import RegionalJob
 
 #: What happened to a scene in this run (``pending``: not reached yet, index only).

@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
 from reattn_batch.run.request import SceneRequest, default_out
 from reattn_batch.settings import (
     CLIP_WEIGHT_NAMES,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dask
 from distributed import Client, LocalCluster
+
 from reattn_batch.settings import ClusterSettings
 from reattn_batch.workers.environment import EnvironmentSettings
 from reattn_batch.workers.errors import ClusterError

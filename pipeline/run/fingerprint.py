@@ -11,6 +11,7 @@ from importlib.metadata import version
 from typing import Any
 
 import torch
+
 from reattn_batch.run.cluster import ClusterInfo
 from reattn_batch.run.plan import Plan
 from reattn_batch.run.request import SceneRequest

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from odc.geo.geobox import GeoboxTiles
+
 from reattn_batch.grid.grids import BlockGrid
 from reattn_batch.store.layout import CHUNK
 from reattn_batch.workers.errors import InputError, UserError
@@ -59,6 +60,7 @@ def guard_batch_size(spec, queries: int, gpu_workers: bool) -> int:
     workers.batching for the workers' device (CPU 1; on CUDA the size this machine's GPU
     gives, or the cap where the client has no GPU: an upper bound)."""
     import torch
+
     from reattn_batch.workers.batching import CUDA_BATCH_CAP, resolve_batch_size
     from reattn_batch.workers.segmenter import resolve_device
 
@@ -168,6 +170,7 @@ def model_bytes(clip_model: str) -> int:
     the architecture's config is unknown."""
     try:
         import open_clip
+
         import reattn_batch.workers.backbone  # noqa: F401  (registers our configs, e.g. ViT-T-16-test)
 
         cfg = open_clip.get_model_config(clip_model)

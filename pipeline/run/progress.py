@@ -13,9 +13,10 @@ import sys
 import threading
 import time
 
-from reattn_batch.workers.environment import EnvironmentSettings
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from reattn_batch.workers.environment import EnvironmentSettings
 
 log = logging.getLogger(__name__)
 

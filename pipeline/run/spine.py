@@ -24,6 +24,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from distributed import Client
+
 from reattn_batch import store
 from reattn_batch.blocks.submit import submit_blocks
 from reattn_batch.blocks.task import BlockTask

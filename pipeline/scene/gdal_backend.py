@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+
 from reattn_batch.grid.raster import raster_geobox
 from reattn_batch.scene.handles import cached, handle_key
 from reattn_batch.scene.identity import local_raster_identity, remote_identity

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from affine import Affine
 from odc.geo.geobox import GeoBox
+
 from reattn_batch.grid.raster import crs_wkt
 from reattn_batch.scene.uri import error_text, is_remote
 from reattn_batch.workers.errors import UserError

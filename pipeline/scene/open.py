@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+
 from reattn_batch.scene import gdal_backend, zarr_backend
 from reattn_batch.scene.info import SceneInfo
 from reattn_batch.scene.policy import STRETCH_PERCENTILES, STRETCH_SAMPLE_LONG_SIDE

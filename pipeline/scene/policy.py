@@ -37,6 +37,7 @@ import math
 
 import numpy as np
 from affine import Affine
+
 from reattn_batch.scene.info import SceneInfo
 from reattn_batch.workers.errors import InputError
 

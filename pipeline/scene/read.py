@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from reattn_batch.scene import gdal_backend, zarr_backend
 from reattn_batch.scene.handles import forget, handle_key
 from reattn_batch.scene.info import SceneInfo, WindowReadError

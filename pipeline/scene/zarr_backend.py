@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 from affine import Affine
+
 from reattn_batch.grid.raster import raster_geobox
 from reattn_batch.scene.handles import cached, handle_key
 from reattn_batch.scene.identity import zarr_identity

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+
 from reattn_batch.store.layout import CONFIDENCE, LABELS
 from reattn_batch.workers.errors import StoreError
 

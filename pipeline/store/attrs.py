@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+
 from reattn_batch.workers.errors import StoreError
 
 

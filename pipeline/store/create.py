@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import zarr
+
 from reattn_batch.store.arrays import forget_arrays
 from reattn_batch.store.attrs import checked_attrs
 from reattn_batch.store.georef import (

@@ -14,6 +14,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+
 from reattn_batch.store.layout import StoreLayout
 
 _PROJ_CONVENTION = {

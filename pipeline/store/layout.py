@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from affine import Affine
 from numcodecs import Zstd
 from odc.geo.geobox import GeoBox
+
 from reattn_batch.grid.raster import crs_wkt
 from reattn_batch.workers.errors import StoreError
 

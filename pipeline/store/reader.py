@@ -12,6 +12,7 @@ import numpy as np
 import zarr
 from affine import Affine
 from odc.geo.geobox import GeoBox
+
 from reattn_batch.grid.raster import crs_wkt, raster_geobox
 from reattn_batch.store.arrays import open_labels
 from reattn_batch.store.attrs import read_attrs

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+
 from reattn_batch.store.arrays import fsync_chunks, open_array
 from reattn_batch.store.layout import BLOCK_DONE, BLOCK_STARTED
 

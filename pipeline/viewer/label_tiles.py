@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from reattn_batch.store import NODATA
 from reattn_batch.viewer.tile_grid import (
     MAX_ZOOM,

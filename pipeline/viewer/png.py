@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+
 from reattn_batch.viewer.tile_grid import TILE_SIZE
 
 

@@ -16,6 +16,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+
 from reattn_batch.scene import gdal_backend, zarr_backend
 from reattn_batch.scene.policy import to_rgb, unique_bands
 from reattn_batch.viewer.png import empty_png, encode_png

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from reattn_batch.outputs.info import number_text
 from reattn_batch.store import NODATA
 from reattn_batch.viewer.colours import colour_table

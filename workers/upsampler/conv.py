@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 
 import torch
+from torch import Tensor
+
 from reattn_batch.workers.describe import one_line
 from reattn_batch.workers.environment import EnvironmentSettings
-from torch import Tensor
 
 log = logging.getLogger(__name__)
 

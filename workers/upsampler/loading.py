@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from torch import Tensor, nn
+
 from reattn_batch.workers.checkpoint import load_tensors_only
 from reattn_batch.workers.describe import one_line
 from reattn_batch.workers.errors import ModelError
 from reattn_batch.workers.upsampler.modules import MODULES, UPSAMPLER_KINDS
 from reattn_batch.workers.upsampler.weights import default_upsampler_weights
-from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 

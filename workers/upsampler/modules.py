@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from reattn_batch.workers.upsampler.bicubic import bicubic_reflect_padded
 from reattn_batch.workers.upsampler.conv import adaptive_conv
-from torch import Tensor, nn
 
 UPSAMPLER_KINDS = ("jbu_one", "jbu_stack", "bilinear")
 

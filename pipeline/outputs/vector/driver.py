@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 from odc.geo.geobox import GeoboxTiles
+
 from reattn_batch.outputs.vector.features import part_file
 from reattn_batch.outputs.vector.merge import MergeJob, merge_groups, pack_groups
 from reattn_batch.outputs.vector.polygonize import BlockJob, BlockResult, polygonize_block
@@ -21,6 +22,7 @@ from reattn_batch.settings import ClusterSettings
 def export_vector(request: VectorRequest, client: Any) -> VectorSummary:
     """Polygonize the store on ``client``'s cluster and write ``request.out``."""
     from distributed import as_completed
+
     from reattn_batch.store import open_store
 
     ls = open_store(request.store)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from reattn_batch.outputs.vector.features import BLOCK_SHIFT, feature_table, part_file, to_crs
 
 #: WKB bytes of border pieces one merge task unions at most (unless one region is larger).

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from reattn_batch.outputs.vector.features import BLOCK_SHIFT, feature_table, part_file, to_crs
 
 _NO_REGION = -1  # edge id of a pixel that is not in a selected class
@@ -122,6 +123,7 @@ def polygonize_block(job: BlockJob) -> BlockResult:
     import pyarrow as pa
     import pyarrow.parquet as pq
     import shapely
+
     from reattn_batch.store import open_labels
 
     r0, c0, h, w = job.row0, job.col0, job.height, job.width
