@@ -213,7 +213,7 @@ def test_missing_file_names_path_and_fix(tmp_path: Path) -> None:
     path = tmp_path / "nope" / "ViT-B-16.pt"
     with pytest.raises(UserError, match="no such file") as err:
         read_clip_state_dict(path)
-    assert f"--clip-weights {path}" in str(err.value) and "'openai'" in str(err.value)
+    assert f"clip_weights={path}" in str(err.value) and "'openai'" in str(err.value)
 
 
 def test_random_bytes_and_truncated_archive_are_reported(tmp_path: Path) -> None:
