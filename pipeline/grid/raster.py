@@ -39,3 +39,28 @@ def raster_geobox(shape: tuple[int, int], transform: Affine, crs_wkt: str | None
 def crs_wkt(geobox: GeoBox) -> str | None:
     """The CRS of ``geobox`` as the WKT it was built from (verbatim), or None."""
     return None if geobox.crs is None else str(geobox.crs)
+
+
+class OnGeobox:
+    """Shape, transform and CRS of a type that carries a ``geobox`` (SceneInfo,
+    StoreLayout, LabelStore): read from it, never stored twice."""
+
+    geobox: GeoBox
+
+    @property
+    def height(self) -> int:
+        return self.geobox.height
+
+    @property
+    def width(self) -> int:
+        return self.geobox.width
+
+    @property
+    def transform(self) -> Affine:
+        """Pixel (col, row) -> CRS (x, y), upper-left-corner convention."""
+        return self.geobox.transform
+
+    @property
+    def crs_wkt(self) -> str | None:
+        """The CRS as the WKT the source gave (verbatim), or None."""
+        return crs_wkt(self.geobox)

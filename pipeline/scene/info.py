@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from affine import Affine
 from odc.geo.geobox import GeoBox
 
-from reattn_batch.grid.raster import crs_wkt
+from reattn_batch.grid.raster import OnGeobox
 from reattn_batch.scene.uri import error_text, is_remote
 from reattn_batch.workers.errors import UserError
 
 
 @dataclass
-class SceneInfo:
+class SceneInfo(OnGeobox):
     """What a task needs to read a scene: cheap, picklable, no open handles.
 
     geobox: the native grid (shape (rows, cols), transform, CRS; grid/raster.py), which
@@ -41,24 +40,6 @@ class SceneInfo:
     #: The STAC Item the scene came from (its href) and its datetime, when it came from one.
     stac_item: str | None = None
     scene_datetime: str | None = None
-
-    @property
-    def height(self) -> int:
-        return self.geobox.height
-
-    @property
-    def width(self) -> int:
-        return self.geobox.width
-
-    @property
-    def transform(self) -> Affine:
-        """Native pixel (col, row) -> CRS (x, y), upper-left-corner convention."""
-        return self.geobox.transform
-
-    @property
-    def crs_wkt(self) -> str | None:
-        """The CRS as the WKT the source gave (verbatim), or None."""
-        return crs_wkt(self.geobox)
 
     @property
     def is_zarr(self) -> bool:

@@ -42,11 +42,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from affine import Affine
 from numcodecs import Zstd
 from odc.geo.geobox import GeoBox
 
-from reattn_batch.grid.raster import crs_wkt
+from reattn_batch.grid.raster import OnGeobox
 from reattn_batch.workers.errors import StoreError
 
 #: Label value of nodata and of pixels not yet written (labels are 0..254).
@@ -67,7 +66,7 @@ CHUNK_KEYS = {"name": "v2", "separator": "/"}  # nested chunk folders: labels/<r
 
 
 @dataclass(frozen=True)
-class StoreLayout:
+class StoreLayout(OnGeobox):
     """The native grid of a scene and how its label store is chunked.
 
     geobox: the scene's native grid (grid/raster.py): shape (rows, cols) in native pixels;
@@ -82,22 +81,6 @@ class StoreLayout:
     geobox: GeoBox
     chunk: int = CHUNK
     with_confidence: bool = False
-
-    @property
-    def height(self) -> int:
-        return self.geobox.height
-
-    @property
-    def width(self) -> int:
-        return self.geobox.width
-
-    @property
-    def transform(self) -> Affine:
-        return self.geobox.transform
-
-    @property
-    def crs_wkt(self) -> str | None:
-        return crs_wkt(self.geobox)
 
 
 def validate_layout(layout: StoreLayout) -> None:

@@ -13,7 +13,7 @@ import zarr
 from affine import Affine
 from odc.geo.geobox import GeoBox
 
-from reattn_batch.grid.raster import crs_wkt, raster_geobox
+from reattn_batch.grid.raster import OnGeobox, raster_geobox
 from reattn_batch.store.arrays import open_labels
 from reattn_batch.store.attrs import read_attrs
 from reattn_batch.store.layout import GRID_MAPPING, LABELS, NODATA
@@ -22,7 +22,7 @@ from reattn_batch.workers.errors import StoreError
 
 
 @dataclass(frozen=True)
-class LabelStore:
+class LabelStore(OnGeobox):
     """What the exports need from a label store, read and checked once."""
 
     path: Path
@@ -33,22 +33,6 @@ class LabelStore:
     #: The labels' grid (grid/raster.py): their shape, the store's ``spatial:transform``
     #: (identity without one) and its CRS (the CF grid mapping's WKT, verbatim).
     geobox: GeoBox
-
-    @property
-    def height(self) -> int:
-        return self.geobox.height
-
-    @property
-    def width(self) -> int:
-        return self.geobox.width
-
-    @property
-    def transform(self) -> Affine:
-        return self.geobox.transform
-
-    @property
-    def crs_wkt(self) -> str | None:
-        return crs_wkt(self.geobox)
 
     @property
     def chunk(self) -> int:
