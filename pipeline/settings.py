@@ -92,6 +92,11 @@ class ModelSettings(Settings):
         )
 
 
+#: The model settings a command's flags or the Python API's keywords give one by one
+#: (every ModelSettings field but ``config``, which is a file or a mapping of keys).
+MODEL_KEYS = tuple(k for k in ModelSettings.model_fields if k != "config")
+
+
 class SceneSettings(Settings):
     """How a scene is mapped: the ``run:`` section of a job spec, the `run` flags."""
 

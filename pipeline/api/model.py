@@ -8,21 +8,18 @@ from typing import Any
 
 import torch
 
-from reattn_batch.settings import ModelSettings, from_keywords
+from reattn_batch.settings import MODEL_KEYS, ModelSettings, from_keywords
 from reattn_batch.workers.backbone import Backbone
 from reattn_batch.workers.classes import ClassList, parse_classes
 from reattn_batch.workers.model_spec import ModelSpec, assemble_segmenter, load_model_parts
 from reattn_batch.workers.segmenter import Segmenter
 from reattn_batch.workers.text import query_embeddings
 
-#: load_model's keywords besides the method.yaml keys (ModelSettings' fields but ``config``)
-MODEL_KEYWORDS = ("method", "clip_weights", "upsampler", "upsampler_weights", "prob_thd", "device")
-
 
 def model_spec(config_file: str | Path | None = None, **keywords: Any) -> ModelSpec:
     """The ModelSpec of ``load_model``'s keywords: ModelSettings fields, ``config_file``
     (a YAML of method.yaml keys) and any method.yaml key; errors name the keyword."""
-    settings = {k: keywords.pop(k) for k in MODEL_KEYWORDS if k in keywords}
+    settings = {k: keywords.pop(k) for k in MODEL_KEYS if k in keywords}
     if config_file is not None:
         settings["config"] = Path(config_file)
     return from_keywords(ModelSettings, settings).model_spec(keys=keywords)

@@ -15,6 +15,7 @@ import click
 
 from reattn_batch.settings import (
     HALO_TARGET,
+    MODEL_KEYS,
     ClusterSettings,
     ModelSettings,
     SceneSettings,
@@ -171,8 +172,6 @@ resize_option = click.option(
     show_default=True,
     help="Long side in px before inference (mmcv imrescale), or 'none'.",
 )
-
-MODEL_KEYS = ("method", "clip_weights", "upsampler", "upsampler_weights", "prob_thd", "device")
 
 
 def take(values: dict[str, Any], keys) -> dict[str, Any]:
