@@ -155,6 +155,49 @@ def recorded_tasks(dask_scheduler, clear: bool = False) -> dict[str, tuple[dict,
     return seen
 
 
+def install_task_timeline(dask_scheduler) -> None:
+    """Run on the scheduler: record ``(key, state, time)`` whenever a task starts or stops
+    processing (pickled by value like ``install_task_recorder``)."""
+    import time as _time
+
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class TaskTimeline(SchedulerPlugin):
+        name = "reattn-test-task-timeline"
+
+        def __init__(self):
+            self.events: list[tuple[str, str, float]] = []
+
+        def transition(self, key, start, finish, *args, **kwargs):
+            if "processing" in (start, finish):
+                self.events.append((str(key), finish, _time.time()))
+
+    if TaskTimeline.name not in dask_scheduler.plugins:
+        dask_scheduler.add_plugin(TaskTimeline())
+
+
+def task_timeline(dask_scheduler) -> list[tuple[str, str, float]]:
+    """Run on the scheduler: what ``install_task_timeline``'s plugin saw, in order."""
+    return list(dask_scheduler.plugins["reattn-test-task-timeline"].events)
+
+
+def most_at_once(events: list[tuple[str, str, float]], group) -> int:
+    """The most distinct ``group(key)`` values with a task processing at the same moment
+    (``group`` returns None for keys not counted)."""
+    processing: dict[str, str] = {}
+    most = 0
+    for key, finish, _ in events:
+        name = group(key)
+        if name is None:
+            continue
+        if finish == "processing":
+            processing[key] = name
+        else:
+            processing.pop(key, None)
+        most = max(most, len(set(processing.values())))
+    return most
+
+
 def register_by_value() -> None:
     """Send this module's functions by value: the dask processes cannot import tests."""
     import cloudpickle

@@ -1,42 +1,48 @@
-"""Bounded submission of a run's block tasks (SPEC 3.4): at most a window of tasks is on
-the scheduler at a time (``as_completed``), so a region of 100k blocks does not flood it.
-The text embeddings are computed once, by a task of their own, and handed to every block."""
+"""Bounded submission of block tasks (SPEC 3.4), for one scene or for many.
+
+Every block of every scene goes through ONE bounded window (``as_completed``): at most a
+window of tasks is on the scheduler at a time, so a region of 100k blocks does not flood
+it, and a regional job's scenes follow each other without a gap: the next scene is opened
+(planned, guarded, its store created) only once the previous one's blocks are all
+submitted, while those still run. So at most ``window + 1`` scenes are open at a time,
+whatever the job's length (the driver's memory and open files stay flat).
+
+The text embeddings are computed once, by a task of their own, for every scene with the
+same model and classes, and handed to each block. A failing block fails its scene only:
+it submits no more blocks, those already running finish and keep their records like its
+other finished blocks, and the other scenes go on. Only a cluster that can run nothing
+(the no-worker watch) ends the whole submission.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import operator
 import uuid
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+
+from distributed import Future
 
 from reattn_batch.blocks.task import BlockFailure, BlockTask, run_block
 from reattn_batch.grid.grids import BlockGrid
 from reattn_batch.run.bounded import POLL_SECONDS, bounded_as_completed
 from reattn_batch.run.cluster import ClusterInfo
 from reattn_batch.run.progress import RunProgress
+from reattn_batch.run.scene_work import SceneWork
+from reattn_batch.run.summary import RunSummary
 from reattn_batch.run.watch import NoWorkerError, NoWorkerWatch
 from reattn_batch.settings import DEFAULT_NO_WORKER_TIMEOUT
-from reattn_batch.store.records import RunRecords
-from reattn_batch.workers.errors import InputError, UserError
+from reattn_batch.workers.errors import InputError, StoreError, UserError
 from reattn_batch.workers.model_cache import embed_queries_timed
 
 log = logging.getLogger(__name__)
 
-
-@dataclasses.dataclass(frozen=True)
-class Computed:
-    """What the submitted blocks did: crops run, crops they touch, crops of the scene
-    that hold data (each once: the block owning its centre counts it), MP/s, seconds by
-    report phase summed over tasks (the text task's included), the segmenter's facts."""
-
-    crops: int
-    crops_touching: int
-    megapixels_per_second: float
-    crops_in_scene: int = 0
-    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
-    facts: dict[str, Any] = dataclasses.field(default_factory=dict)
+#: What :func:`compute_scenes` reports for each scene: its work, and either its summary
+#: (all blocks done, store complete) or the one-line error that failed it.
+OnScene = Callable[[SceneWork, RunSummary | None, UserError | None], None]
 
 
 def wait_result(future, tick=None):
@@ -53,7 +59,7 @@ def wait_result(future, tick=None):
 
 
 def block_result(future, grid: BlockGrid, out: str, tick=None):
-    """A finished block's result; a failed block fails the run with one line that names
+    """A finished block's result; a failed block fails its scene with one line that names
     its window, leaving the store resumable (finished blocks keep their records)."""
     try:
         result = wait_result(future, tick)
@@ -98,69 +104,164 @@ def run_token(store: str) -> str:
     return hashlib.sha256(f"{store}|{uuid.uuid4().hex}".encode()).hexdigest()[:8]
 
 
-def submit_blocks(
+@dataclasses.dataclass
+class _Open:
+    """A scene being computed: its work, the keys' run token, its text task, its futures."""
+
+    work: SceneWork
+    task: BlockTask  # the work's, with the run's progress topic
+    token: str
+    text: Future | None  # None: nothing to compute
+    futures: set[Future] = dataclasses.field(default_factory=set)
+    error: UserError | None = None
+
+
+class _TextTasks:
+    """One text-embedding task per distinct (model, classes), shared by every scene."""
+
+    def __init__(self, client, resources: dict | None) -> None:
+        self.client, self.resources = client, resources
+        self.tasks: dict[str, tuple[Future, Future]] = {}
+        self.unreported: set[str] = set()  # text tasks whose seconds no scene has yet
+
+    @staticmethod
+    def _key(work: SceneWork) -> str:
+        model, classes = work.task.model, work.task.classes
+        return json.dumps([model.as_dict(), list(classes.queries)], sort_keys=True, default=str)
+
+    def queries(self, work: SceneWork) -> Future:
+        """The future of the query embeddings for ``work``'s model and classes."""
+        key = self._key(work)
+        if key not in self.tasks:
+            text = self.client.submit(
+                embed_queries_timed, work.task.model, work.task.classes.queries,
+                resources=self.resources,
+            )  # fmt: skip
+            queries = self.client.submit(operator.itemgetter(0), text, resources=self.resources)
+            self.tasks[key] = (text, queries)
+            self.unreported.add(key)
+        return self.tasks[key][1]
+
+    def seconds_once(self, work: SceneWork, tick) -> dict[str, float]:
+        """The text task's phases for the first scene of its (model, classes) to finish,
+        so they are counted once; ``{}`` after that, and for scenes that computed nothing."""
+        key = self._key(work)
+        if key not in self.unreported or not work.todo:
+            return {}
+        self.unreported.discard(key)
+        return wait_result(self.tasks[key][0], tick)[1]
+
+
+def _finish(scene: _Open, text_seconds: dict[str, float] | None = None) -> RunSummary | None:
+    """Mark the scene's store complete; a store that cannot be written fails its scene."""
+    try:
+        return scene.work.finish(text_seconds)
+    except OSError as exc:
+        scene.error = StoreError(
+            f"{scene.work.out}: cannot mark the store complete ({exc.strerror or exc}); "
+            "its blocks are done: rerun with resume=True"
+        )
+        return None
+
+
+def compute_scenes(
     client,
     info: ClusterInfo,
-    task: BlockTask,
+    works: Iterable[SceneWork],
+    on_scene: OnScene,
     *,
-    todo: list[int],
-    done: int,
-    key: str,
+    progress: RunProgress,
+    out: str,
     no_worker_timeout: float = DEFAULT_NO_WORKER_TIMEOUT,
-) -> Computed:
-    """Run blocks ``todo`` through a bounded window; ``done`` blocks are already finished.
+) -> None:
+    """Compute the blocks ``todo`` of every scene of ``works`` through one bounded window.
 
-    Task keys are ``block-{key}-{run}-{index}``: ``key`` (the run fingerprint) names the
+    ``works`` is read lazily: the next scene is opened only when the window has room and
+    the previous scene's blocks are all submitted. ``on_scene`` is called once per scene,
+    as it ends (complete, or failed with its one-line error); ``progress`` (the caller's
+    display) is told of each scene and block. The submission ends with a :class:`NoWorkerError`
+    (naming ``out``) once no worker could run its tasks for ``no_worker_timeout`` seconds;
+    whatever stops it, every open scene's finished blocks keep their records.
+
+    Task keys are ``block-{fingerprint}-{run}-{index}``: the run fingerprint names the
     settings, ``run`` (:func:`run_token`) this run into this store, so two runs with the same
     settings on one scheduler (two stores, or a retry while old tasks still run) never share
-    a task, while a task's key stays stable within its run. The run ends with one line once
-    no worker could run its tasks for ``no_worker_timeout`` seconds."""
-    run = run_token(task.store)
-    watch = NoWorkerWatch(client, gpu=info.gpu_resources, timeout=no_worker_timeout, out=task.store)
+    a task, while a task's key stays stable within its run."""
+    watch = NoWorkerWatch(client, gpu=info.gpu_resources, timeout=no_worker_timeout, out=out)
     topic = f"reattn-progress-{uuid.uuid4().hex[:12]}"
-    task = dataclasses.replace(task, progress_topic=topic)
     resources = {"GPU": 1} if info.gpu_resources else None
-    text = client.submit(embed_queries_timed, task.model, task.classes.queries, resources=resources)
-    queries = client.submit(operator.itemgetter(0), text, resources=resources)
+    texts = _TextTasks(client, resources)
+    open_scenes: dict[str, _Open] = {}  # by store path
+    owner: dict[str, _Open] = {}  # task key -> its scene
 
-    records = RunRecords(task.store)
+    def tick() -> None:
+        watch.check()
+        progress.tick()
 
-    def submit(index: int):
-        records.started(index)
-        return client.submit(
-            run_block, task, index, queries, resources=resources, key=f"block-{key}-{run}-{index}"
-        )
+    def end(scene: _Open, summary: RunSummary | None) -> None:
+        del open_scenes[scene.work.out]
+        scene.work.records.flush()  # finished blocks keep their records, whatever happens
+        progress.scene_done(failed=scene.error is not None)
+        on_scene(scene.work, summary, scene.error)
 
-    crops = touched = owned = 0
-    seconds: dict[str, float] = {}
-    facts: dict[str, Any] = {}
-    with RunProgress(len(task.grid), done_blocks=done) as progress:
+    def blocks() -> Iterator[tuple[_Open, int]]:
+        for work in works:
+            task = dataclasses.replace(work.task, progress_topic=topic)
+            text = texts.queries(work) if work.todo else None
+            scene = _Open(work, task, run_token(work.out), text)
+            open_scenes[work.out] = scene
+            progress.add_scene(len(work.grid), work.done_before)
+            if not work.todo:
+                end(scene, _finish(scene))
+                continue
+            for index in work.todo:
+                if scene.error is not None:
+                    break  # a failed scene submits no more blocks
+                yield scene, index
 
-        def on_crops(event) -> None:  # (time, {"block", "crops", "of"}) from a block task
-            message = event[1]
-            progress.crops(message["block"], message["crops"], message["of"])
+    def submit(item: tuple[_Open, int]) -> Future:
+        scene, index = item
+        scene.work.records.started(index)
+        key = f"block-{scene.work.fingerprint}-{scene.token}-{index}"
+        future = client.submit(
+            run_block, scene.task, index, scene.text, resources=resources, key=key,
+        )  # fmt: skip
+        scene.futures.add(future)
+        owner[key] = scene
+        return future
 
-        def tick() -> None:
-            watch.check()
-            progress.tick()
+    def on_crops(event) -> None:  # (time, {"store", "block", "crops", "of"}) from a task
+        message = event[1]
+        key = (message.get("store"), message["block"])
+        progress.crops(key, message["crops"], message["of"])
 
-        client.subscribe_topic(topic, on_crops)
-        try:
-            finished = bounded_as_completed(submit, todo, watch.window, tick=tick)
-            for future in finished:
-                result = block_result(future, task.grid, task.store, tick)
-                records.done(result.index)  # its data is durable: the task has returned
-                crops += result.crops
-                touched += result.crops_touching
-                owned += result.crops_owned
-                for phase, value in result.phases.items():
-                    seconds[phase] = seconds.get(phase, 0.0) + value
-                facts = facts or result.facts
-                progress.advance(result.pixels, block=result.index)
-        finally:
-            records.flush()  # finished blocks keep their records, whatever stopped the run
-            client.unsubscribe_topic(topic)
-        if todo:
-            for phase, value in wait_result(text, tick)[1].items():
-                seconds[phase] = seconds.get(phase, 0.0) + value
-        return Computed(crops, touched, progress.megapixels_per_second, owned, seconds, facts)
+    client.subscribe_topic(topic, on_crops)
+    try:
+        for future in bounded_as_completed(submit, blocks(), watch.window, tick=tick):
+            scene = owner.pop(future.key)
+            scene.futures.discard(future)
+            work = scene.work
+            if scene.error is not None:  # a later block of a failed scene: keep its record
+                if not future.cancelled() and future.status == "finished":
+                    result = future.result()
+                    if not isinstance(result, BlockFailure):
+                        work.add(result)
+            else:
+                try:
+                    result = block_result(future, work.grid, work.out, tick)
+                except NoWorkerError:
+                    raise
+                except UserError as exc:
+                    scene.error = exc  # its tasks still running finish (a window at most)
+                else:
+                    work.add(result)  # its data is durable: the task has returned
+                    progress.advance(result.pixels, block=(work.task.store, result.index))
+            if scene.error is not None:
+                if not scene.futures:
+                    end(scene, None)
+            elif work.remaining == 0:
+                end(scene, _finish(scene, texts.seconds_once(work, tick)))
+    finally:
+        for scene in open_scenes.values():
+            scene.work.records.flush()
+        client.unsubscribe_topic(topic)

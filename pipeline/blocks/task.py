@@ -90,11 +90,13 @@ def run_block(task: BlockTask, index: int, queries: np.ndarray) -> BlockResult |
 
 
 class CropProgress:
-    """Reports crops examined / crops touching of one block to the driver (a Dask event on
-    ``topic``), at most every ``every`` seconds; silent outside a Dask worker."""
+    """Reports crops examined / crops touching of block ``index`` of ``store`` to the driver
+    (a Dask event on ``topic``), at most every ``every`` seconds; silent outside a worker."""
 
-    def __init__(self, topic: str | None, index: int, total: int, every: float = 0.5) -> None:
-        self.index, self.total, self.every = index, total, every
+    def __init__(
+        self, topic: str | None, store: str, index: int, total: int, every: float = 0.5
+    ) -> None:
+        self.store, self.index, self.total, self.every = store, index, total, every
         self.done = 0
         self.last = time.monotonic()
         self.worker = None
@@ -113,7 +115,8 @@ class CropProgress:
         if self.worker is not None and now - self.last >= self.every:
             self.last = now
             self.worker.log_event(
-                self.topic, {"block": self.index, "crops": self.done, "of": self.total}
+                self.topic,
+                {"store": self.store, "block": self.index, "crops": self.done, "of": self.total},
             )
 
 
@@ -129,7 +132,7 @@ def compute_block(task: BlockTask, index: int, queries: np.ndarray) -> BlockResu
         touching = task.grid.crops_touching(block.model)
         block_input = BlockInput(task.scene, task.grid.model_grid, block)
     crops: list[Box] = []
-    progress = CropProgress(task.progress_topic, index, len(touching))
+    progress = CropProgress(task.progress_topic, task.store, index, len(touching))
 
     def keep(crop: Box) -> bool:  # waits for the crop's rows; skips all-nodata crops
         progress.step()  # crops before this one have run or are in the current batch

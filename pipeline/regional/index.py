@@ -1,6 +1,7 @@
 """A regional job's index: one entry per scene (status, message, blocks, crops, seconds,
 run fingerprint, footprint in EPSG:4326) in ``index.json`` and ``index.geojson``, rewritten
-atomically after every scene, so cron or Airflow never read a torn file."""
+atomically as scenes end (regional/runner.py says how often), so cron or Airflow never
+read a torn file."""
 
 from __future__ import annotations
 
@@ -40,11 +41,22 @@ def footprint(geobox: GeoBox) -> dict[str, Any] | None:
 
 
 def _bbox(geom: dict[str, Any] | None) -> list[float] | None:
+    """[west, south, east, north] of a GeoJSON geometry's coordinates (EPSG:4326)."""
     if geom is None:
         return None
-    from odc.geo.geom import Geometry
+    xs: list[float] = []
+    ys: list[float] = []
 
-    return [float(v) for v in Geometry(geom, "epsg:4326").boundingbox]
+    def walk(coords) -> None:
+        if coords and isinstance(coords[0], int | float):
+            xs.append(float(coords[0]))
+            ys.append(float(coords[1]))
+        else:
+            for part in coords:
+                walk(part)
+
+    walk(geom["coordinates"])
+    return [min(xs), min(ys), max(xs), max(ys)]
 
 
 def store_facts(path: Path) -> dict[str, Any]:
@@ -85,14 +97,18 @@ class SceneEntry:
     complete: bool = False
     footprint: dict[str, Any] | None = None
 
+    def _fields(self) -> dict[str, Any]:
+        """The fields, shallow (the values are JSON types that nothing changes)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
     def record(self) -> dict[str, Any]:
         """For index.json and summary.json: everything but the geometry, plus its bbox."""
-        out = dataclasses.asdict(self)
+        out = self._fields()
         out["bbox"] = _bbox(out.pop("footprint"))
         return out
 
     def feature(self) -> dict[str, Any]:
-        props = dataclasses.asdict(self)
+        props = self._fields()
         geometry = props.pop("footprint")
         return {"type": "Feature", "geometry": geometry, "properties": props}
 

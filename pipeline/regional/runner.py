@@ -7,12 +7,18 @@ list for all. Idempotent, so cron or Airflow can simply run it again:
 - a store of a different run (the scene file, classes, model or settings changed) is
   never overwritten: the scene fails with a line saying so;
 - a scene that fails (unreadable file, a failed read, a worker error) is recorded with
-  its one-line message and the job goes on with the next scene.
+  its one-line message and the job goes on with the other scenes.
 
-The index is rewritten after every scene and ``summary.json`` (or ``--summary``) written
-at the end. Exit status 0 when no scene failed, 1 otherwise (2: the spec itself is wrong,
-or another run holds the output root's lock). The cluster is connected to once, and only
-when some scene needs computing.
+Scenes are in flight together: the blocks of every scene go through one bounded window
+(blocks/submit.py), so the cluster stays full across scene boundaries, and the next
+scenes are planned, guarded and their stores created while earlier blocks run. The model
+and the text embeddings are computed once per worker for the whole job; each scene keeps
+its own store, completion records, resume and index entry.
+
+The index is rewritten at most every :data:`INDEX_INTERVAL` seconds as scenes end, and at
+the end, with ``summary.json`` (or ``--summary``). Exit status 0 when no scene failed, 1
+otherwise (2: the spec itself is wrong, or another run holds the output root's lock). The
+cluster is connected to once, and only when some scene needs computing.
 """
 
 from __future__ import annotations
@@ -20,15 +26,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import itertools
 import logging
 import os
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reattn_batch import store
+from reattn_batch.blocks.submit import compute_scenes
 from reattn_batch.regional.index import (
     INDEX_GEOJSON,
     SceneEntry,
@@ -39,19 +48,27 @@ from reattn_batch.regional.index import (
     write_json,
 )
 from reattn_batch.regional.spec import RegionalJob
-from reattn_batch.run.cluster import ClusterInfo, connect
-from reattn_batch.run.fingerprint import run_fingerprint
-from reattn_batch.run.plan import plan
-from reattn_batch.run.spine import run_scene
-from reattn_batch.settings import ClusterSettings
+from reattn_batch.run.cluster import cluster_info, connect
+from reattn_batch.run.fingerprint import worker_precision
+from reattn_batch.run.plan import Plan
+from reattn_batch.run.progress import RunProgress
+from reattn_batch.run.request import SceneRequest
+from reattn_batch.run.scene_work import SceneWork, open_scene_work
+from reattn_batch.run.spine import identify
+from reattn_batch.run.summary import RunSummary
 from reattn_batch.workers.describe import one_line
 from reattn_batch.workers.errors import InputError, UserError
 from reattn_batch.workers.model_spec import describe_weights
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 
 SUMMARY_JSON = "summary.json"
 LOCK_FILE = ".reattn-batch-job.lock"
+#: Least seconds between two rewrites of the index while the job runs (each is O(scenes)).
+INDEX_INTERVAL = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,71 +105,173 @@ def _job_lock(root: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-class _LazyConnection:
-    """Connect to the cluster on first use, once; a failure fails every later use at once."""
+@dataclasses.dataclass
+class _Triaged:
+    """A scene that needs computing: its request (``resume`` set), plan and fingerprint."""
 
-    def __init__(self, request: ClusterSettings, stack: contextlib.ExitStack) -> None:
-        self.request, self.stack = request, stack
-        self.connection: tuple[Any, ClusterInfo] | None = None
-        self.error: UserError | None = None
-
-    def __call__(self) -> tuple[Any, ClusterInfo]:
-        if self.error is not None:
-            raise self.error
-        if self.connection is None:
-            try:
-                self.connection = self.stack.enter_context(connect(self.request))
-            except UserError as exc:
-                self.error = exc
-                raise
-        return self.connection
+    entry: SceneEntry
+    request: SceneRequest
+    layout: Plan
+    fingerprint: str
 
 
-def _map_scene(
-    job: RegionalJob,
-    entry: SceneEntry,
-    weights: dict[str, Any],
-    connection: _LazyConnection,
-) -> None:
-    """Skip, resume or map one scene; a failure is recorded on ``entry``, never raised."""
-    out = Path(entry.store)
-    request = job.request(entry.uri)
-    start = time.perf_counter()
+class _Ledger:
+    """The job's entries as scenes end: timing, the store's facts, the progress display
+    and the index, rewritten at most every ``interval`` seconds (and by :meth:`write`)."""
+
+    def __init__(self, job: RegionalJob, entries: list[SceneEntry], interval: float) -> None:
+        self.job, self.entries = job, entries
+        self.least_interval = self.interval = interval
+        self.started: dict[str, float] = {}  # store -> when the scene was first looked at
+        self.ended = 0
+        self.last_write = time.monotonic()
+        self.progress: RunProgress | None = None
+
+    def start(self, entry: SceneEntry) -> None:
+        self.started[entry.store] = time.perf_counter()
+
+    def end(
+        self, entry: SceneEntry, status: str, message: str | None = None, opened: bool = False
+    ) -> None:
+        """``entry`` ended with ``status``; ``opened``: its blocks went through the window
+        (the progress display counted it there)."""
+        entry.status, entry.message = status, message
+        if not opened and self.progress is not None:
+            self.progress.scene_skipped(failed=status == "failed")
+        entry.seconds = round(time.perf_counter() - self.started.pop(entry.store), 3)
+        try:
+            facts = store_facts(Path(entry.store))
+        except Exception as exc:  # a path that is not a store: say so, keep going
+            facts = {}
+            log.debug("cannot read %s: %s", entry.store, exc)
+        for key, value in facts.items():
+            setattr(entry, key, value)
+        self.ended += 1
+        log.info(
+            "job %s: scene %d/%d %s: %s%s (%.1f s)", self.job.name, self.ended,
+            len(self.entries), entry.uri, status, f": {message}" if message else "",
+            entry.seconds,
+        )  # fmt: skip
+        if time.monotonic() - self.last_write >= self.interval:
+            self.write()
+
+    def write(self) -> Path:
+        """Rewrite the index now; the next rewrite waits at least ``interval`` seconds and
+        20 times this one's duration (a 10,000-scene index: index time <= 5 %)."""
+        start = time.monotonic()
+        path = write_index(self.job, self.entries)
+        self.last_write = time.monotonic()
+        self.interval = max(self.least_interval, 20 * (self.last_write - start))
+        return path
+
+    def fail(self, entry: SceneEntry, exc: BaseException, opened: bool = False) -> None:
+        log.debug("scene %s failed", entry.uri, exc_info=exc)
+        self.end(entry, "failed", one_line(exc, limit=None), opened)
+
+
+def _triage(
+    job: RegionalJob, entry: SceneEntry, weights: dict[str, Any], ledger: _Ledger
+) -> _Triaged | None:
+    """Plan the scene and compare it with its store, without a cluster: a complete store of
+    the same run is skipped, a partial one resumed, one of another run refused. None when
+    the scene ended here (skipped or failed: recorded on ``entry``)."""
+    ledger.start(entry)
     try:
+        request = job.request(entry.uri)
+        layout, fingerprint = identify(request, weights)
+        out = Path(entry.store)
         resume = False
         if (out / ".zgroup").exists():
             attrs = store.read_attrs(out)
-            if attrs.get("run_fingerprint") != run_fingerprint(request, plan(request), weights):
+            if attrs.get("run_fingerprint") != fingerprint:
                 raise InputError(
                     f"{out} holds labels of a different run (the scene file, classes, model "
                     "or run settings changed since it was written); it is left as it is: "
                     "move or delete it to map this scene again"
                 )
             if attrs.get("complete"):
-                entry.status = "skipped"
-                return
+                ledger.end(entry, "skipped")
+                return None
             resume = True
-        elif connection.connection is None:
-            plan(request)  # a scene that cannot be opened needs no cluster
-        result = run_scene(dataclasses.replace(request, resume=resume), connection=connection())
-        entry.status = "resumed" if resume else "done"
-        entry.computed, entry.crops = result.computed, result.crops
+        request = dataclasses.replace(request, resume=resume)
+        return _Triaged(entry, request, layout, fingerprint)
     except Exception as exc:
-        entry.status, entry.message = "failed", one_line(exc, limit=None)
-        log.debug("scene %s failed", entry.uri, exc_info=True)
-    finally:
-        entry.seconds = round(time.perf_counter() - start, 3)
-        try:
-            facts = store_facts(out)
-        except Exception as exc:  # a path that is not a store: say so, keep going
-            facts = {}
-            log.debug("cannot read %s: %s", out, exc)
-        for key, value in facts.items():
-            setattr(entry, key, value)
+        ledger.fail(entry, exc)
+        return None
 
 
-def run_job(job: RegionalJob, summary_path: Path | None = None) -> JobReport:
-    """Map every scene of ``job``; write the index (after each scene) and the summary."""
+def _map_scenes(
+    job: RegionalJob,
+    entries: list[SceneEntry],
+    weights: dict[str, Any],
+    ledger: _Ledger,
+    stack: contextlib.ExitStack,
+    client: Client | None,
+) -> None:
+    """Triage the scenes one by one; connect once the first needs computing (or use
+    ``client``), then stream the blocks of all that need it through one window."""
+    found = (t for t in (_triage(job, e, weights, ledger) for e in entries) if t is not None)
+    first = next(found, None)
+    if first is None:
+        return  # nothing to compute: no cluster
+    computing = itertools.chain([first], found)
+    connecting = (
+        connect(job.cluster) if client is None else nullcontext((client, cluster_info(client, 0)))
+    )
+    try:
+        client, info = stack.enter_context(connecting)
+    except UserError as exc:
+        for triaged in computing:  # every scene that needs the cluster fails with its line
+            ledger.fail(triaged.entry, exc)
+        return
+    log.info("Dask dashboard: %s", info.dashboard)
+    precision = worker_precision(client, info, job.model)  # once: same model, same workers
+    by_store: dict[str, _Triaged] = {}
+
+    def works() -> Iterator[SceneWork]:
+        for triaged in computing:
+            try:
+                work = open_scene_work(
+                    triaged.request,
+                    triaged.layout,
+                    weights=weights,
+                    fingerprint=triaged.fingerprint,
+                    info=info,
+                    precision=precision,
+                )
+            except Exception as exc:
+                ledger.fail(triaged.entry, exc)
+                continue
+            by_store[work.out] = triaged
+            yield work
+
+    def on_scene(work: SceneWork, summary: RunSummary | None, error: UserError | None) -> None:
+        triaged = by_store.pop(work.out)
+        entry = triaged.entry
+        if error is not None:
+            ledger.fail(entry, error, opened=True)
+            return
+        entry.computed, entry.crops = summary.computed, summary.crops
+        ledger.end(entry, "resumed" if triaged.request.resume else "done", opened=True)
+
+    try:
+        compute_scenes(
+            client, info, works(), on_scene, progress=ledger.progress, out=str(job.output_root),
+            no_worker_timeout=job.settings.no_worker_timeout,
+        )  # fmt: skip
+    except UserError as exc:  # no worker can run anything: every scene not ended fails
+        for entry in entries:
+            if entry.status == "pending":
+                ledger.started.setdefault(entry.store, time.perf_counter())
+                ledger.fail(entry, exc)
+
+
+def run_job(
+    job: RegionalJob, summary_path: Path | None = None, client: Client | None = None
+) -> JobReport:
+    """Map every scene of ``job``; write the index (as scenes end) and the summary.
+    ``client``: a connected ``distributed.Client`` to run on (left open) instead of the
+    spec's ``cluster``."""
     started, start = now(), time.perf_counter()
     root = job.output_root
     try:
@@ -168,18 +287,14 @@ def run_job(job: RegionalJob, summary_path: Path | None = None) -> JobReport:
         except UserError as exc:
             raise InputError(f"job spec {job.path}: 'model': {exc}") from None
         entries = [SceneEntry(uri=s, store=str(job.store_for(s))) for s in job.scenes]
-        index = write_index(job, entries)
-        with contextlib.ExitStack() as stack:
-            connection = _LazyConnection(job.cluster, stack)
-            for i, entry in enumerate(entries, 1):
-                log.info("job %s: scene %d/%d %s", job.name, i, len(entries), entry.uri)
-                _map_scene(job, entry, weights, connection)
-                log.info(
-                    "job %s: scene %d/%d %s: %s%s (%.1f s)", job.name, i, len(entries),
-                    entry.uri, entry.status, f": {entry.message}" if entry.message else "",
-                    entry.seconds,
-                )  # fmt: skip
-                write_index(job, entries)
+        ledger = _Ledger(job, entries, interval=INDEX_INTERVAL)
+        index = ledger.write()
+        with (
+            RunProgress(0, scenes=len(entries)) as ledger.progress,
+            contextlib.ExitStack() as stack,
+        ):
+            _map_scenes(job, entries, weights, ledger, stack, client)
+        ledger.write()
         tally = counts(entries)
         seconds = round(time.perf_counter() - start, 3)
         summary = {

@@ -12,6 +12,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Hashable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -30,18 +31,24 @@ class RunProgress:
     """Blocks done / total, crops done in the running blocks, megapixels per second, ETA."""
 
     def __init__(
-        self, total_blocks: int, done_blocks: int = 0, interval: float | None = None
+        self,
+        total_blocks: int,
+        done_blocks: int = 0,
+        interval: float | None = None,
+        scenes: int | None = None,
     ) -> None:
         self.total = total_blocks
         self.done = done_blocks
         self.start_done = done_blocks
+        self.scenes = scenes  # a regional job's scene count (None: one scene, not shown)
+        self.scenes_opened = self.scenes_skipped = self.scenes_done = self.scenes_failed = 0
         self.pixels = 0
         self.start = time.monotonic()
         self.interval = progress_interval() if interval is None else interval
         self.last_log = self.start
         self.live = sys.stderr.isatty()
         self._progress: Progress | None = None
-        self._crops: dict[int, tuple[int, int]] = {}  # running block -> (crops done, of)
+        self._crops: dict[Hashable, tuple[int, int]] = {}  # running block -> (done, of)
         self._lock = threading.Lock()
 
     def __enter__(self) -> RunProgress:
@@ -61,6 +68,10 @@ class RunProgress:
             self._crop_task = self._progress.add_task(
                 "crops in running blocks", total=None, completed=0, rate="", visible=False
             )
+            if self.scenes is not None:
+                self._scene_task = self._progress.add_task(
+                    "scenes", total=self.scenes, completed=0, rate=""
+                )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -72,14 +83,40 @@ class RunProgress:
         elapsed = max(time.monotonic() - self.start, 1e-9)
         return self.pixels / 1e6 / elapsed
 
+    def add_scene(self, blocks: int, done: int) -> None:
+        """A scene of ``blocks`` blocks, ``done`` of them finished before, is opened."""
+        self.scenes_opened += 1
+        self.total += blocks
+        self.done += done
+        self.start_done += done
+
+    def scene_done(self, failed: bool = False) -> None:
+        """An opened scene ended (all its blocks done, or ``failed``)."""
+        self.scenes_done += 1
+        self.scenes_failed += failed
+        self.tick(force=self.scenes is not None and self.scenes_done == self.scenes)
+
+    def scene_skipped(self, failed: bool = False) -> None:
+        """A scene ended without being opened (skipped, or failed before its blocks)."""
+        self.scenes_skipped += 1
+        self.scene_done(failed)
+
+    def expected_blocks(self) -> float:
+        """Blocks of the run: those of the opened scenes, and for a job's scenes not yet
+        opened as many as the opened ones have on average."""
+        if not self.scenes or not self.scenes_opened:
+            return float(self.total)
+        unopened = max(self.scenes - self.scenes_opened - self.scenes_skipped, 0)
+        return self.total + unopened * self.total / self.scenes_opened
+
     def eta_seconds(self) -> float | None:
         finished = self.done - self.start_done
         if finished == 0:
             return None
         per_block = (time.monotonic() - self.start) / finished
-        return per_block * (self.total - self.done)
+        return per_block * max(self.expected_blocks() - self.done, 0.0)
 
-    def crops(self, block: int, done: int, of: int) -> None:
+    def crops(self, block: Hashable, done: int, of: int) -> None:
         """A running block reports ``done`` of its ``of`` crops (any thread)."""
         with self._lock:
             self._crops[block] = (done, of)
@@ -90,21 +127,23 @@ class RunProgress:
             values = list(self._crops.values())
         return sum(d for d, _ in values), sum(n for _, n in values), len(values)
 
-    def advance(self, pixels: int, block: int | None = None) -> None:
+    def advance(self, pixels: int, block: Hashable | None = None) -> None:
         """Block ``block`` finished with ``pixels`` native pixels."""
         self.done += 1
         self.pixels += pixels
         if block is not None:
             with self._lock:
                 self._crops.pop(block, None)
-        self.tick(force=self.done == self.total)
+        self.tick(force=self.done == self.total and self.scenes is None)
 
     def tick(self, force: bool = False) -> None:
         """Refresh the display; a log line when ``interval`` has passed (or ``force``)."""
         rate = f"{self.megapixels_per_second:.3g} MP/s"
         crops_done, crops, running = self.crop_counts()
         if self._progress is not None:
-            self._progress.update(self._task, completed=self.done, rate=rate)
+            self._progress.update(self._task, total=self.total, completed=self.done, rate=rate)
+            if self.scenes is not None:
+                self._progress.update(self._scene_task, completed=self.scenes_done)
             self._progress.update(
                 self._crop_task, completed=crops_done, total=crops or None, visible=running > 0
             )
@@ -119,7 +158,14 @@ class RunProgress:
             if running
             else ""
         )
+        scenes = (
+            f"scenes {self.scenes_done}/{self.scenes}"
+            + (f" ({self.scenes_failed} failed)" if self.scenes_failed else "")
+            + ", "
+            if self.scenes is not None
+            else ""
+        )
         log.info(
-            "blocks %d/%d%s, %s, ETA %s",
-            self.done, self.total, inside, rate, "-" if eta is None else f"{eta:.0f}s",
+            "%sblocks %d/%d%s, %s, ETA %s",
+            scenes, self.done, self.total, inside, rate, "-" if eta is None else f"{eta:.0f}s",
         )  # fmt: skip

@@ -6,7 +6,6 @@ import dataclasses
 from pathlib import Path
 
 from reattn_batch import store
-from reattn_batch.blocks.submit import Computed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,15 +22,26 @@ class RunSummary:
     block_size: int = 0
 
 
-def finish(out: str, *, todo: int, done: int, in_flight: int, computed: Computed) -> None:
-    """Mark the store complete and record this run's counters in it."""
+def finish(
+    out: str,
+    *,
+    todo: int,
+    done: int,
+    in_flight: int,
+    crops_run: int,
+    crops_total: int,
+    megapixels_per_second: float,
+) -> None:
+    """Mark the store complete and record this run's counters in it: blocks computed,
+    done before, recomputed (in flight when the previous run stopped); crops evaluated
+    (halo duplicates included, all-nodata skipped) of those the computed blocks touch."""
     store.update_attrs(
         out,
         complete=True,
         blocks_computed_last_run=todo,
         blocks_done_before_last_run=done,
-        blocks_recomputed_last_run=in_flight,  # in flight when the previous run stopped
-        crops_run=computed.crops,  # crops evaluated, halo duplicates included, all-nodata skipped
-        crops_total=computed.crops_touching,  # crops the computed blocks touch
-        megapixels_per_second=round(computed.megapixels_per_second, 4),
+        blocks_recomputed_last_run=in_flight,
+        crops_run=crops_run,
+        crops_total=crops_total,
+        megapixels_per_second=round(megapixels_per_second, 4),
     )

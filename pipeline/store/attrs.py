@@ -58,5 +58,5 @@ def update_attrs(path: str | os.PathLike, **attrs: Any) -> None:
         raise StoreError(f"{root} is not a label store (no .zgroup); check the path")
     new = checked_attrs(attrs)
     group = zarr.open_group(str(root), mode="r+", zarr_format=2, use_consolidated=False)
-    group.attrs.update(new)
+    group.update_attributes(new)  # one write of .zattrs (attrs.update writes once per key)
     zarr.consolidate_metadata(str(root))

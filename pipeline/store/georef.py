@@ -10,6 +10,7 @@ GDAL, xarray and rioxarray read the result (tests/test_store.py).
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
@@ -36,7 +37,21 @@ _SPATIAL_CONVENTION = {
 
 
 def grid_mapping_attrs(layout: StoreLayout) -> dict[str, Any]:
-    """CF grid-mapping attributes of ``spatial_ref``, as rioxarray writes them."""
+    """CF grid-mapping attributes of ``spatial_ref``, as rioxarray writes them: those of
+    the CRS (computed once per CRS: a regional job's scenes share a few), then the
+    ``GeoTransform``."""
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+    import xarray as xr
+
+    probe = xr.DataArray(np.zeros((1, 1), np.uint8), dims=("y", "x"))
+    probe = probe.rio.write_transform(layout.transform)
+    return {**_crs_grid_mapping(layout.crs_wkt), **probe[probe.rio.grid_mapping].attrs}
+
+
+@functools.lru_cache(maxsize=64)
+def _crs_grid_mapping(crs_wkt: str) -> dict[str, Any]:
+    """rioxarray's CF grid-mapping attributes of one CRS (a fresh copy is made by the
+    caller's dict merge, so the cached one is never changed)."""
     import rioxarray  # noqa: F401  (registers the .rio accessor)
     import xarray as xr
 
@@ -44,7 +59,7 @@ def grid_mapping_attrs(layout: StoreLayout) -> dict[str, Any]:
     probe = xr.DataArray(np.zeros((1, 1), np.uint8), dims=("y", "x"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pyproj warns when a CRS has no CF mapping
-        probe = probe.rio.write_crs(layout.crs_wkt).rio.write_transform(layout.transform)
+        probe = probe.rio.write_crs(crs_wkt)
     return dict(probe[probe.rio.grid_mapping].attrs)
 
 
