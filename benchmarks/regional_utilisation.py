@@ -1,11 +1,12 @@
 """Cluster utilisation of a regional job (issue 18 item 3), from the scheduler's task stream.
 
 A job of ``--scenes`` one-block scenes (windows of one synthetic mosaic, each exactly one
-block) against ONE ``run`` of that mosaic with the same block size, hence the same block
-count, on the same cluster: a LocalCluster of 2 workers x 1 thread whose torch is pinned
-to one thread each (OMP_NUM_THREADS=1, as run's local cluster sets it for 2 workers on 2
-cores), so the two workers are the two cores and the scheduler's view shows what runs at
-once. A first mosaic run warms both workers' model caches and is not counted.
+block; ``--scene-blocks K``: K blocks in a row) against ONE ``run`` of that mosaic with
+the same block size, hence the same block count, on the same cluster: a LocalCluster of
+2 workers x 1 thread whose torch is pinned to one thread each (OMP_NUM_THREADS=1, as
+run's local cluster sets it for 2 workers on 2 cores), so the two workers are the two
+cores and the scheduler's view shows what runs at once. A first mosaic run warms both
+workers' model caches and is not counted.
 
 Reported per measured run (one JSON object):
 
@@ -14,7 +15,8 @@ Reported per measured run (one JSON object):
                        task's start to the last task's end on any worker
     scenes_in_flight   the most scenes whose block tasks computed at the same moment
     overhead_s         per scene: its first task's start to its last task's end, minus
-                       the time some task of it computed (0 for one-block scenes)
+                       the time some task of it computed (0 for one-block
+                       scenes: measure it with --scene-blocks 2)
     job / mosaic       the job's wall time over the mosaic run's (target <= 1.15)
 
     PYTHONPATH=benchmarks python benchmarks/regional_utilisation.py --json util.json
@@ -62,16 +64,19 @@ def write_mosaic(path: Path, rows: int, cols: int, block: int, seed: int = 0) ->
         dst.write((data * 255).astype("uint8"))
 
 
-def cut_scenes(mosaic: Path, folder: Path, rows: int, cols: int, block: int) -> list[Path]:
-    """One GeoTIFF per block of the mosaic, georeferenced where it lies in the mosaic."""
+def cut_scenes(
+    mosaic: Path, folder: Path, rows: int, cols: int, block: int, wide: int = 1
+) -> list[Path]:
+    """One GeoTIFF per ``wide`` blocks in a row of the mosaic (rows x cols scenes),
+    georeferenced where it lies in the mosaic."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     with rasterio.open(mosaic) as src:
         for r in range(rows):
             for c in range(cols):
-                window = Window(c * block, r * block, block, block)
+                window = Window(c * block * wide, r * block, block * wide, block)
                 profile = src.profile | {
-                    "width": block,
+                    "width": block * wide,
                     "height": block,
                     "transform": src.window_transform(window),
                 }
@@ -140,7 +145,10 @@ def stream_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenes", type=int, default=8, help="one-block scenes (even)")
+    parser.add_argument("--scenes", type=int, default=8, help="scenes (an even number)")
+    parser.add_argument(
+        "--scene-blocks", type=int, default=1, help="blocks per scene, in a row (default 1)"
+    )
     parser.add_argument(
         "--block", type=int, default=512, help="block edge, native px (a multiple of 512)"
     )
@@ -168,16 +176,17 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
         f"torch threads in the driver",
         "settings": {
-            "scenes": rows * cols, "block_px": args.block, "gsd_m": GSD, "clip_model":
-            args.clip_model, "weights": "random", "upsampler": "bilinear",
+            "scenes": rows * cols,
+            "blocks_per_scene": args.scene_blocks, "block_px": args.block, "gsd_m": GSD,
+            "clip_model": args.clip_model, "weights": "random", "upsampler": "bilinear",
             "cluster": "LocalCluster 2 workers x 1 thread, OMP_NUM_THREADS=1",
         },
     }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         mosaic = tmp / "mosaic.tif"
-        write_mosaic(mosaic, rows, cols, args.block)
-        scenes = cut_scenes(mosaic, tmp / "scenes", rows, cols, args.block)
+        write_mosaic(mosaic, rows, cols * args.scene_blocks, args.block)
+        scenes = cut_scenes(mosaic, tmp / "scenes", rows, cols, args.block, args.scene_blocks)
         cluster, torch_threads = local_cluster(ClusterSettings(workers=2, threads_per_worker=1))
         figures["settings"]["worker_torch_threads"] = torch_threads
         with cluster, Client(cluster) as client:

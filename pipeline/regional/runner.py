@@ -29,6 +29,7 @@ import fcntl
 import itertools
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -52,6 +53,7 @@ from reattn_batch.run.cluster import cluster_info, connect
 from reattn_batch.run.fingerprint import worker_precision
 from reattn_batch.run.plan import Plan
 from reattn_batch.run.progress import RunProgress
+from reattn_batch.run.read_ahead import read_ahead
 from reattn_batch.run.request import SceneRequest
 from reattn_batch.run.scene_work import SceneWork, open_scene_work
 from reattn_batch.run.spine import identify
@@ -67,6 +69,8 @@ log = logging.getLogger(__name__)
 
 SUMMARY_JSON = "summary.json"
 LOCK_FILE = ".reattn-batch-job.lock"
+#: Scenes opened ahead (planned, guarded, store created) by a thread while blocks run.
+SCENES_AHEAD = 2
 #: Least seconds between two rewrites of the index while the job runs (each is O(scenes)).
 INDEX_INTERVAL = 5.0
 
@@ -126,6 +130,7 @@ class _Ledger:
         self.ended = 0
         self.last_write = time.monotonic()
         self.progress: RunProgress | None = None
+        self.lock = threading.RLock()  # scenes end in the read-ahead thread too
 
     def start(self, entry: SceneEntry) -> None:
         self.started[entry.store] = time.perf_counter()
@@ -135,6 +140,10 @@ class _Ledger:
     ) -> None:
         """``entry`` ended with ``status``; ``opened``: its blocks went through the window
         (the progress display counted it there)."""
+        with self.lock:
+            self._end(entry, status, message, opened)
+
+    def _end(self, entry: SceneEntry, status: str, message: str | None, opened: bool) -> None:
         entry.status, entry.message = status, message
         if not opened and self.progress is not None:
             self.progress.scene_skipped(failed=status == "failed")
@@ -158,9 +167,10 @@ class _Ledger:
     def write(self) -> Path:
         """Rewrite the index now; the next rewrite waits at least ``interval`` seconds and
         20 times this one's duration (a 10,000-scene index: index time <= 5 %)."""
-        start = time.monotonic()
-        path = write_index(self.job, self.entries)
-        self.last_write = time.monotonic()
+        with self.lock:
+            start = time.monotonic()
+            path = write_index(self.job, self.entries)
+            self.last_write = time.monotonic()
         self.interval = max(self.least_interval, 20 * (self.last_write - start))
         return path
 
@@ -254,16 +264,25 @@ def _map_scenes(
         entry.computed, entry.crops = summary.computed, summary.crops
         ledger.end(entry, "resumed" if triaged.request.resume else "done", opened=True)
 
+    ahead = read_ahead(works(), SCENES_AHEAD, name="reattn-open-scenes")
     try:
         compute_scenes(
-            client, info, works(), on_scene, progress=ledger.progress, out=str(job.output_root),
+            client,
+            info,
+            ahead,
+            on_scene,
+            progress=ledger.progress,
+            out=str(job.output_root),
             no_worker_timeout=job.settings.no_worker_timeout,
-        )  # fmt: skip
+        )
     except UserError as exc:  # no worker can run anything: every scene not ended fails
+        ahead.close()  # no scene is opened after this
         for entry in entries:
             if entry.status == "pending":
                 ledger.started.setdefault(entry.store, time.perf_counter())
                 ledger.fail(entry, exc)
+    finally:
+        ahead.close()
 
 
 def run_job(

@@ -5,10 +5,13 @@ The spine, top-down, each step in its own module:
     plan      open the scene (metadata only) and lay out the grids     run/plan.py
     identify  weight identities and the run fingerprint                 run/fingerprint.py
     connect   an embedded LocalCluster or an existing scheduler         run/cluster.py
-    guard     refuse a block size whose task would not fit a worker     run/scene_work.py
+    guard     refuse a block size whose task would not fit a worker     run/guard.py
     store     create the store, or reopen it for --resume               run/scene_work.py
     submit    one task per block, a bounded window at a time            blocks/submit.py
-    summary   mark the store complete, record the counters              run/scene_work.py
+    summary   mark the store complete, record the counters              run/summary.py
+
+(scene_work.py holds the steps from guard to summary that a scene needs once the cluster
+is known, so that a regional job can take them for many scenes.)
 
 A regional job (regional/runner.py) runs the same steps for each of its scenes, with one
 connection, and the blocks of all its scenes through one window.
