@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 from pathlib import Path
 
 import cli_helpers as h
@@ -26,7 +25,7 @@ from cluster_helpers import dask_processes
 from distributed import Client
 
 from reattn_batch.cli import main
-from reattn_batch.run.broadcast import present, run_on_workers
+from reattn_batch.run.broadcast import run_on_workers
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -132,8 +131,8 @@ def test_a_worker_lost_at_any_moment_does_not_fail_the_run(moment, cluster, scen
 
 
 def test_run_on_workers_answers_from_those_that_stay(cluster):
-    """The primitive itself: one target dies on receiving the broadcast, another was
-    listed but SIGKILLed before it; the answers are those of the one that stayed."""
+    """The primitive itself: a target that dies on receiving the broadcast is skipped, the
+    answers are exactly those of the one that stayed."""
     _, client, triggers = cluster
     client.wait_for_workers(2, timeout=120)
     pids = client.run(os.getpid)
@@ -141,11 +140,3 @@ def test_run_on_workers_answers_from_those_that_stay(cluster):
         answers = run_on_workers(client, os.getpid, workers=list(pids), what="a test query")
     (dead,) = [a for a, pid in pids.items() if pid == int(fired.read_text())]
     assert answers == {a: pid for a, pid in pids.items() if a != dead}
-
-    client.wait_for_workers(2, timeout=120)
-    pids = client.run(os.getpid)
-    listed = sorted(present(client))
-    victim = listed[0]
-    os.kill(pids[victim], signal.SIGKILL)
-    answers = run_on_workers(client, os.getpid, workers=listed, what="a test query")
-    assert answers == {a: pids[a] for a in listed[1:]}
