@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import os
 import ssl
 from collections.abc import Iterator
@@ -13,11 +12,10 @@ from pathlib import Path
 import dask
 from distributed import Client, LocalCluster
 
+from reattn_batch.run.broadcast import present, run_on_workers
 from reattn_batch.settings import ClusterSettings
 from reattn_batch.workers.environment import EnvironmentSettings
 from reattn_batch.workers.errors import ClusterError
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,15 +106,17 @@ def _cuda_memory() -> int | None:
 
 def cluster_info(client: Client, torch_threads: int) -> ClusterInfo:
     """What the run needs to know about ALL workers (``n_workers=-1``: distributed releases
-    before 2025 list only 5 by default); GPU workers report their device memory."""
+    before 2025 list only 5 by default); GPU workers report their device memory. Workers
+    that leave meanwhile are skipped (:func:`~reattn_batch.run.broadcast.run_on_workers`)."""
     workers = client.scheduler_info(n_workers=-1)["workers"]
     gpu_workers = [a for a, w in workers.items() if "GPU" in w.get("resources", {})]
     gpu_memory: dict[str, int | None] = {}
-    if gpu_workers:
-        try:
-            gpu_memory = client.run(_cuda_memory, workers=gpu_workers)
-        except Exception:  # a worker gone meanwhile, or without torch: memory unknown
-            log.warning("could not read the GPU memory of the GPU workers")
+    if gpu_workers:  # a worker that leaves or fails meanwhile: its memory is unknown
+        gpu_memory = run_on_workers(
+            client, _cuda_memory, workers=gpu_workers, what="the GPU memory query"
+        )
+        still = present(client)  # the memory guard sees those that stayed
+        workers = {a: w for a, w in workers.items() if a in still}
     infos = tuple(
         WorkerInfo(
             threads=int(w.get("nthreads", 1)),

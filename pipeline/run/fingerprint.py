@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from reattn_batch.run.broadcast import run_on_workers
 from reattn_batch.run.cluster import ClusterInfo
 from reattn_batch.run.plan import Plan
 from reattn_batch.run.request import SceneRequest
@@ -43,7 +44,8 @@ def _precision_here(device: str, dtype: str) -> str | None:
 def worker_precision(client, info: ClusterInfo, model: ModelSpec) -> str:
     """The precision the block tasks will run in, as the workers that run them resolve
     ``dtype`` (``auto``: fp16 on CUDA, fp32 on CPU) and ``--device``; joined with ``+`` when
-    the workers differ. Asks the workers only when it depends on them."""
+    the workers differ. Asks the workers only when it depends on them; workers that leave
+    meanwhile are skipped (:func:`~reattn_batch.run.broadcast.run_on_workers`)."""
     device, dtype = model.device, model.cfg.dtype
     if device == "cpu" or dtype == "fp32":
         return "fp32"
@@ -53,10 +55,11 @@ def worker_precision(client, info: ClusterInfo, model: ModelSpec) -> str:
         for address, worker in workers.items()
         if not info.gpu_resources or (worker.get("resources") or {}).get("GPU", 0) >= 1
     ]
-    found = set()
-    if able:
-        found = {p for p in client.run(_precision_here, device, dtype, workers=able).values() if p}
-    if not found:  # no worker yet (or none has the device): as resolved here
+    answers = run_on_workers(
+        client, _precision_here, device, dtype, workers=able, what="the precision query"
+    )
+    found = {p for p in answers.values() if p}
+    if not found:  # no worker (left), or none has the device: as resolved here
         found = {
             _precision_here(device, dtype)
             or PRECISIONS[autocast_dtype(dtype, torch.device(device))]
