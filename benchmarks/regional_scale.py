@@ -152,7 +152,7 @@ def main() -> None:
         sampler.sample()
         cpu = time.process_time()
         sampler.start()
-        start = time.perf_counter()
+        since, start = time.time(), time.perf_counter()
         with get_task_stream(client) as stream:
             report = runner.run_job(job, client=client)
         wall = time.perf_counter() - start
@@ -177,7 +177,7 @@ def main() -> None:
         "peak_fds": max(s[3] for s in samples),
         "counts": report.counts,
     }  # fmt: skip
-    figures["task_stream"] = stream_figures(stream.data)
+    figures["task_stream"] = stream_figures(stream.data, since)
     text = json.dumps(figures, indent=2)
     print(text)
     if args.json:
