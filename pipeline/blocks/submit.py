@@ -2,25 +2,29 @@
 
 Every block of every scene goes through ONE bounded window (``as_completed``): at most a
 window of tasks is on the scheduler at a time, so a region of 100k blocks does not flood
-it, and a regional job's scenes follow each other without a gap: the next scene is opened
-(planned, guarded, its store created) only once the previous one's blocks are all
-submitted, while those still run. So at most ``window + 1`` scenes are open at a time,
-whatever the job's length (the driver's memory and open files stay flat).
+it, and a regional job's scenes follow each other without a gap: the next scene is taken
+only once the previous one's blocks are all submitted, while those still run (a job opens
+scenes ahead in a thread: regional/runner.py). So at most ``window + 1`` scenes are being
+computed at a time, whatever the job's length (the driver's memory stays flat).
 
 The text embeddings are computed once, by a task of their own, for every scene with the
 same model and classes, and handed to each block. A failing block fails its scene only:
-it submits no more blocks, those already running finish and keep their records like its
-other finished blocks, and the other scenes go on. Only a cluster that can run nothing
-(the no-worker watch) ends the whole submission.
+it submits no more blocks, those already submitted finish and keep their records like
+its other finished blocks, and the other scenes go on (``run``, one scene: it ends at
+once). Only a cluster that can run nothing (the no-worker watch) ends the whole
+submission.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import operator
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 
@@ -116,6 +120,12 @@ class _Open:
     error: UserError | None = None
 
 
+@functools.lru_cache(maxsize=16)
+def _identity(model, queries: tuple[str, ...]) -> str:
+    """What decides the text embeddings: the model's settings and the queries."""
+    return json.dumps([model.as_dict(), list(queries)], sort_keys=True, default=str)
+
+
 class _TextTasks:
     """One text-embedding task per distinct (model, classes), shared by every scene."""
 
@@ -127,11 +137,13 @@ class _TextTasks:
     @staticmethod
     def _key(work: SceneWork) -> str:
         model, classes = work.task.model, work.task.classes
-        return json.dumps([model.as_dict(), list(classes.queries)], sort_keys=True, default=str)
+        return _identity(model, tuple(classes.queries))
 
     def queries(self, work: SceneWork) -> Future:
         """The future of the query embeddings for ``work``'s model and classes."""
         key = self._key(work)
+        if key in self.tasks and self.tasks[key][1].status in ("error", "cancelled"):
+            del self.tasks[key]  # a failed text task fails its scenes only: try again
         if key not in self.tasks:
             text = self.client.submit(
                 embed_queries_timed, work.task.model, work.task.classes.queries,
@@ -156,12 +168,19 @@ def _finish(scene: _Open, text_seconds: dict[str, float] | None = None) -> RunSu
     """Mark the scene's store complete; a store that cannot be written fails its scene."""
     try:
         return scene.work.finish(text_seconds)
-    except OSError as exc:
-        scene.error = StoreError(
-            f"{scene.work.out}: cannot mark the store complete ({exc.strerror or exc}); "
-            "its blocks are done: rerun with resume=True"
-        )
+    except Exception as exc:  # noqa: BLE001 - the store's trouble fails this scene only
+        scene.error = _store_error(scene, "cannot mark the store complete", exc)
         return None
+
+
+def _store_error(scene: _Open, what: str, exc: Exception) -> UserError:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    first = reason.splitlines()[0] if reason else ""
+    log.debug("%s: %s", scene.work.out, what, exc_info=exc)
+    return StoreError(
+        f"{scene.work.out}: {what} ({type(exc).__name__}: {first}); "
+        "finished blocks are kept: rerun with resume=True"
+    )
 
 
 def compute_scenes(
@@ -173,15 +192,20 @@ def compute_scenes(
     progress: RunProgress,
     out: str,
     no_worker_timeout: float = DEFAULT_NO_WORKER_TIMEOUT,
+    stop_on_failure: bool = False,
 ) -> None:
     """Compute the blocks ``todo`` of every scene of ``works`` through one bounded window.
 
-    ``works`` is read lazily: the next scene is opened only when the window has room and
+    ``works`` is read lazily: the next scene is taken only when the window has room and
     the previous scene's blocks are all submitted. ``on_scene`` is called once per scene,
     as it ends (complete, or failed with its one-line error); ``progress`` (the caller's
-    display) is told of each scene and block. The submission ends with a :class:`NoWorkerError`
-    (naming ``out``) once no worker could run its tasks for ``no_worker_timeout`` seconds;
-    whatever stops it, every open scene's finished blocks keep their records.
+    display) is told of each scene and block. ``stop_on_failure`` (one scene, ``run``):
+    the first failed scene ends the submission at once, its other tasks released.
+
+    The submission ends with a :class:`NoWorkerError` (naming ``out``) once no worker
+    could run its tasks for ``no_worker_timeout`` seconds; open scenes that had failed are
+    reported first. Whatever stops it, every open scene's finished blocks keep their
+    records, and on an error the tasks still on the scheduler are cancelled.
 
     Task keys are ``block-{fingerprint}-{run}-{index}``: the run fingerprint names the
     settings, ``run`` (:func:`run_token`) this run into this store, so two runs with the same
@@ -199,8 +223,14 @@ def compute_scenes(
         progress.tick()
 
     def end(scene: _Open, summary: RunSummary | None) -> None:
+        try:
+            scene.work.records.flush()  # finished blocks keep their records
+        except Exception as exc:  # noqa: BLE001 - the store's trouble fails this scene only
+            scene.error = scene.error or _store_error(scene, "cannot write its records", exc)
+            summary = None
         del open_scenes[scene.work.out]
-        scene.work.records.flush()  # finished blocks keep their records, whatever happens
+        if scene.error is not None:
+            progress.remove_blocks(scene.work.remaining - len(scene.futures))
         progress.scene_done(failed=scene.error is not None)
         on_scene(scene.work, summary, scene.error)
 
@@ -214,6 +244,7 @@ def compute_scenes(
             if not work.todo:
                 end(scene, _finish(scene))
                 continue
+            work.started = time.monotonic()  # its MP/s count from its first task
             for index in work.todo:
                 if scene.error is not None:
                     break  # a failed scene submits no more blocks
@@ -232,36 +263,62 @@ def compute_scenes(
 
     def on_crops(event) -> None:  # (time, {"store", "block", "crops", "of"}) from a task
         message = event[1]
-        key = (message.get("store"), message["block"])
-        progress.crops(key, message["crops"], message["of"])
+        store, block = message.get("store"), message["block"]
+        if store in open_scenes:  # not a late event of a block that already ended
+            progress.crops((store, block), message["crops"], message["of"])
+
+    def add(scene: _Open, result) -> None:
+        try:
+            scene.work.add(result)  # its data is durable: the task has returned
+        except Exception as exc:  # noqa: BLE001 - a record write failed: this scene only
+            scene.error = scene.error or _store_error(scene, "cannot write its records", exc)
 
     client.subscribe_topic(topic, on_crops)
+    failed = True
     try:
         for future in bounded_as_completed(submit, blocks(), watch.window, tick=tick):
             scene = owner.pop(future.key)
             scene.futures.discard(future)
             work = scene.work
+            index = int(str(future.key).rsplit("-", 1)[-1])
+            progress.forget((work.out, index))
             if scene.error is not None:  # a later block of a failed scene: keep its record
-                if not future.cancelled() and future.status == "finished":
+                if future.status == "finished":
                     result = future.result()
                     if not isinstance(result, BlockFailure):
-                        work.add(result)
+                        add(scene, result)
+                        progress.advance(result.pixels)
             else:
                 try:
                     result = block_result(future, work.grid, work.out, tick)
                 except NoWorkerError:
                     raise
                 except UserError as exc:
-                    scene.error = exc  # its tasks still running finish (a window at most)
+                    scene.error = exc  # its tasks already submitted finish (a window at most)
                 else:
-                    work.add(result)  # its data is durable: the task has returned
-                    progress.advance(result.pixels, block=(work.task.store, result.index))
+                    add(scene, result)
+                    progress.advance(result.pixels)
             if scene.error is not None:
+                if stop_on_failure:  # `run`: its one line now, its other tasks released
+                    with contextlib.suppress(Exception):
+                        client.cancel(list(scene.futures))
+                    end(scene, None)
+                    failed = False
+                    return
                 if not scene.futures:
                     end(scene, None)
             elif work.remaining == 0:
                 end(scene, _finish(scene, texts.seconds_once(work, tick)))
+        failed = False
+    except NoWorkerError:
+        for scene in [sc for sc in open_scenes.values() if sc.error is not None]:
+            end(scene, None)  # its own error, not the cluster's
+        raise
     finally:
+        if failed:  # nothing of this run keeps running on the scheduler
+            with contextlib.suppress(Exception):
+                client.cancel([f for sc in open_scenes.values() for f in sc.futures])
         for scene in open_scenes.values():
-            scene.work.records.flush()
+            with contextlib.suppress(Exception):
+                scene.work.records.flush()
         client.unsubscribe_topic(topic)

@@ -55,7 +55,9 @@ def _bbox(geom: dict[str, Any] | None) -> list[float] | None:
             for part in coords:
                 walk(part)
 
-    walk(geom["coordinates"])
+    walk(geom.get("coordinates") or [])
+    if not xs:  # an empty geometry
+        return None
     return [min(xs), min(ys), max(xs), max(ys)]
 
 

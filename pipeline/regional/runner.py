@@ -11,9 +11,10 @@ list for all. Idempotent, so cron or Airflow can simply run it again:
 
 Scenes are in flight together: the blocks of every scene go through one bounded window
 (blocks/submit.py), so the cluster stays full across scene boundaries, and the next
-scenes are planned, guarded and their stores created while earlier blocks run. The model
-and the text embeddings are computed once per worker for the whole job; each scene keeps
-its own store, completion records, resume and index entry.
+scenes are planned, guarded and their stores created (by a thread, a window's worth
+ahead) while earlier blocks run. The text embeddings are one task for the whole job and
+each worker loads the model once; each scene keeps its own store, completion records,
+resume and index entry.
 
 The index is rewritten at most every :data:`INDEX_INTERVAL` seconds as scenes end, and at
 the end, with ``summary.json`` (or ``--summary``). Exit status 0 when no scene failed, 1
@@ -32,7 +33,6 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +49,7 @@ from reattn_batch.regional.index import (
     write_json,
 )
 from reattn_batch.regional.spec import RegionalJob
+from reattn_batch.run.bounded import window_for
 from reattn_batch.run.cluster import cluster_info, connect
 from reattn_batch.run.fingerprint import worker_precision
 from reattn_batch.run.plan import Plan
@@ -58,6 +59,7 @@ from reattn_batch.run.request import SceneRequest
 from reattn_batch.run.scene_work import SceneWork, open_scene_work
 from reattn_batch.run.spine import identify
 from reattn_batch.run.summary import RunSummary
+from reattn_batch.run.watch import NoWorkerError
 from reattn_batch.workers.describe import one_line
 from reattn_batch.workers.errors import InputError, UserError
 from reattn_batch.workers.model_spec import describe_weights
@@ -69,8 +71,6 @@ log = logging.getLogger(__name__)
 
 SUMMARY_JSON = "summary.json"
 LOCK_FILE = ".reattn-batch-job.lock"
-#: Scenes opened ahead (planned, guarded, store created) by a thread while blocks run.
-SCENES_AHEAD = 2
 #: Least seconds between two rewrites of the index while the job runs (each is O(scenes)).
 INDEX_INTERVAL = 5.0
 
@@ -188,7 +188,7 @@ def _triage(
     ledger.start(entry)
     try:
         request = job.request(entry.uri)
-        layout, fingerprint = identify(request, weights)
+        layout, _, fingerprint = identify(request, weights)
         out = Path(entry.store)
         resume = False
         if (out / ".zgroup").exists():
@@ -225,17 +225,17 @@ def _map_scenes(
     if first is None:
         return  # nothing to compute: no cluster
     computing = itertools.chain([first], found)
-    connecting = (
-        connect(job.cluster) if client is None else nullcontext((client, cluster_info(client, 0)))
-    )
     try:
-        client, info = stack.enter_context(connecting)
+        if client is None:
+            client, info = stack.enter_context(connect(job.cluster))
+        else:
+            info = cluster_info(client, torch_threads=0)
     except UserError as exc:
         for triaged in computing:  # every scene that needs the cluster fails with its line
             ledger.fail(triaged.entry, exc)
         return
     log.info("Dask dashboard: %s", info.dashboard)
-    precision = worker_precision(client, info, job.model)  # once: same model, same workers
+    precision = _JobPrecision(client, info, job.model)
     by_store: dict[str, _Triaged] = {}
 
     def works() -> Iterator[SceneWork]:
@@ -264,7 +264,7 @@ def _map_scenes(
         entry.computed, entry.crops = summary.computed, summary.crops
         ledger.end(entry, "resumed" if triaged.request.resume else "done", opened=True)
 
-    ahead = read_ahead(works(), SCENES_AHEAD, name="reattn-open-scenes")
+    ahead = read_ahead(works(), window_for(info.total_threads), name="reattn-open-scenes")
     try:
         compute_scenes(
             client,
@@ -275,14 +275,31 @@ def _map_scenes(
             out=str(job.output_root),
             no_worker_timeout=job.settings.no_worker_timeout,
         )
-    except UserError as exc:  # no worker can run anything: every scene not ended fails
+    except NoWorkerError as exc:  # no worker can run anything: no scene is computed now
         ahead.close()  # no scene is opened after this
-        for entry in entries:
-            if entry.status == "pending":
-                ledger.started.setdefault(entry.store, time.perf_counter())
-                ledger.fail(entry, exc)
+        for triaged in list(by_store.values()):  # opened, not ended
+            ledger.fail(triaged.entry, exc, opened=True)
+        for triaged in computing:  # the rest: those that need computing fail
+            ledger.fail(triaged.entry, exc)
     finally:
         ahead.close()
+
+
+class _JobPrecision:
+    """The precision a job's blocks run in (``worker_precision``), asked once some worker
+    answers and then kept: every scene of a job has the same model and workers."""
+
+    def __init__(self, client, info, model) -> None:
+        self.client, self.info, self.model = client, info, model
+        self.value: str | None = None
+
+    def __call__(self) -> str:
+        if self.value is not None:
+            return self.value
+        value = worker_precision(self.client, self.info, self.model)
+        if self.client.scheduler_info(n_workers=-1).get("workers"):
+            self.value = value  # answered by workers, not the driver's fallback
+        return value
 
 
 def run_job(
@@ -308,12 +325,14 @@ def run_job(
         entries = [SceneEntry(uri=s, store=str(job.store_for(s))) for s in job.scenes]
         ledger = _Ledger(job, entries, interval=INDEX_INTERVAL)
         index = ledger.write()
-        with (
-            RunProgress(0, scenes=len(entries)) as ledger.progress,
-            contextlib.ExitStack() as stack,
-        ):
-            _map_scenes(job, entries, weights, ledger, stack, client)
-        ledger.write()
+        try:
+            with (
+                RunProgress(0, scenes=len(entries)) as ledger.progress,
+                contextlib.ExitStack() as stack,
+            ):
+                _map_scenes(job, entries, weights, ledger, stack, client)
+        finally:
+            ledger.write()  # whatever stopped the job, the index says what ended
         tally = counts(entries)
         seconds = round(time.perf_counter() - start, 3)
         summary = {

@@ -85,21 +85,35 @@ class RunProgress:
 
     def add_scene(self, blocks: int, done: int) -> None:
         """A scene of ``blocks`` blocks, ``done`` of them finished before, is opened."""
-        self.scenes_opened += 1
-        self.total += blocks
-        self.done += done
-        self.start_done += done
+        with self._lock:
+            self.scenes_opened += 1
+            self.total += blocks
+            self.done += done
+            self.start_done += done
 
-    def scene_done(self, failed: bool = False) -> None:
-        """An opened scene ended (all its blocks done, or ``failed``)."""
-        self.scenes_done += 1
-        self.scenes_failed += failed
-        self.tick(force=self.scenes is not None and self.scenes_done == self.scenes)
+    def remove_blocks(self, blocks: int) -> None:
+        """``blocks`` of an opened scene will not run (the scene failed)."""
+        with self._lock:
+            self.total -= max(blocks, 0)
+
+    def forget(self, block: Hashable) -> None:
+        """Block ``block`` ended (done or not): its crop counts are dropped."""
+        with self._lock:
+            self._crops.pop(block, None)
+
+    def scene_done(self, failed: bool = False, opened: bool = True) -> None:
+        """A scene ended (all its blocks done, or ``failed``); ``opened``: it was opened
+        (else: skipped, or failed before its blocks). Any thread."""
+        with self._lock:
+            self.scenes_done += 1
+            self.scenes_failed += failed
+            self.scenes_skipped += not opened
+            last = self.scenes is not None and self.scenes_done == self.scenes
+        self.tick(force=last)
 
     def scene_skipped(self, failed: bool = False) -> None:
         """A scene ended without being opened (skipped, or failed before its blocks)."""
-        self.scenes_skipped += 1
-        self.scene_done(failed)
+        self.scene_done(failed, opened=False)
 
     def expected_blocks(self) -> float:
         """Blocks of the run: those of the opened scenes, and for a job's scenes not yet

@@ -3,7 +3,7 @@ and final block grid, the store created (or reopened for ``resume``), the blocks
 compute, and what its finished blocks did. ``run`` opens one; a regional job opens many,
 whose blocks share one submission window (blocks/submit.py).
 
-    open_scene_work   guard, store, todo        (the driver, before any block is submitted)
+    open_scene_work   guard, store, todo        (the driver, before the scene's blocks)
     SceneWork.add     a finished block           (its record; the counters)
     SceneWork.finish  store complete, summary    (after its last block)
 """
@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,10 +125,11 @@ def open_scene_work(
     weights: dict,
     fingerprint: str,
     info: ClusterInfo,
-    precision: str,
+    precision: Callable[[], str],
 ) -> SceneWork:
     """Guard the block size against the workers' memory, then create the store (or reopen
-    it for ``request.resume``); nothing is written when the guard refuses."""
+    it for ``request.resume``); nothing is written when the guard refuses. ``precision``
+    gives the precision the workers run in (asked after the guard)."""
     scene = layout.scene
     out = str(Path(request.out).absolute())  # workers may run elsewhere
     memory = {
@@ -147,7 +149,7 @@ def open_scene_work(
     done = store.prepare(
         out,
         store.StoreLayout(scene.geobox, with_confidence=request.settings.save_confidence),
-        attrs=run_attrs(request, layout, weights, fingerprint, precision),
+        attrs=run_attrs(request, layout, weights, fingerprint, precision()),
         class_names=request.classes.names,
         blocks=grid.counts,
         overwrite=request.overwrite,
@@ -202,7 +204,7 @@ def _final_grid(request: SceneRequest, layout: Plan, memory: dict) -> BlockGrid:
             asked = request.settings.block_size
             if asked not in (recorded, AUTO_BLOCK):
                 log.warning(
-                    "resume=True: using the store's block size %d px, not block_size=%s",
+                    "--resume: using the store's block size %d px, not --block-size %s",
                     recorded, asked,
                 )  # fmt: skip
             return dataclasses.replace(layout.grid, block=recorded)

@@ -45,14 +45,17 @@ from reattn_batch.workers.model_spec import describe_weights
 log = logging.getLogger(__name__)
 
 
-def identify(request: SceneRequest, weights: dict) -> tuple[Plan, str]:
-    """Plan the scene and compute its run fingerprint; refuses an ``out`` that is the
-    scene itself. Cheap and cluster-free: bad input fails here, before anything is written."""
+def identify(request: SceneRequest, weights: dict | None = None) -> tuple[Plan, dict, str]:
+    """Plan the scene and compute its run fingerprint: the plan, the weight identities
+    (``weights``, else described here, after the plan) and the fingerprint; refuses an
+    ``out`` that is the scene itself. Cluster-free: bad input fails here, before anything
+    is written."""
     layout = plan(request)
+    weights = describe_weights(request.model) if weights is None else weights
     fingerprint = run_fingerprint(request, layout, weights)
     if not is_remote(layout.scene.path):
         store.check_not_input(str(Path(request.out).absolute()), [layout.scene.path])
-    return layout, fingerprint
+    return layout, weights, fingerprint
 
 
 def run_scene(
@@ -60,8 +63,7 @@ def run_scene(
 ) -> RunSummary:
     """Map one scene. ``connection``: an open ``(client, info)`` from ``connect`` to reuse;
     by default the request's cluster is connected and closed here."""
-    weights = describe_weights(request.model)
-    layout, fingerprint = identify(request, weights)
+    layout, weights, fingerprint = identify(request)
     connecting = connect(request.cluster) if connection is None else nullcontext(connection)
     ended: list[tuple[RunSummary | None, UserError | None]] = []
 
@@ -76,12 +78,12 @@ def run_scene(
             weights=weights,
             fingerprint=fingerprint,
             info=info,
-            precision=worker_precision(client, info, request.model),
+            precision=lambda: worker_precision(client, info, request.model),
         )
         with RunProgress(0) as progress:
             compute_scenes(
                 client, info, [work], on_scene, progress=progress, out=work.out,
-                no_worker_timeout=request.settings.no_worker_timeout,
+                no_worker_timeout=request.settings.no_worker_timeout, stop_on_failure=True,
             )  # fmt: skip
     ((summary, error),) = ended
     if error is not None:
