@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import cli_helpers as h
 import pytest
@@ -130,3 +131,34 @@ def test_a_regional_job_without_workers_records_the_scene_as_failed(tmp_path, ca
     summary = json.loads((tmp_path / "labels" / "summary.json").read_text())
     (entry,) = summary["scenes"]
     assert entry["status"] == "failed" and "worker" in entry["message"].lower(), entry
+
+
+@pytest.mark.timeout(400)
+def test_a_job_that_loses_its_workers_still_skips_finished_scenes(tmp_path, cache_env):
+    """The no-worker watch ends the job's computing, not its bookkeeping: a scene after
+    the one that found no worker, whose store is complete, is still recorded as skipped."""
+    h.write_scene(tmp_path / "a.tif", 300, 260, seed=1)
+    h.write_scene(tmp_path / "b.tif", 300, 260, seed=2)
+    first = tmp_path / "first.yaml"  # maps b.tif on an embedded cluster: its store complete
+    first.write_text(
+        JOB_SPEC.replace("[scene.tif]", "[b.tif]")
+        .replace("  scheduler_file: {scheduler_file}\n", "  local: {{workers: 1}}\n")
+        .format()
+    )
+    h.ok(h.cli("job", "run", first, timeout=BOUND_S, extra_env=cache_env))
+    with dask_processes(tmp_path / "dask", n_workers=0, env=cache_env) as procs:
+        spec = tmp_path / "job.yaml"
+        spec.write_text(
+            JOB_SPEC.replace("[scene.tif]", "[a.tif, b.tif]").format(
+                scheduler_file=procs.scheduler_file
+            )
+        )
+        result = h.cli("job", "run", spec, timeout=BOUND_S, extra_env=cache_env)
+    assert not result.timed_out, "the job hung"
+    assert result.rc == 1, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "labels" / "summary.json").read_text())
+    by_name = {Path(e["uri"]).name: e for e in summary["scenes"]}
+    assert by_name["a.tif"]["status"] == "failed", by_name["a.tif"]
+    assert "worker" in by_name["a.tif"]["message"].lower()
+    assert by_name["b.tif"]["status"] == "skipped", by_name["b.tif"]
+    assert summary["counts"] == {"done": 0, "resumed": 0, "skipped": 1, "failed": 1}
