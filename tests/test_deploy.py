@@ -134,15 +134,24 @@ FAKE_SCANCEL = """#!/usr/bin/env bash
 # stand-in for scancel: end the job's process group
 for id in "$@"; do kill -TERM -- "-$id" 2>/dev/null || true; echo "$id" >> "{jobs}/cancelled"; done
 """
+FAKE_SQUEUE = """#!/usr/bin/env bash
+# stand-in for `squeue -h -t all -j IDS -o %i|%T|%r`: a job runs while its process group lives
+while [[ $# -gt 0 ]]; do [[ $1 == -j ]] && ids=$2; shift; done
+for id in ${{ids//,/ }}; do
+  if kill -0 -- "-$id" 2>/dev/null; then echo "$id|RUNNING|None"; else echo "$id|COMPLETED|None"; fi
+done
+"""
 
 
-def test_slurm_launcher_runs_a_job_on_its_workers(launcher, tmp_path, monkeypatch):
-    """The whole launcher against stand-in sbatch/scancel that run the job script on this
-    machine: workers join over loopback, the run completes, the jobs are cancelled."""
+def test_slurm_launcher_runs_a_job_on_its_workers(launcher, tmp_path, monkeypatch, capsys):
+    """The whole launcher against stand-in sbatch/scancel/squeue that run the job script on
+    this machine: workers join over loopback, the run completes, the jobs are cancelled,
+    the scheduler file is gone (tests/test_slurm.py does this on a real SLURM)."""
     jobs, fake = tmp_path / "jobs", tmp_path / "bin"
     jobs.mkdir()
     fake.mkdir()
-    for name, text in (("sbatch", FAKE_SBATCH), ("scancel", FAKE_SCANCEL)):
+    for name, text in (("sbatch", FAKE_SBATCH), ("scancel", FAKE_SCANCEL),
+                       ("squeue", FAKE_SQUEUE)):  # fmt: skip
         (fake / name).write_text(text.format(jobs=jobs))
         (fake / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
@@ -156,7 +165,8 @@ def test_slurm_launcher_runs_a_job_on_its_workers(launcher, tmp_path, monkeypatc
                             "--out", str(store)])  # fmt: skip
         assert rc == 0, [p.read_text()[-3000:] for p in jobs.glob("*.log")]
         assert zarr.open_group(str(store), mode="r").attrs["complete"] is True
-        assert json.loads(scheduler_file.read_text())["address"].startswith("tcp://127.0.0.1:")
+        assert "launch.py: scheduler tcp://127.0.0.1:" in capsys.readouterr().out
+        assert not scheduler_file.exists()  # removed: its scheduler is gone
         pids = [int(p.read_text()) for p in jobs.glob("job-*.pid")]
         assert len(pids) == 1
         assert (jobs / "cancelled").read_text().split() == [str(pids[0])]
@@ -189,7 +199,9 @@ def test_sbatch_recipe_runs_a_job_on_its_workers(tmp_path):
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "srun").write_text(FAKE_SRUN)
-    (fake / "srun").chmod(0o755)
+    (fake / "dask").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m dask "$@"\n')
+    for name in ("srun", "dask"):
+        (fake / name).chmod(0o755)
     scene, store = tiny_scene(tmp_path / "scene.tif"), tmp_path / "out.zarr"
     env = os.environ | {
         "PATH": f"{fake}:{Path(sys.executable).parent}:{os.environ['PATH']}",
