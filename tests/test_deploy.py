@@ -3,6 +3,7 @@ Kubernetes manifests, and the Dockerfiles (which cannot be built here)."""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
 import importlib.util
@@ -75,6 +76,32 @@ def test_slurm_job_script_asks_for_one_gpu_one_thread_and_the_gpu_resource(launc
     assert script.index("module load cuda") < script.index("dask_worker")
 
 
+def test_slurm_cpu_workers_get_the_job_cores_and_no_gpu(launcher):
+    """`--gres none`: no GPU request or resource; torch gets the job's cores (not Dask's
+    OMP_NUM_THREADS=1) and glibc's malloc trimming (not MALLOC_TRIM_THRESHOLD_=65536)."""
+    args = launcher.parse_args([*SLURM_ARGS, "--gres", "none", "--", "run", "s.tif"])
+    cluster = launcher.build_cluster(args)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert not [d for d in directives(script) if "gres" in d], script
+    cmd = worker_command(script)
+    assert "--resources" not in cmd and cmd[cmd.index("--nthreads") + 1] == "1"
+    body = script[: script.index("dask_worker")]
+    assert "export OMP_NUM_THREADS=6" in body and "unset MALLOC_TRIM_THRESHOLD_" in body
+    (line,) = [ln for ln in body.splitlines() if "PRE_SPAWN_ENVIRON" in ln]
+    # what the worker's nanny reads: Dask's config from that variable, as the job's shell
+    # exports it
+    read = (f"{line}; {shlex.quote(sys.executable)} -c 'import dask; print(dict(dask.config"
+            ".get(\"distributed.nanny.pre-spawn-environ\")))'")  # fmt: skip
+    out = subprocess.run(["bash", "-c", read], capture_output=True, text=True, check=True)
+    got = ast.literal_eval(out.stdout.strip())
+    want = {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": 6, "MKL_NUM_THREADS": 6,
+            "OPENBLAS_NUM_THREADS": 6}  # fmt: skip
+    assert {k: got.get(k, "absent") for k in want} == want, got
+
+
 def test_slurm_print_job_script_submits_nothing(launcher, capsys, monkeypatch, tmp_path):
     fake = tmp_path / "bin"
     fake.mkdir()
@@ -112,6 +139,8 @@ def test_slurm_tls_reaches_the_workers_and_the_run(launcher, tmp_path):
         ["--", "segment", "x.png"],  # not a run
         ["--", "run", "s.tif", "--scheduler", "tcp://h:8786"],  # the launcher's job
         ["--tls-cert", "c.pem", "--", "run", "s.tif"],  # half a TLS trio
+        ["--max-workers", "3", "--", "run", "s.tif"],  # an adaptive bound without --adapt
+        ["--", "job", "run", "no-such-spec.yaml"],  # a job spec is read for its cluster
     ],
 )
 def test_slurm_launcher_refuses(argv, capsys):

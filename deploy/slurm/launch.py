@@ -536,7 +536,11 @@ def launch(args: argparse.Namespace, signals: StopSignals) -> int:
             cluster.scale(jobs=args.workers)
         client = Client(cluster, security=security(args))
         wait_for_workers(cluster, client, args, refusals)
-        client.write_scheduler_file(str(scheduler_file))
+        try:
+            scheduler_file.parent.mkdir(parents=True, exist_ok=True)
+            client.write_scheduler_file(str(scheduler_file))
+        except OSError as exc:
+            raise LaunchError(f"cannot write the scheduler file {scheduler_file}: {exc}") from None
         wrote_file = True
         cmd = run_command(args, scheduler_file)
         print("launch.py: " + " ".join(cmd), flush=True)
