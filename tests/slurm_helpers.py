@@ -52,7 +52,10 @@ def single_node(action: str) -> subprocess.CompletedProcess:
     if os.geteuid() != 0:
         cmd = ["sudo", "-n", *cmd]
     env = os.environ | {"PATH": f"{os.environ.get('PATH', '')}{os.pathsep}{SBIN}"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    except OSError as exc:  # no sudo
+        return subprocess.CompletedProcess(cmd, 1, "", f"{cmd[0]}: {exc}\n")
 
 
 def new_tag() -> str:

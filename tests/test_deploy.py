@@ -150,6 +150,24 @@ def test_slurm_launcher_refuses(argv, capsys):
     assert "launch.py: error:" in capsys.readouterr().err
 
 
+def test_slurm_launcher_stops_once_on_a_repeated_sigterm(launcher):
+    """SLURM signals every process of a cancelled job, and a wrapper may forward the same
+    SIGTERM again: the first one stops the launcher, later ones cannot cut its clean-up
+    short; the previous handler comes back afterwards."""
+    before = signal.getsignal(signal.SIGTERM)
+    stopped = []
+    with launcher.StopSignals():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # interrupted by the handler's exception
+        except launcher.Stopped as stop:
+            stopped.append(stop.signum)
+            os.kill(os.getpid(), signal.SIGTERM)  # during the clean-up
+            time.sleep(0.2)
+    assert stopped == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 FAKE_SBATCH = """#!/usr/bin/env bash
 # stand-in for sbatch: run the job script here, in a session of its own
 set -e

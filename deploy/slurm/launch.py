@@ -473,9 +473,9 @@ def stop_run(proc: subprocess.Popen | None) -> None:
 
 
 class StopSignals:
-    """While active (a context manager, main thread only): SIGTERM and SIGINT raise
-    Stopped; after :meth:`defer` they are only noted, so that the clean-up is not cut
-    short. The previous handlers come back at the end."""
+    """While active (a context manager, main thread only): the first SIGTERM or SIGINT
+    raises Stopped; later ones (and all after :meth:`defer`) are ignored, so that the
+    clean-up is not cut short. The previous handlers come back at the end."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -488,6 +488,12 @@ class StopSignals:
             self.previous = {s: signal.signal(s, self._raise) for s in self.SIGNALS}
         return self
 
+    def _raise(self, signum, frame):
+        # once: SLURM signals every process of the job, and a wrapper script may forward
+        # the same signal again while the first is being handled
+        self.defer()
+        raise Stopped(signum)
+
     def __exit__(self, *exc) -> None:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
@@ -496,10 +502,6 @@ class StopSignals:
         if self.active:
             for s in self.SIGNALS:
                 signal.signal(s, lambda signum, frame: None)
-
-    @staticmethod
-    def _raise(signum, frame):
-        raise Stopped(signum)
 
 
 def close_quietly(*closables) -> None:
