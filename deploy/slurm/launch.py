@@ -538,12 +538,12 @@ def launch(args: argparse.Namespace, signals: StopSignals) -> int:
             cluster.scale(jobs=args.workers)
         client = Client(cluster, security=security(args))
         wait_for_workers(cluster, client, args, refusals)
+        wrote_file = True  # from here on, removed at the end
         try:
             scheduler_file.parent.mkdir(parents=True, exist_ok=True)
             client.write_scheduler_file(str(scheduler_file))
         except OSError as exc:
             raise LaunchError(f"cannot write the scheduler file {scheduler_file}: {exc}") from None
-        wrote_file = True
         cmd = run_command(args, scheduler_file)
         print("launch.py: " + " ".join(cmd), flush=True)
         proc = subprocess.Popen(cmd, env=run_env(args))
