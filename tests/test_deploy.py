@@ -3,6 +3,7 @@ Kubernetes manifests, and the Dockerfiles (which cannot be built here)."""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import copy
 import importlib.util
@@ -75,6 +76,32 @@ def test_slurm_job_script_asks_for_one_gpu_one_thread_and_the_gpu_resource(launc
     assert script.index("module load cuda") < script.index("dask_worker")
 
 
+def test_slurm_cpu_workers_get_the_job_cores_and_no_gpu(launcher):
+    """`--gres none`: no GPU request or resource; torch gets the job's cores (not Dask's
+    OMP_NUM_THREADS=1) and glibc's malloc trimming (not MALLOC_TRIM_THRESHOLD_=65536)."""
+    args = launcher.parse_args([*SLURM_ARGS, "--gres", "none", "--", "run", "s.tif"])
+    cluster = launcher.build_cluster(args)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert not [d for d in directives(script) if "gres" in d], script
+    cmd = worker_command(script)
+    assert "--resources" not in cmd and cmd[cmd.index("--nthreads") + 1] == "1"
+    body = script[: script.index("dask_worker")]
+    assert "export OMP_NUM_THREADS=6" in body and "unset MALLOC_TRIM_THRESHOLD_" in body
+    (line,) = [ln for ln in body.splitlines() if "PRE_SPAWN_ENVIRON" in ln]
+    # what the worker's nanny reads: Dask's config from that variable, as the job's shell
+    # exports it
+    read = (f"{line}; {shlex.quote(sys.executable)} -c 'import dask; print(dict(dask.config"
+            ".get(\"distributed.nanny.pre-spawn-environ\")))'")  # fmt: skip
+    out = subprocess.run(["bash", "-c", read], capture_output=True, text=True, check=True)
+    got = ast.literal_eval(out.stdout.strip())
+    want = {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": 6, "MKL_NUM_THREADS": 6,
+            "OPENBLAS_NUM_THREADS": 6}  # fmt: skip
+    assert {k: got.get(k, "absent") for k in want} == want, got
+
+
 def test_slurm_print_job_script_submits_nothing(launcher, capsys, monkeypatch, tmp_path):
     fake = tmp_path / "bin"
     fake.mkdir()
@@ -112,6 +139,8 @@ def test_slurm_tls_reaches_the_workers_and_the_run(launcher, tmp_path):
         ["--", "segment", "x.png"],  # not a run
         ["--", "run", "s.tif", "--scheduler", "tcp://h:8786"],  # the launcher's job
         ["--tls-cert", "c.pem", "--", "run", "s.tif"],  # half a TLS trio
+        ["--max-workers", "3", "--", "run", "s.tif"],  # an adaptive bound without --adapt
+        ["--", "job", "run", "no-such-spec.yaml"],  # a job spec is read for its cluster
     ],
 )
 def test_slurm_launcher_refuses(argv, capsys):
@@ -119,6 +148,24 @@ def test_slurm_launcher_refuses(argv, capsys):
         load_launcher().parse_args(argv)
     assert exit_info.value.code == 2
     assert "launch.py: error:" in capsys.readouterr().err
+
+
+def test_slurm_launcher_stops_once_on_a_repeated_sigterm(launcher):
+    """SLURM signals every process of a cancelled job, and a wrapper may forward the same
+    SIGTERM again: the first one stops the launcher, later ones cannot cut its clean-up
+    short; the previous handler comes back afterwards."""
+    before = signal.getsignal(signal.SIGTERM)
+    stopped = []
+    with launcher.StopSignals():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # interrupted by the handler's exception
+        except launcher.Stopped as stop:
+            stopped.append(stop.signum)
+            os.kill(os.getpid(), signal.SIGTERM)  # during the clean-up
+            time.sleep(0.2)
+    assert stopped == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 FAKE_SBATCH = """#!/usr/bin/env bash
@@ -134,15 +181,24 @@ FAKE_SCANCEL = """#!/usr/bin/env bash
 # stand-in for scancel: end the job's process group
 for id in "$@"; do kill -TERM -- "-$id" 2>/dev/null || true; echo "$id" >> "{jobs}/cancelled"; done
 """
+FAKE_SQUEUE = """#!/usr/bin/env bash
+# stand-in for `squeue -h -t all -j IDS -o %i|%T|%r`: a job runs while its process group lives
+while [[ $# -gt 0 ]]; do [[ $1 == -j ]] && ids=$2; shift; done
+for id in ${{ids//,/ }}; do
+  if kill -0 -- "-$id" 2>/dev/null; then echo "$id|RUNNING|None"; else echo "$id|COMPLETED|None"; fi
+done
+"""
 
 
-def test_slurm_launcher_runs_a_job_on_its_workers(launcher, tmp_path, monkeypatch):
-    """The whole launcher against stand-in sbatch/scancel that run the job script on this
-    machine: workers join over loopback, the run completes, the jobs are cancelled."""
+def test_slurm_launcher_runs_a_job_on_its_workers(launcher, tmp_path, monkeypatch, capsys):
+    """The whole launcher against stand-in sbatch/scancel/squeue that run the job script on
+    this machine: workers join over loopback, the run completes, the jobs are cancelled,
+    the scheduler file is gone (tests/test_slurm.py does this on a real SLURM)."""
     jobs, fake = tmp_path / "jobs", tmp_path / "bin"
     jobs.mkdir()
     fake.mkdir()
-    for name, text in (("sbatch", FAKE_SBATCH), ("scancel", FAKE_SCANCEL)):
+    for name, text in (("sbatch", FAKE_SBATCH), ("scancel", FAKE_SCANCEL),
+                       ("squeue", FAKE_SQUEUE)):  # fmt: skip
         (fake / name).write_text(text.format(jobs=jobs))
         (fake / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
@@ -156,7 +212,8 @@ def test_slurm_launcher_runs_a_job_on_its_workers(launcher, tmp_path, monkeypatc
                             "--out", str(store)])  # fmt: skip
         assert rc == 0, [p.read_text()[-3000:] for p in jobs.glob("*.log")]
         assert zarr.open_group(str(store), mode="r").attrs["complete"] is True
-        assert json.loads(scheduler_file.read_text())["address"].startswith("tcp://127.0.0.1:")
+        assert "launch.py: scheduler tcp://127.0.0.1:" in capsys.readouterr().out
+        assert not scheduler_file.exists()  # removed: its scheduler is gone
         pids = [int(p.read_text()) for p in jobs.glob("job-*.pid")]
         assert len(pids) == 1
         assert (jobs / "cancelled").read_text().split() == [str(pids[0])]
@@ -189,7 +246,9 @@ def test_sbatch_recipe_runs_a_job_on_its_workers(tmp_path):
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "srun").write_text(FAKE_SRUN)
-    (fake / "srun").chmod(0o755)
+    (fake / "dask").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m dask "$@"\n')
+    for name in ("srun", "dask"):
+        (fake / name).chmod(0o755)
     scene, store = tiny_scene(tmp_path / "scene.tif"), tmp_path / "out.zarr"
     env = os.environ | {
         "PATH": f"{fake}:{Path(sys.executable).parent}:{os.environ['PATH']}",
