@@ -27,6 +27,7 @@ import re
 import tempfile
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=10_000)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="also report the Python heap's growth during the job by file (slower)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     ended = [0]
@@ -148,6 +154,9 @@ def main() -> None:
         assert len(job.scenes) == len(scenes)
         cluster, _ = local_cluster(ClusterSettings(workers=2, threads_per_worker=1))
         client = Client(cluster)
+        if args.tracemalloc:
+            tracemalloc.start()
+            heap_before = tracemalloc.take_snapshot()
         sampler = Sampler(ended)
         sampler.sample()
         cpu = time.process_time()
@@ -160,6 +169,18 @@ def main() -> None:
         sampler.stop.set()
         sampler.join()
         sampler.sample()
+        if args.tracemalloc:
+            growth = tracemalloc.take_snapshot().compare_to(heap_before, "filename")
+            figures["heap_growth_kb_per_scene"] = {
+                str(stat.traceback[0].filename).split("site-packages/")[-1]: round(
+                    stat.size_diff / 1024 / args.scenes, 2
+                )
+                for stat in growth[:10]
+            }
+            figures["heap_growth_kb_per_scene_total"] = round(
+                sum(stat.size_diff for stat in growth) / 1024 / args.scenes, 2
+            )
+            tracemalloc.stop()
         assert report.failed == 0, report.counts
         client.close()
         cluster.close()
