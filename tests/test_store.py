@@ -259,6 +259,20 @@ def test_overwrite_recreates_with_new_shape_in_same_process(tmp_path):
     assert (labels[32:, 32:] == 0).all() and (labels[:32] == 255).all()
 
 
+def test_the_array_cache_is_bounded_and_still_writes_every_store(tmp_path):
+    """A regional job opens thousands of stores in one process: the per-process cache of
+    opened arrays keeps the most recent ones only, and an evicted store reopens."""
+    from reattn_batch.store import arrays
+
+    paths = [tmp_path / f"s{i}.zarr" for i in range(arrays._MAX_ARRAYS + 10)]
+    for i, path in enumerate(paths):
+        _small(path, i % 200, overwrite=False)
+    assert len(arrays._ARRAYS) <= arrays._MAX_ARRAYS
+    write_block(paths[0], 0, 0, np.full((64, 64), 7, np.uint8))  # evicted long ago
+    for i, path in enumerate(paths):
+        assert (open_labels(path)[:] == (7 if i == 0 else i % 200)).all()
+
+
 def test_overwrite_refuses_to_delete_a_non_store(tmp_path):
     folder = tmp_path / "results"
     folder.mkdir()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -15,7 +16,10 @@ from reattn_batch.workers.errors import StoreError
 
 # Per-process cache of opened arrays: (resolved store path, array name) ->
 # ((inode, mtime_ns) of the array's .zarray, array). The stamp notices a recreated store.
-_ARRAYS: dict[tuple[str, str], tuple[tuple[int, int], zarr.Array]] = {}
+# Least recently used first, at most _MAX_ARRAYS: a regional job's driver and workers see
+# thousands of stores, and each opened array keeps its metadata and store objects.
+_ARRAYS: OrderedDict[tuple[str, str], tuple[tuple[int, int], zarr.Array]] = OrderedDict()
+_MAX_ARRAYS = 64
 
 
 def open_array(path: str | os.PathLike, name: str, mode: str = "r+") -> zarr.Array:
@@ -33,9 +37,13 @@ def open_array(path: str | os.PathLike, name: str, mode: str = "r+") -> zarr.Arr
     key = (str(root), name)
     hit = _ARRAYS.get(key)
     if hit is not None and hit[0] == stamp and (mode == "r" or not hit[1].read_only):
+        _ARRAYS.move_to_end(key)
         return hit[1]
     arr = zarr.open_array(store=str(root), path=name, mode=mode, zarr_format=2)
     _ARRAYS[key] = (stamp, arr)
+    _ARRAYS.move_to_end(key)
+    while len(_ARRAYS) > _MAX_ARRAYS:
+        _ARRAYS.popitem(last=False)
     return arr
 
 
