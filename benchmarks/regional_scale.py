@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.transform import from_origin
-from regional_utilisation import CRS, GSD, stream_figures
+from regional_utilisation import CRS, GSD, report_figures, stream_figures
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -199,10 +199,7 @@ def main() -> None:
         "counts": report.counts,
     }  # fmt: skip
     figures["task_stream"] = stream_figures(stream.data, since)
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    report_figures(figures, args.json)
 
 
 if __name__ == "__main__":

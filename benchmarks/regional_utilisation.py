@@ -90,6 +90,14 @@ def cut_scenes(
     return paths
 
 
+def report_figures(figures: dict[str, Any], path: Path | None) -> None:
+    """Print the figures as JSON, and write them to ``path`` too when given."""
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if path:
+        path.write_text(text + "\n")
+
+
 def union_seconds(intervals: list[tuple[float, float]]) -> float:
     """Seconds covered by at least one of ``intervals``."""
     total, end = 0.0, -float("inf")
@@ -248,10 +256,7 @@ def main() -> None:
     figures["job_over_mosaic_per_crop"] = round(
         (job["wall_s"] / job["crops"]) / (mosaic["wall_s"] / mosaic["crops"]), 3
     )
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    report_figures(figures, args.json)
 
 
 if __name__ == "__main__":
