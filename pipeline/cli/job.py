@@ -34,9 +34,11 @@ def run_job_command(spec_file: Path, summary: Path | None) -> None:
     """
     from reattn_batch.regional.runner import run_job
     from reattn_batch.regional.spec import RegionalJob
+    from reattn_batch.run.stop import stop_on_signals
 
     job = RegionalJob.load(spec_file)
-    report = run_job(job, summary)
+    with stop_on_signals():  # SIGTERM, SIGINT: tasks cancelled, records flushed, one line
+        report = run_job(job, summary)
     counts = ", ".join(f"{n} {status}" for status, n in report.counts.items() if n)
     log.info(
         "job %s: %d scenes (%s) in %.1f s; summary %s",
