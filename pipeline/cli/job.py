@@ -1,7 +1,8 @@
 """`reattn-batch job ...`: regional jobs from a spec file (pipeline/regional/).
 
 Exit status of `job run`: 0 when every scene is done, resumed or skipped; 1 when any scene
-failed (see summary.json); 2 when the spec itself is wrong (one line naming the key).
+failed (see summary.json); 2 when the spec itself is wrong (one line naming the key); 143
+or 130 when SIGTERM or SIGINT stopped it (one line; run it again to finish).
 """
 
 from __future__ import annotations
