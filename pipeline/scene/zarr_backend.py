@@ -97,9 +97,10 @@ def open_dataset(
         try:
             identity = store_identity(path, str(da.name))
         except Exception as exc:  # a remote store that fails or stalls while sampled
+            server = " and its server" if "://" in path else ""
             raise InputError(
                 f"{uri}: could not read its chunks ({type(exc).__name__}: {error_text(exc)}); "
-                "check the store and the server"
+                f"check the store{server}"
             ) from None
         shape = (int(da.sizes[y_dim]), int(da.sizes[x_dim]))
         return SceneInfo(
