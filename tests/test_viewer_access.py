@@ -6,6 +6,7 @@ and the real page in headless Chromium (the helpers and the browser of test_view
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
@@ -16,19 +17,25 @@ import threading
 import time
 
 import pytest
+import test_viewer
 from pyproj import Transformer
-from test_viewer import (  # noqa: F401 (browser and planted are fixtures)
+from test_viewer import (
+    REGIONS,
     ROOT,
     TRANSFORM,
-    REGIONS,
-    browser,
     make_store,
-    planted,
     raw_get,
     start_server,
     stop_server,
     wait_idle,
 )
+
+browser = test_viewer.browser  # headless Chromium, one per module
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("viewer-access"))
 
 
 def port_and_path(url: str) -> tuple[int, str]:
@@ -107,7 +114,9 @@ def test_on_the_loopback_the_host_allow_list_takes_extra_names_and_refusals_clos
         assert raw_get(url, "/api/info", host=f"[::1]:{port}")[0] == 200
         for host in ("evil.example", "viewer.example.evil.example", "", "[bad"):
             again = b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-            data, closed = exchange(port, f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode() + again)
+            data, closed = exchange(
+                port, f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode() + again
+            )
             assert statuses(data) == [403] and closed, (host, data)
     finally:
         stop_server(proc)
@@ -161,10 +170,8 @@ def test_half_sent_requests_hold_a_bounded_number_of_threads_and_are_closed(plan
         deadline = time.monotonic() + timeout + 15
         for sock in held:
             sock.settimeout(max(0.1, deadline - time.monotonic()))
-            try:
+            with contextlib.suppress(ConnectionResetError):
                 assert sock.recv(1) == b""  # closed without an answer
-            except ConnectionResetError:
-                pass
     finally:
         for sock in held:
             sock.close()

@@ -45,8 +45,9 @@ class ConnectionSlots:
         deadline = time.monotonic() + wait_s
         with self._cond:
             while len(self._open) >= self.limit:
-                waiting = {s: t for s, t in self._open.items() if t is not None}
-                waiting = {s: t for s, t in waiting.items() if s not in self._evicted}
+                waiting = {
+                    s: t for s, t in self._open.items() if t is not None and s not in self._evicted
+                }
                 if waiting:
                     oldest = min(waiting, key=waiting.__getitem__)
                     self._evicted.add(oldest)
@@ -76,13 +77,6 @@ class ConnectionSlots:
             self._open.pop(sock, None)
             self._evicted.discard(sock)
             self._cond.notify_all()
-
-    def shut_waiting(self) -> None:
-        """Shut down every connection waiting for a request (the server is closing)."""
-        with self._cond:
-            for sock, since in self._open.items():
-                if since is not None:
-                    _shut(sock)
 
     def __len__(self) -> int:
         with self._cond:

@@ -64,10 +64,6 @@ class _Server(ThreadingHTTPServer):
     def handle_error(self, request, client_address) -> None:
         log.debug("viewer: connection from %s failed", client_address, exc_info=True)
 
-    def server_close(self) -> None:
-        self.slots.shut_waiting()  # idle keep-alive connections end now, not at their timeout
-        super().server_close()
-
 
 def make_server(
     viewer: StoreView,
