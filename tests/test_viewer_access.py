@@ -87,6 +87,7 @@ def test_off_the_loopback_it_warns_and_answers_only_the_url_with_its_token(plant
             assert raw_get(local, bad)[0] == 403, bad
         status, body = raw_get(local, f"/t/{token}/api/info")
         assert status == 200 and b'"classes"' in body
+        assert raw_get(local, f"/t/{token}")[0] == 301  # to the URL with its slash
         assert raw_get(local, f"/t/{token}/api/info", host=f"evil.example:{port}")[0] == 403
         assert raw_get(local, f"/t/{token}/api/info", host=f"viewer.example:{port}")[0] == 200
 
@@ -204,6 +205,7 @@ def server(planted):
 
 
 def test_every_response_forbids_forms_and_keeps_the_policy(server):
+    """Content-Security-Policy with form-action 'none' (and the rest), no Referer sent."""
     port, _ = port_and_path(server)
     for path in ("/", "/static/app.js", "/api/info", "/tiles/labels/1/0/0.png", "/nope"):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -211,6 +213,7 @@ def test_every_response_forbids_forms_and_keeps_the_policy(server):
         response = conn.getresponse()
         response.read()
         conn.close()
+        assert response.getheader("Referrer-Policy") == "no-referrer", path
         policy = [p.strip() for p in response.getheader("Content-Security-Policy").split(";")]
         for directive in (
             "form-action 'none'", "default-src 'self'", "script-src 'self'",

@@ -54,9 +54,10 @@ _refused_names: set[str] = set()
 
 def _refused_host(header: str | None) -> None:
     """Log a refused Host once per name (at most 20 names, so a flood cannot fill the log)."""
-    if header in _refused_names or len(_refused_names) >= 20:
+    name = header or ""
+    if name in _refused_names or len(_refused_names) >= 20:
         return
-    _refused_names.add(header or "")
+    _refused_names.add(name)
     log.warning(
         "viewer: refused a request for Host %r (not the loopback, the bound address or an "
         "allowed host name)",
