@@ -64,6 +64,17 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
+def process(cmd: list[str], log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """``cmd`` in a session of its own, its output in ``log``; ended (with the processes
+    it started) on leaving."""
+    proc = _start(cmd, log, env)
+    try:
+        yield proc
+    finally:
+        _stop(proc)
+
+
+@contextlib.contextmanager
 def dask_processes(
     workdir: Path,
     n_workers: int,
