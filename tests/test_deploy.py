@@ -23,7 +23,15 @@ import kubernetes_validate
 import pytest
 import yaml
 import zarr
-from cluster_helpers import DASK, TINY, make_certs, process, self_signed, tiny_scene
+from cluster_helpers import (
+    DASK,
+    MAKE_CERTS,
+    TINY,
+    make_certs,
+    process,
+    self_signed,
+    tiny_scene,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -908,6 +916,31 @@ def test_dockerfiles_install_the_project_and_run_reattn_batch(flavour):
         assert "nvidia/cuda" in text
     ignore = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignore or ".venv/" in ignore
+
+
+def test_deploy_readme_tls_commands_are_the_helpers_and_the_manifests_secrets(tmp_path):
+    """Each `kubectl create secret` command in deploy/README.md is what
+    deploy/tls/make-certs.sh prints for that folder, and names a Secret the manifests
+    mount; the other TLS commands the README gives exist."""
+    text = (DEPLOY / "README.md").read_text().replace("\\\n", " ")
+    commands = [" ".join(c.split()) for c in
+                re.findall(r"kubectl create secret generic [^\n`]*", text)]  # fmt: skip
+    assert commands, "deploy/README.md gives no kubectl create secret command"
+    mounted = {v["secret"]["secretName"] for pod in every_pod() for v in pod.spec["volumes"]
+               if "secret" in v}  # fmt: skip
+    for cmd in commands:
+        secret = cmd.split()[4]
+        folder = f"./{secret}"
+        assert secret in mounted and secret.endswith("-tls"), (secret, mounted)
+        made = subprocess.run(["bash", str(MAKE_CERTS), "--name", secret.removesuffix("-tls"),
+                               folder], capture_output=True, text=True, timeout=60,
+                              cwd=tmp_path)  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        (printed,) = [ln.strip() for ln in made.stdout.splitlines() if "kubectl" in ln]
+        assert printed.replace(str(tmp_path / secret), folder) == cmd
+    for topic in ("deploy/tls/make-certs.sh", "--insecure-tcp", "REATTN_BATCH_INSECURE_TCP",
+                  "REATTN_BATCH_TLS_CA_FILE", "NetworkPolicy", "--protocol tls"):  # fmt: skip
+        assert topic in text, topic
 
 
 def test_deploy_readme_covers_every_target():
