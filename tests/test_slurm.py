@@ -276,6 +276,7 @@ def test_cancelled_launcher_job_stops_cleanly_and_leaves_a_resumable_store(
     last = [ln for ln in text.splitlines() if ln.startswith("launch.py:")][-1]
     assert last.startswith("launch.py: error: stopped by SIGTERM") and "--resume" in last, last
     assert not scheduler_file.exists(), text[-4000:]
+    assert not (tmp_path / "scheduler.tls").exists()  # nor its throwaway certificates
     sh.wait_until(lambda: not sh.live_jobs(tag, "reattn-batch-worker"), 60,
                   "the worker jobs to be cancelled")  # fmt: skip
     partial = done_blocks(store)
@@ -319,7 +320,7 @@ def test_a_worker_job_slurm_cannot_run_ends_the_launcher_at_once(request_, says,
     no_traceback(err)
     last = err.strip().splitlines()[-1]
     assert last.startswith("launch.py: error: ") and says in last, err[-4000:]
-    assert not scheduler_file.exists()
+    assert not scheduler_file.exists() and not (tmp_path / "scheduler.tls").exists()
     assert sh.wait_until(lambda: not sh.live_jobs(tag), 60, "no job left queued")
 
 
