@@ -347,14 +347,6 @@ def test_overwrite_moves_the_old_store_aside_and_puts_it_back_if_the_new_fails(t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]  # no temp, no aside
 
 
-def test_overwrite_leaves_no_old_store_behind(tmp_path):
-    path = tmp_path / "out.zarr"
-    _small(path, 1, overwrite=False)
-    _small(path, 2, overwrite=True, _before_rename=lambda tmp: None)
-    assert read_attrs(path)["run"] == 2 and (open_labels(path)[:] == 2).all()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
-
-
 @pytest.mark.parametrize("rename", [rename_noreplace, rename_claiming], ids=["renameat2", "claim"])
 def test_rename_noreplace_never_replaces(tmp_path, rename):
     """Both ways (renameat2, and mkdir-as-claim where it is missing) refuse an existing
