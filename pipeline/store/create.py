@@ -265,14 +265,14 @@ def _place(
     store or an empty folder is moved aside first, the new store renamed in, and then the
     old one deleted; if the new one cannot be renamed in, the old one is put back."""
     aside = _move_aside(path) if overwrite and (path.exists() or path.is_symlink()) else None
-    if before_rename is not None:
-        before_rename(tmp)
     try:
+        if before_rename is not None:
+            before_rename(tmp)
         rename_noreplace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:  # Ctrl-C included: the old store goes back first
         if aside is not None:
-            _put_back(aside, path, exc)
-        if _appeared(exc):
+            _put_back(aside, path, exc if isinstance(exc, OSError) else None)
+        if isinstance(exc, OSError) and _appeared(exc):
             raise StoreError(
                 f"{path} appeared while this store was being created (by another run?) and is "
                 "left as it is; pass another out=path, or try again once that run has ended"
