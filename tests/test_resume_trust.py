@@ -1,8 +1,9 @@
 """Issue 19 item 4: ``--resume`` trusts a store's completion records only when the store
 fits the run: record arrays of the plan's block grid, ``labels`` of the scene's shape and
-chunks. Otherwise one line naming what differs, before anything is computed, and the
-store is left as it is (before: a store whose records are 2 x 2 resumed on a 4 x 4 plan
-skipped the wrong blocks, or failed after computing).
+chunks, a recorded block size equal to the run's. Otherwise one line naming what differs,
+before anything is computed, and the store is left as it is (before: a store whose
+records are 2 x 2 resumed on a 4 x 4 plan skipped the wrong blocks, or failed after
+computing).
 
 An all-nodata scene (no crop is run, so mapping it is quick) is mapped once for real; each
 test copies that store and edits it with zarr, as an older version, a hand edit or a bug
@@ -76,6 +77,13 @@ def _records_of_an_older_store(store):
     return ["--block-size", "512"], ["block_done records a 2x2 block grid", "4x4"]
 
 
+def _a_block_size_that_is_no_block_size(store):
+    """A recorded block size the run cannot use (a hand edit): the records are of this
+    run's grid, yet nothing says which blocks they were made for."""
+    _edit_attrs(store, block_size=0)
+    return ["--block-size", "1024"], ["its block size is 0 px, this run's 1024"]
+
+
 def _labels_in_other_chunks(store):
     _replace_labels(store, (SIZE, SIZE), (256, 256))
     return [], ["labels has chunks of 256x256 px, not 512x512"]
@@ -90,6 +98,7 @@ def _labels_of_another_shape(store):
     "craft",
     [
         pytest.param(_records_of_an_older_store, id="records-2x2-plan-4x4"),
+        pytest.param(_a_block_size_that_is_no_block_size, id="block-size"),
         pytest.param(_labels_in_other_chunks, id="labels-chunks"),
         pytest.param(_labels_of_another_shape, id="labels-shape"),
     ],
