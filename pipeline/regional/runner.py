@@ -6,8 +6,10 @@ list for all. Idempotent, so cron or Airflow can simply run it again:
 - a store of the same run that is not complete is resumed (only unfinished blocks);
 - a store of a different run (the scene file, classes, model or settings changed) is
   never overwritten: the scene fails with a line saying so;
-- a scene that fails (unreadable file, a failed read, a worker error) is recorded with
-  its one-line message and the job goes on with the other scenes.
+- a scene that fails (unreadable file, a failed read, a worker error; a STAC Item that
+  is missing, refused by the href policy or without a visual asset, which is read and
+  resolved only here, when its scene is triaged) is recorded with its one-line message
+  and the job goes on with the other scenes.
 
 Scenes are in flight together: the blocks of every scene go through one bounded window
 (blocks/submit.py), so the cluster stays full across scene boundaries, and the next
