@@ -215,6 +215,7 @@ def craft(path: Path, layout: str, obj: object, storages: tuple[Stored, ...]) ->
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr(f"{root}/data.pkl", dumps(obj))
         archive.writestr(f"{root}/byteorder", sys.byteorder)
+        archive.writestr(f"{root}/version", "3\n")
         if layout == "torchscript":
             archive.writestr(f"{root}/constants.pkl", pickle.dumps((), protocol=2))
         for s in storages:
@@ -369,10 +370,49 @@ def test_shared_or_cyclic_containers_are_refused_in_bounded_time(
     assert f"clip_weights={path}:" in str(err.value) and "\n" not in str(err.value)
 
 
+def colliding_keys(count: int) -> bytes:
+    """A pickled dict of ``count`` int keys, multiples of 2**61 - 1: all hash to 0, so a
+    dict takes count**2 / 2 probes to hold them."""
+    parts = [pickle.PROTO + b"\x02", pickle.EMPTY_DICT, pickle.MARK]
+    for i in range(count):
+        key = (i * ((1 << 61) - 1)).to_bytes(12, "little")  # LONG1 is signed: < 2**95
+        parts += [pickle.LONG1 + b"\x0c" + key, pickle.BININT1 + b"\x00"]
+    return b"".join([*parts, pickle.SETITEMS, pickle.STOP])
+
+
+def test_dict_keys_whose_hashes_collide_are_refused_in_bounded_time(tmp_path: Path) -> None:
+    # 560 kB: Python's own unpickler took 100 s on it here (a quarter of that for half)
+    path = tmp_path / "keys.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", colliding_keys(40_000))
+        archive.writestr("archive/version", "3\n")
+
+    start = time.perf_counter()
+    with pytest.raises(UserError, match="dict key or set member int") as err:
+        read_clip_state_dict(path)
+    assert time.perf_counter() - start < BOUND_S
+    assert f"clip_weights={path}:" in str(err.value) and "\n" not in str(err.value)
+
+
+# Lengths in a pickle far beyond its file: a bytearray (protocol 5, which Python's
+# pure-Python unpickler would make, zeroed, before reading it), a string, a frame.
+HUGE_CLAIMS = {
+    "bytearray": pickle.PROTO + b"\x05" + pickle.BYTEARRAY8 + (1 << 30).to_bytes(8, "little"),
+    "string": pickle.PROTO + b"\x04" + pickle.BINUNICODE8 + (1 << 30).to_bytes(8, "little"),
+    "frame": pickle.PROTO + b"\x04" + pickle.FRAME + (1 << 30).to_bytes(8, "little"),
+}
+
+
 def test_crafted_files_are_refused_with_bounded_memory(tmp_path: Path, torchscript: None) -> None:
-    # Every crafted file above, read in a fresh process after a normal archive: the peak
-    # resident memory grows by less than 64 MiB (a 400 MB tensor or a million names would not).
+    # Every crafted file above, and pickles claiming 1 GiB lengths, read in a fresh process
+    # after a normal archive: the peak resident memory grows by less than 64 MiB (a 400 MB
+    # tensor, a million names or a zeroed 1 GiB bytearray would not fit).
     paths = []
+    for case, data in HUGE_CLAIMS.items():
+        with zipfile.ZipFile(tmp_path / f"{case}.pt", "w") as archive:
+            archive.writestr("archive/data.pkl", data + b"xx" + pickle.STOP)
+            archive.writestr("archive/version", "3\n")
+        paths.append(tmp_path / f"{case}.pt")
     for case in SHARED:
         (tmp_path / case).mkdir()
         paths.append(shared_or_cyclic(tmp_path / case, case))

@@ -10,8 +10,12 @@ make the reader build:
   1 kB pickle of objects that reference one child twice, nested 20 deep, would otherwise
   name a million tensors. :func:`resolve` checks the whole tree again (identity functions
   can hand an object back twice): each container reached once, at most ``MAX_DEPTH`` deep;
-- **copies**: functions that copy their argument (``set``, ``torch.Size``...) copy at most
-  as many items in all as the pickle has bytes;
+- **copies and lengths**: functions that copy their argument (``set``, ``torch.Size``...)
+  copy at most as many items in all as the pickle has bytes; no read asks for more bytes
+  than the file has left, whatever length the pickle claims; protocol 5's bytearrays
+  (made, zeroed, before they are read) are refused;
+- **hash collisions**: dict keys and set members are strings, bytes, small ints, bools or
+  None, whose hashes cannot be made to collide (n colliding keys cost n**2 steps);
 - **tensors**: storages and tensors stay records (:class:`StorageRef`, :class:`TensorRecord`)
   until the storages' bytes are known; :func:`resolve` then makes each tensor a view of its
   storage only if its size, stride and offset stay inside that storage, the view holds no
@@ -136,14 +140,52 @@ _SAFE_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
     ("torch.jit._pickle", "build_tensorlist"): _same_list,
 }
 
+# Dict keys and set members are of these types (ints of 32 bits): their hashes cannot be
+# made to collide, which would make inserting n keys take n**2 steps (a 280 kB pickle of
+# ints that are multiples of 2**61 - 1 took 20 s, ten times as many would take hours).
+_KEY_TYPES = (str, bytes, bool, type(None))
+_INT32 = 1 << 31
+
+
+def _keys(items: Any) -> Any:
+    """``items`` if each is a key that hashes safely (see ``_KEY_TYPES``)."""
+    for key in items:
+        if type(key) not in _KEY_TYPES and not (type(key) is int and -_INT32 <= key < _INT32):
+            raise UnsafeCheckpoint(
+                f"its pickle has a dict key or set member {type(key).__name__} {key!r:.40} "
+                "(only strings and small integers are read)"
+            )
+    return items
+
+
 # Fetching one of these from the memo a second time is refused: a checkpoint never shares
 # them, and shared ones let a small pickle build a tree exponentially larger (or a cycle).
 _UNSHARED = (list, dict, set, bytearray, TorchScriptObject)
 
 
+class _Capped:
+    """``file`` read as a pickle reads it, never asked for more than the ``left`` bytes
+    it has: a length in the pickle (a string's, a frame's) cannot make a read allocate
+    more than the file holds."""
+
+    def __init__(self, file: IO[bytes], left: int) -> None:
+        self.file, self.left = file, max(left, 0)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.file.read(self.left if n < 0 else min(n, self.left))
+        self.left -= len(data)
+        return data
+
+    def readline(self) -> bytes:
+        data = self.file.readline(self.left)
+        self.left -= len(data)
+        return data
+
+
 class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python one: its opcodes can be hooked
-    """Unpickle ``file`` (``size`` bytes at most) into containers, scalars, ``StorageRef``s,
-    ``TensorRecord``s and, with ``torchscript``, ``TorchScriptObject``s; nothing else.
+    """Unpickle ``file`` (from its position to byte ``size``) into containers, scalars,
+    ``StorageRef``s, ``TensorRecord``s and, with ``torchscript``, ``TorchScriptObject``s;
+    nothing else.
 
     ``storages`` collects each storage key the pickle names with the element count it claims
     (the first claim of a key counts)."""
@@ -151,14 +193,14 @@ class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python one: its opcode
     dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file: IO[bytes], size: int, torchscript: bool = False) -> None:
-        super().__init__(file, encoding="utf-8")
+        super().__init__(_Capped(file, size - file.tell()), encoding="utf-8")
         self.torchscript = torchscript
         self.classes: dict[str, type[TorchScriptObject]] = {}
         self.storages: dict[str, tuple[torch.dtype, int]] = {}
         self._budget = size + 1024  # items the copying functions may still copy
         self._globals: dict[tuple[str, str], Callable[..., Any]] = {
             **_SAFE_GLOBALS,
-            ("builtins", "set"): lambda items=(): set(self._charge(items)),
+            ("builtins", "set"): lambda items=(): set(_keys(self._charge(items))),
             ("torch", "Size"): lambda items=(): torch.Size(self._charge(items)),
             ("torch", "device"): lambda *args: torch.device(*self._charge(args)),
             ("_codecs", "encode"): lambda text, encoding="utf-8": self._encode(text, encoding),
@@ -278,17 +320,28 @@ class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python one: its opcode
 
     def _setitem(self) -> None:
         value, key = self.stack.pop(), self.stack.pop()
-        self._into(dict)[key] = value
+        self._into(dict)[_keys((key,))[0]] = value
 
     def _setitems(self) -> None:
         items = self.pop_mark()
         target = self._into(dict)
-        for i in range(0, len(items) - 1, 2):
-            target[items[i]] = items[i + 1]
+        if len(items) % 2:
+            raise pickle.UnpicklingError("a dict item without a value")
+        target.update(zip(_keys(items[::2]), items[1::2], strict=True))
+
+    def _dict(self) -> None:
+        items = self.pop_mark()
+        if len(items) % 2:
+            raise pickle.UnpicklingError("a dict item without a value")
+        self.append(dict(zip(_keys(items[::2]), items[1::2], strict=True)))
 
     def _additems(self) -> None:
         items = self.pop_mark()
-        self._into(set).update(items)
+        self._into(set).update(_keys(items))
+
+    def _frozenset(self) -> None:
+        items = self.pop_mark()  # first: it replaces self.stack and self.append
+        self.append(frozenset(_keys(items)))
 
 
 RestrictedUnpickler.dispatch |= {
@@ -306,8 +359,14 @@ RestrictedUnpickler.dispatch |= {
         (pickle.SETITEM, RestrictedUnpickler._setitem),
         (pickle.SETITEMS, RestrictedUnpickler._setitems),
         (pickle.ADDITEMS, RestrictedUnpickler._additems),
-        *((op, RestrictedUnpickler._refuse) for op in (pickle.INST, pickle.OBJ, pickle.PERSID)),
-        (pickle.NEWOBJ_EX, RestrictedUnpickler._refuse),
+        (pickle.DICT, RestrictedUnpickler._dict),
+        (pickle.FROZENSET, RestrictedUnpickler._frozenset),
+        # object creation of protocols 0 and 1, keyword arguments, text persistent ids, and
+        # protocol 5's bytearray, which Python makes (zeroed) before reading its length
+        *(
+            (op, RestrictedUnpickler._refuse)
+            for op in (pickle.INST, pickle.OBJ, pickle.NEWOBJ_EX, pickle.PERSID, pickle.BYTEARRAY8)
+        ),
     )
 }
 
