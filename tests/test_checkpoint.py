@@ -11,6 +11,7 @@ import sys
 import types
 import warnings
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import open_clip
@@ -282,6 +283,7 @@ def test_state_dict_with_shared_storages_reads_like_torch_load(
         "buffers": [torch.arange(5), torch.ones(2, dtype=torch.float16), torch.tensor(True)],
         "param": torch.nn.Parameter(torch.ones(2)),
         "hyper_parameters": {"lr": 1e-3, "name": "x", "ids": {1, 2}, "blob": b"\x00\xff"},
+        "lr_schedulers": [{"milestones": Counter({30: 1, 60: 1}), "gamma": 0.1, "z": 1 + 2j}],
         "shape": torch.Size([2, 3]), "device": torch.device("cpu"), "dtype": torch.float16,
     }  # fmt: skip
     path = tmp_path / "shared.ckpt"

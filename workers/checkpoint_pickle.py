@@ -32,14 +32,14 @@ from __future__ import annotations
 import _compat_pickle
 import math
 import pickle
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import IO, Any, NamedTuple
 
 import torch
 
-# Containers nest this deep at most: a CLIP TorchScript archive's module tree is about 8 deep,
-# a Lightning checkpoint's dicts about 6.
+# Containers nest this deep at most: a scripted open_clip ViT-B-16 and FeatUp's Lightning
+# checkpoint both nest 7 deep (module objects' state dicts and containers counted).
 MAX_DEPTH = 100
 # Sizes, strides and offsets are int64 in torch.
 _INT64 = 1 << 63
@@ -119,6 +119,19 @@ def _ordered_dict(*args: Any) -> OrderedDict:
     if args:
         raise pickle.UnpicklingError("an OrderedDict built from arguments")
     return OrderedDict()
+
+
+def _dict(value: Any) -> dict:
+    if type(value) is not dict:
+        raise pickle.UnpicklingError("a Counter of no dict")
+    return value
+
+
+def _number(value: Any) -> float | int:
+    # complex() would parse a string of any length
+    if type(value) not in (int, float):
+        raise pickle.UnpicklingError("a complex number of no real part")
+    return value
 
 
 def _same_list(items: Any, *_type: Any) -> Any:
@@ -201,6 +214,9 @@ class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python one: its opcode
         self._globals: dict[tuple[str, str], Callable[..., Any]] = {
             **_SAFE_GLOBALS,
             ("builtins", "set"): lambda items=(): set(_keys(self._charge(items))),
+            # a scheduler's milestones, from a dict whose keys were checked as it was read
+            ("collections", "Counter"): lambda counts: Counter(self._charge(_dict(counts))),
+            ("builtins", "complex"): lambda real=0.0, imag=0.0: complex(_number(real), imag),
             ("torch", "Size"): lambda items=(): torch.Size(self._charge(items)),
             ("torch", "device"): lambda *args: torch.device(*self._charge(args)),
             ("_codecs", "encode"): lambda text, encoding="utf-8": self._encode(text, encoding),
@@ -208,7 +224,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python one: its opcode
         self._callables = {id(f) for f in self._globals.values()}
 
     def _charge(self, items: Any) -> Any:
-        if not isinstance(items, (list, tuple, str)):
+        if not isinstance(items, (list, tuple, str, dict)):
             raise pickle.UnpicklingError(f"a copy of a {type(items).__name__}")
         self._budget -= len(items)
         if self._budget < 0:
@@ -362,7 +378,8 @@ RestrictedUnpickler.dispatch |= {
         (pickle.DICT, RestrictedUnpickler._dict),
         (pickle.FROZENSET, RestrictedUnpickler._frozenset),
         # object creation of protocols 0 and 1, keyword arguments, text persistent ids, and
-        # protocol 5's bytearray, which Python makes (zeroed) before reading its length
+        # protocol 5's bytearray, which Python makes (zeroed) at its claimed length before
+        # reading its bytes
         *(
             (op, RestrictedUnpickler._refuse)
             for op in (pickle.INST, pickle.OBJ, pickle.NEWOBJ_EX, pickle.PERSID, pickle.BYTEARRAY8)
