@@ -11,13 +11,15 @@ import sys
 import types
 import warnings
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import open_clip
 import pytest
 import torch
+from conftest import shared_file
 
-from reattn_batch.workers.checkpoint import read_clip_state_dict
+from reattn_batch.workers.checkpoint import load_tensors_only, read_clip_state_dict
 from reattn_batch.workers.errors import UserError
 
 OPENAI_METADATA = ("input_resolution", "context_length", "vocab_size")
@@ -246,3 +248,59 @@ def test_empty_or_non_tensor_dict_is_refused(tmp_path: Path, content: dict, prob
     with pytest.raises(UserError, match=problem) as err:
         read_clip_state_dict(path)
     assert str(path) in str(err.value)
+
+
+def assert_same_tree(got: object, want: object, where: str = "") -> None:
+    """``got`` (read here) equals ``want`` (torch.load's): containers, values, tensors with
+    their dtype, shape, stride and bytes (Parameters come back as plain tensors)."""
+    if torch.is_tensor(want):
+        assert type(got) is torch.Tensor, where
+        assert (got.dtype, got.shape, got.stride()) == (want.dtype, want.shape, want.stride())
+        assert torch.equal(got.flatten().view(torch.uint8), want.flatten().view(torch.uint8))
+    elif isinstance(want, dict):
+        assert type(got) is type(want) and list(got) == list(want), where
+        for key in want:
+            assert_same_tree(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, (list, tuple)) and not isinstance(want, torch.Size):
+        assert type(got) is type(want) and len(got) == len(want), where
+        for i, (a, b) in enumerate(zip(got, want, strict=True)):
+            assert_same_tree(a, b, f"{where}[{i}]")
+    else:
+        assert type(got) is type(want) and got == want, where
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_state_dict_with_shared_storages_reads_like_torch_load(
+    tmp_path: Path, legacy: bool
+) -> None:
+    # Tied weights (one module twice), one tensor under two keys, a slice and a transpose of
+    # another tensor's storage, mixed dtypes, and the plain values Lightning files carry.
+    linear = torch.nn.Linear(4, 3)
+    tied = torch.nn.Sequential(linear, torch.nn.ReLU(), linear).state_dict()
+    base = torch.arange(12.0).reshape(3, 4)
+    saved = {
+        "state_dict": {**tied, "a": base, "a_again": base, "rows": base[1:], "t": base.t()},
+        "buffers": [torch.arange(5), torch.ones(2, dtype=torch.float16), torch.tensor(True)],
+        "param": torch.nn.Parameter(torch.ones(2)),
+        "hyper_parameters": {"lr": 1e-3, "name": "x", "ids": {1, 2}, "blob": b"\x00\xff"},
+        "lr_schedulers": [{"milestones": Counter({30: 1, 60: 1}), "gamma": 0.1, "z": 1 + 2j}],
+        "shape": torch.Size([2, 3]), "device": torch.device("cpu"), "dtype": torch.float16,
+    }  # fmt: skip
+    path = tmp_path / "shared.ckpt"
+    torch.save(saved, path, _use_new_zipfile_serialization=not legacy)
+
+    got = load_tensors_only(path)
+    assert_same_tree(got, torch.load(path, weights_only=True))
+    sd = got["state_dict"]
+    assert sd["0.weight"].data_ptr() == sd["2.weight"].data_ptr()  # still tied
+    assert sd["a"] is sd["a_again"]
+    storage = sd["a"].untyped_storage().data_ptr()
+    assert sd["rows"].untyped_storage().data_ptr() == sd["t"].untyped_storage().data_ptr()
+    assert sd["rows"].untyped_storage().data_ptr() == storage
+    assert sd["0.weight"].untyped_storage().data_ptr() != storage
+
+
+def test_real_featup_checkpoint_reads_like_torch_load() -> None:
+    path = shared_file("weights/featup_clip_jbu_stack_cocostuff.ckpt")
+    reference = torch.load(path, map_location="cpu", weights_only=True)
+    assert_same_tree(load_tensors_only(path), reference)

@@ -1,18 +1,24 @@
 """Read CLIP weights from a local file without executing code from it.
 
 Checkpoints are untrusted input: a pickle can call any importable function while it is
-being read. Plain state dicts therefore go through ``torch.load(..., weights_only=True)``,
-whose unpickler only rebuilds tensors and containers.
+being read, and a small one can describe huge tensors or exponentially large trees. So no
+file goes through ``torch.load`` or ``torch.jit.load``: every pickle is read by
+:class:`~reattn_batch.workers.checkpoint_pickle.RestrictedUnpickler`, which calls only
+harmless functions, refuses shared or cyclic containers and keeps tensors as records until
+their storages are read; :func:`~reattn_batch.workers.checkpoint_pickle.resolve` then makes
+each a view of its storage if it fits inside it (see that module). This module finds the
+pickles and storages in the three layouts torch writes:
 
-OpenAI's ``ViT-B-16.pt`` is no state dict but a TorchScript archive (``torch.jit.save``):
-a zip whose ``<root>/data.pkl`` pickles a tree of ``__torch__.*`` module objects, whose
-tensors live in ``<root>/data/<key>`` and whose TorchScript sources sit under
-``<root>/code/``. ``torch.load`` refuses such archives with ``weights_only=True`` and
-``torch.jit.load`` would compile and run the code in them, so this module reads them itself:
-an unpickler that allows only the globals needed to rebuild tensors, turns every
-``__torch__`` class into an inert record of its attributes and reads the storages from the
-zip. The parameter and buffer names of each class are taken from the ``__parameters__`` and
-``__buffers__`` lists in the archive's code, which is read as text and never run.
+- ``torch.save`` zip (PyTorch >= 1.6): ``<root>/data.pkl`` and a record ``<root>/data/<key>``
+  per storage;
+- ``torch.save`` legacy file (``_use_new_zipfile_serialization=False``): pickles of a magic
+  number, a protocol version, system info, the object and its storage keys, followed by
+  each storage as an int64 element count and its bytes;
+- TorchScript archive (``torch.jit.save``, OpenAI's ``ViT-B-16.pt``): a zip laid out like
+  the first, whose ``data.pkl`` pickles a tree of ``__torch__.*`` module objects; they
+  become inert records of their attributes. The parameter and buffer names of each class
+  are taken from the ``__parameters__`` and ``__buffers__`` lists in the archive's code
+  (``<root>/code/``), which is read as text and never run.
 """
 
 from __future__ import annotations
@@ -20,122 +26,30 @@ from __future__ import annotations
 import ast
 import io
 import pickle
-import re
 import sys
 import zipfile
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any
 
 import torch
 
+from reattn_batch.workers.checkpoint_pickle import (
+    DisallowedGlobal,
+    RestrictedUnpickler,
+    TorchScriptObject,
+    UnsafeCheckpoint,
+    resolve,
+)
 from reattn_batch.workers.errors import ModelError, UserError
 
 # Tensors OpenAI's TorchScript CLIP carries for its own loader; no model parameter.
 _OPENAI_METADATA = ("input_resolution", "context_length", "vocab_size")
 _WRAPPER_KEYS = ("state_dict", "model")
 
-# "torch FloatStorage" etc. name a storage's dtype in TorchScript pickles. A fixed table:
-# the legacy storage classes are deprecated, and reading their .dtype warns.
-_STORAGE_DTYPES: dict[str, torch.dtype] = {
-    "DoubleStorage": torch.float64,
-    "FloatStorage": torch.float32,
-    "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16,
-    "LongStorage": torch.int64,
-    "IntStorage": torch.int32,
-    "ShortStorage": torch.int16,
-    "CharStorage": torch.int8,
-    "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool,
-    "ComplexFloatStorage": torch.complex64,
-    "ComplexDoubleStorage": torch.complex128,
-    "UntypedStorage": torch.uint8,
-}
-# Newer writers may name the dtype itself ("torch float16").
-_STORAGE_DTYPES |= {str(dtype).removeprefix("torch."): dtype for dtype in _STORAGE_DTYPES.values()}
-
-
-class _Storage(NamedTuple):
-    data: torch.UntypedStorage
-    dtype: torch.dtype
-
-
-class _TorchScriptObject:
-    """Inert stand-in for a ``__torch__.*`` object: it only keeps its pickled state."""
-
-    qualname = ""
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-def _rebuild_tensor(
-    storage: _Storage,
-    offset: int,
-    size: tuple[int, ...],
-    stride: tuple[int, ...],
-    *_requires_grad_hooks_metadata: Any,
-) -> torch.Tensor:
-    if not isinstance(storage, _Storage):
-        raise pickle.UnpicklingError("tensor without a storage from the archive")
-    return torch.empty(0, dtype=storage.dtype).set_(storage.data, offset, size, stride)
-
-
-def _rebuild_parameter(data: torch.Tensor, *_requires_grad_hooks_state: Any) -> torch.Tensor:
-    return data
-
-
-# The only callables a TorchScript data.pkl may reach, each replaced by a harmless one.
-_SAFE_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("collections", "OrderedDict"): OrderedDict,
-    ("torch.jit._pickle", "restore_type_tag"): lambda value, _type: value,
-    **{("torch.jit._pickle", f"build_{k}list"): list for k in ("int", "double", "bool")},
-    ("torch.jit._pickle", "build_tensorlist"): list,
-}
-
-
-class _DisallowedGlobal(pickle.UnpicklingError):
-    pass
-
-
-class _TorchScriptUnpickler(pickle.Unpickler):
-    def __init__(self, archive: zipfile.ZipFile, root: str, data: bytes) -> None:
-        super().__init__(io.BytesIO(data))
-        self.archive, self.root = archive, root
-        self.classes: dict[str, type[_TorchScriptObject]] = {}
-        self.storages: dict[str, _Storage] = {}  # a key named twice is read once, and shared
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "__torch__" or module.startswith("__torch__."):
-            qualname = f"{module}.{name}"
-            if qualname not in self.classes:
-                attrs = {"qualname": qualname}
-                self.classes[qualname] = type(name, (_TorchScriptObject,), attrs)
-            return self.classes[qualname]
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _STORAGE_DTYPES[name]
-        if (module, name) in _SAFE_GLOBALS:
-            return _SAFE_GLOBALS[module, name]
-        raise _DisallowedGlobal(f"{module}.{name}")
-
-    def persistent_load(self, pid: Any) -> _Storage:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
-        _, dtype, key, _location, numel = pid
-        if not isinstance(dtype, torch.dtype):
-            raise pickle.UnpicklingError(f"storage of unknown type {dtype!r}")
-        if key not in self.storages:
-            raw = self.archive.read(f"{self.root}/data/{key}")
-            if len(raw) < numel * dtype.itemsize:
-                raise pickle.UnpicklingError(f"storage {key} is truncated")
-            storage = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8)
-            self.storages[key] = _Storage(storage, dtype)
-        return _Storage(self.storages[key].data, dtype)
+# The legacy torch.save format starts with these two pickled numbers.
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
 
 
 _DECLARATIONS = ("__parameters__", "__buffers__")
@@ -200,27 +114,73 @@ def _declared_tensors(
     return names
 
 
-def _read_torchscript(archive: zipfile.ZipFile, root: str) -> dict[str, Any]:
+def _read_zip(archive: zipfile.ZipFile, root: str, torchscript: bool) -> Any:
+    """The object ``<root>/data.pkl`` pickles, its tensors viewing the ``<root>/data/<key>``
+    records (each read once: storages named twice are shared)."""
     # Archives older than PyTorch 1.13 (OpenAI's among them) have no byteorder record.
     byteorder = f"{root}/byteorder"
     if byteorder in archive.namelist() and archive.read(byteorder).decode() != sys.byteorder:
         raise pickle.UnpicklingError("the archive was written with the other byte order")
-    tree = _TorchScriptUnpickler(archive, root, archive.read(f"{root}/data.pkl")).load()
+    data = archive.read(f"{root}/data.pkl")
+    unpickler = RestrictedUnpickler(io.BytesIO(data), len(data), torchscript=torchscript)
+    tree = unpickler.load()
+    storages = {}
+    for key, (dtype, numel) in unpickler.storages.items():
+        raw = archive.read(f"{root}/data/{key}")
+        if len(raw) < numel * dtype.itemsize:
+            raise pickle.UnpicklingError(f"storage {key} is truncated")
+        storages[key] = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8)
+    return resolve(tree, storages)
+
+
+def _read_legacy(f: IO[bytes], size: int) -> Any:
+    """The object a legacy ``torch.save`` file of ``size`` bytes holds (see the module's
+    docstring for the layout)."""
+
+    def plain() -> Any:
+        return RestrictedUnpickler(f, size).load()
+
+    if plain() != _LEGACY_MAGIC or plain() != _LEGACY_PROTOCOL:
+        raise pickle.UnpicklingError("no torch.save file")
+    info = plain()
+    if not isinstance(info, dict) or info.get("little_endian") != (sys.byteorder == "little"):
+        raise pickle.UnpicklingError("the file was written with the other byte order")
+    unpickler = RestrictedUnpickler(f, size)
+    tree = unpickler.load()
+    keys = plain()
+    if not isinstance(keys, list) or sorted(keys) != sorted(unpickler.storages):
+        raise pickle.UnpicklingError("its list of storages does not match its tensors")
+    storages = {}
+    for key in keys:
+        dtype, numel = unpickler.storages[key]
+        count = int.from_bytes(f.read(8), "little", signed=True)
+        if count != numel:
+            raise pickle.UnpicklingError(f"storage {key} holds {count} elements, not {numel}")
+        raw = f.read(min(numel * dtype.itemsize, size))
+        if len(raw) < numel * dtype.itemsize:
+            raise pickle.UnpicklingError(f"storage {key} is truncated")
+        storages[key] = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8)
+    return resolve(tree, storages)
+
+
+def _read_torchscript(archive: zipfile.ZipFile, root: str) -> dict[str, Any]:
+    tree = _read_zip(archive, root, torchscript=True)
     declared: dict[str, list[str] | None] = {}
     parsed: dict[str, dict[str, tuple[str, str]]] = {}
     out: dict[str, Any] = {}
 
-    def walk(obj: _TorchScriptObject, prefix: str) -> None:
+    # resolve() has checked that each object is reached once: the walk is linear
+    def walk(obj: TorchScriptObject, prefix: str) -> None:
         state = obj.state if isinstance(getattr(obj, "state", None), dict) else {}
         if obj.qualname not in declared:
             declared[obj.qualname] = _declared_tensors(archive, root, obj.qualname, parsed)
         names = declared[obj.qualname] or [k for k, v in state.items() if torch.is_tensor(v)]
         out.update((prefix + n, state[n]) for n in names if torch.is_tensor(state.get(n)))
         for key, value in state.items():
-            if isinstance(value, _TorchScriptObject):
+            if isinstance(value, TorchScriptObject):
                 walk(value, f"{prefix}{key}.")
 
-    if not isinstance(tree, _TorchScriptObject):
+    if not isinstance(tree, TorchScriptObject):
         raise pickle.UnpicklingError("data.pkl holds no TorchScript module")
     walk(tree, "")
     return out
@@ -262,17 +222,20 @@ def _check_sizes(archive: zipfile.ZipFile, file_size: int) -> None:
 
 
 def load_tensors_only(path: Path) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU, after refusing a zip whose entries
-    would unpack to far more than the file (see :func:`_check_sizes`). A refused global
-    raises ``_DisallowedGlobal`` naming it; every other failure propagates as raised."""
+    """The object a ``torch.save`` file (zip or legacy) holds, its tensors on the CPU, like
+    ``torch.load(path, weights_only=True)`` but bounded: a zip whose entries would unpack to
+    far more than the file is refused (see :func:`_check_sizes`) and the pickle is read by
+    :class:`RestrictedUnpickler`. A refused global raises ``DisallowedGlobal`` naming it,
+    a crafted structure ``UnsafeCheckpoint``; other failures propagate as raised."""
+    size = path.stat().st_size
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
-            _check_sizes(archive, path.stat().st_size)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # torch names a refused global "GLOBAL module.name"
-        refused = re.search(r"\bGLOBAL (\S+)", str(e))
-        raise (_DisallowedGlobal(refused.group(1)) if refused else e) from None
+            _check_sizes(archive, size)
+            # torch.save's archive is the folder of its first entry, as torch.load finds it
+            first = archive.infolist()[0].filename if archive.infolist() else ""
+            return _read_zip(archive, first.partition("/")[0], torchscript=False)
+    with open(path, "rb") as f:
+        return _read_legacy(f, size)
 
 
 def _unwrap(obj: Any) -> Any:
@@ -305,12 +268,14 @@ def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 obj: Any = _read_torchscript(archive, root)
         else:
             obj = load_tensors_only(path)
-    except _DisallowedGlobal as e:
+    except DisallowedGlobal as e:
         raise ModelError(
             f"{where}: the file asks to run {e} while loading and this program refuses to "
             "execute code from a checkpoint; pass OpenAI's ViT-B-16.pt or a plain state dict "
             "of tensors"
         ) from None
+    except UnsafeCheckpoint as e:
+        raise ModelError(f"{where}: refused, {e}; the file is damaged or crafted: {_FIX}") from None
     except Exception as e:  # untrusted bytes: any other failure means an unreadable file
         raise _corrupt(where, e) from None
 
@@ -331,9 +296,7 @@ _FIX = "pass OpenAI's ViT-B-16.pt or a state dict of CLIP ViT-B/16 tensors"
 
 
 def _corrupt(where: str, error: BaseException) -> UserError:
-    # torch wraps the cause in advice about weights_only=False, which must not be followed here
-    text = str(error).rpartition("WeightsUnpickler error:")[2]
-    detail = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    detail = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
     detail = detail.split(". ")[0]
     detail = (detail[:120] + "...") if len(detail) > 120 else detail or type(error).__name__
     return ModelError(
