@@ -251,10 +251,10 @@ def test_empty_or_non_tensor_dict_is_refused(tmp_path: Path, content: dict, prob
 
 
 def assert_same_tree(got: object, want: object, where: str = "") -> None:
-    """``got`` (read here) equals ``want`` (torch.load's): containers, values, tensors with
-    their dtype, shape, stride and bytes (Parameters come back as plain tensors)."""
+    """``got`` (read here) equals ``want`` (a plain torch.load's): containers, values, tensors
+    with their type (a Parameter stays one), dtype, shape, stride and bytes."""
     if torch.is_tensor(want):
-        assert type(got) is torch.Tensor, where
+        assert type(got) is type(want) and got.requires_grad == want.requires_grad, where
         assert (got.dtype, got.shape, got.stride()) == (want.dtype, want.shape, want.stride())
         assert torch.equal(got.flatten().view(torch.uint8), want.flatten().view(torch.uint8))
     elif isinstance(want, dict):
