@@ -36,7 +36,7 @@ import pickle
 import re
 import sys
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -210,11 +210,30 @@ def _check_zip(f: IO[bytes], size: int) -> None:
     """Validate a ``torch.save`` zip of ``size`` bytes as ``torch.load`` will read it: its
     records through torch's own zip reader, its ``data.pkl`` by the restricted pass."""
     reader = torch._C.PyTorchFileReader(f)  # what torch.load opens (torch/serialization.py)
-    _check_sizes((reader.get_record_size(name) for name in reader.get_all_records()), size)
+    record_size = _record_sizes(reader, f)
+    _check_sizes((record_size(name) for name in reader.get_all_records()), size)
     data = reader.get_record("data.pkl")
     unpickler = RestrictedUnpickler(io.BytesIO(data), len(data))
     tree = unpickler.load()
-    check(tree, unpickler.storage_bytes(lambda key: reader.get_record_size(f"data/{key}")))
+    check(tree, unpickler.storage_bytes(lambda key: record_size(f"data/{key}")))
+
+
+def _record_sizes(reader: Any, f: IO[bytes]) -> Callable[[str], int]:
+    """The unpacked size of each record (by its name under the archive's root folder), as
+    torch's zip reader sees it: its own ``get_record_size`` where this torch has one; else
+    from the zip's central directory, once no name appears twice in it (with one entry per
+    name, Python's zipfile and torch's reader agree on which entry a name means)."""
+    own = getattr(reader, "get_record_size", None)
+    if own is not None:
+        return own
+    f.seek(0)
+    with zipfile.ZipFile(f) as archive:
+        infos = archive.infolist()
+    names = [info.filename.split("/", 1)[-1] for info in infos]
+    if len(set(names)) != len(names):
+        raise pickle.UnpicklingError("a record name appears twice in its zip")
+    sizes = dict(zip(names, (info.file_size for info in infos), strict=True))
+    return sizes.__getitem__
 
 
 def _check_legacy(f: IO[bytes], size: int) -> None:
