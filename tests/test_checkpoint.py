@@ -17,9 +17,14 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
+import torch.jit._pickle
 from conftest import shared_file
 
-from reattn_batch.workers.checkpoint import load_tensors_only, read_clip_state_dict
+from reattn_batch.workers.checkpoint import (
+    check_tensors_only,
+    load_tensors_only,
+    read_clip_state_dict,
+)
 from reattn_batch.workers.errors import UserError
 
 OPENAI_METADATA = ("input_resolution", "context_length", "vocab_size")
@@ -173,6 +178,36 @@ def test_malicious_pickle_is_refused_without_running(tmp_path: Path, via: str) -
     assert (tmp_path / "pwned").exists()
 
 
+class TypeTagged:
+    """Pickles as ``torch.jit._pickle.restore_type_tag(value, type)``, the harmless identity
+    TorchScript's own pickles wrap containers in."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __reduce__(self) -> tuple:
+        return torch.jit._pickle.restore_type_tag, (self.value, "Dict[str, Tensor]")
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_plain_state_dict_is_built_by_torch_load_weights_only(tmp_path: Path, legacy: bool) -> None:
+    # The restricted pass allows restore_type_tag (TorchScript archives need it);
+    # torch.load(weights_only=True) does not. A state dict wrapped in it passes the
+    # validation, and is refused by torch.load's own allow-list: torch.load builds it.
+    path = tmp_path / "tagged.pth"
+    state = tiny_clip(seed=8).state_dict()
+    torch.save(TypeTagged(state), path, _use_new_zipfile_serialization=not legacy)
+    with open(path, "rb") as f:
+        check_tensors_only(f, path.stat().st_size)
+
+    with pytest.raises(
+        UserError, match=r"asks to run torch\.jit\._pickle\.restore_type_tag while loading"
+    ) as err:
+        read_clip_state_dict(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert "weights_only" not in str(err.value)  # torch's advice to load unsafely is dropped
+
+
 def torchscript_zip(path: Path, data_pkl: bytes) -> Path:
     """A hand-made archive laid out like torch.jit.save's."""
     with zipfile.ZipFile(path, "w") as archive:
@@ -251,10 +286,10 @@ def test_empty_or_non_tensor_dict_is_refused(tmp_path: Path, content: dict, prob
 
 
 def assert_same_tree(got: object, want: object, where: str = "") -> None:
-    """``got`` (read here) equals ``want`` (torch.load's): containers, values, tensors with
-    their dtype, shape, stride and bytes (Parameters come back as plain tensors)."""
+    """``got`` (read here) equals ``want`` (a plain torch.load's): containers, values, tensors
+    with their type (a Parameter stays one), dtype, shape, stride and bytes."""
     if torch.is_tensor(want):
-        assert type(got) is torch.Tensor, where
+        assert type(got) is type(want) and got.requires_grad == want.requires_grad, where
         assert (got.dtype, got.shape, got.stride()) == (want.dtype, want.shape, want.stride())
         assert torch.equal(got.flatten().view(torch.uint8), want.flatten().view(torch.uint8))
     elif isinstance(want, dict):

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import types
+import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
@@ -273,6 +274,45 @@ def test_tensor_outside_its_storage_is_refused_naming_its_key(
     with pytest.raises(UserError, match=r"refused, tensor 'visual\.proj'") as err:
         read_clip_state_dict(path)
     assert time.perf_counter() - start < BOUND_S
+    assert f"clip_weights={path}:" in str(err.value) and "\n" not in str(err.value)
+
+
+def two_data_pkl(path: Path, fillers: int, first: bytes, second: bytes) -> Path:
+    """A torch.save-like zip holding two ``archive/data.pkl`` records, ``fillers`` empty
+    records before and after them (Python's zipfile reads the second, the last; torch's
+    reader searches its sorted names, and which one it finds depends on their number)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("archive/version", "3\n")
+            for i in range(fillers):
+                archive.writestr(f"archive/a{i}", b"")
+            archive.writestr("archive/data.pkl", first)
+            archive.writestr("archive/data.pkl", second)
+            for i in range(fillers):
+                archive.writestr(f"archive/z{i}", b"")
+            archive.writestr("archive/data/0", bytes(16))
+    return path
+
+
+def test_zip_with_two_data_pkl_is_checked_as_torch_load_reads_it(tmp_path: Path) -> None:
+    # Python's zipfile and torch's zip reader pick different records of one name: the
+    # pickle torch.load would build (16 bytes as 400 MB) must be the one checked.
+    storage = Stored(4)
+    crafted = dumps(weights("zip", Viewed(storage, (10000, 10000), (0, 0))))
+    plain = dumps(weights("zip", Viewed(storage, (4,), (1,))))
+    for fillers in range(10):  # an archive where torch's reader finds the crafted one
+        path = two_data_pkl(tmp_path / f"two_{fillers}.pt", fillers, crafted, plain)
+        if torch._C.PyTorchFileReader(str(path)).get_record("data.pkl") == crafted:
+            break
+    else:
+        pytest.fail("torch's zip reader read the last data.pkl in every archive tried")
+    with zipfile.ZipFile(path) as archive:
+        assert archive.read("archive/data.pkl") == plain
+    assert torch.load(path, weights_only=True)["visual.proj"].shape == (10000, 10000)
+
+    with pytest.raises(UserError, match=r"refused, tensor 'visual\.proj'") as err:
+        read_clip_state_dict(path)
     assert f"clip_weights={path}:" in str(err.value) and "\n" not in str(err.value)
 
 

@@ -16,12 +16,18 @@ make the reader build:
   (made, zeroed, before they are read) are refused;
 - **hash collisions**: dict keys and set members are strings, bytes, small ints, bools or
   None, whose hashes cannot be made to collide (n colliding keys cost n**2 steps);
-- **tensors**: storages and tensors stay records (:class:`StorageRef`, :class:`TensorRecord`)
-  until the storages' bytes are known; :func:`resolve` then makes each tensor a view of its
-  storage only if its size, stride and offset stay inside that storage, the view holds no
-  more bytes than the storage (no ``stride 0`` blow-up of a few bytes into 400 MB). Views
+- **tensors**: storages and tensors stay records (:class:`StorageRef`, :class:`TensorRecord`);
+  each storage key is named with one element type and count, and takes that count times
+  the element size in bytes (what ``torch.load`` allocates for it). A tensor must stay
+  inside its storage: its size, stride and offset reach no byte past it, and the view holds
+  no more bytes than the storage (no ``stride 0`` blow-up of a few bytes into 400 MB). Views
   of one storage may overlap (tied weights, slices), but each is one pickled record: their
   number is bounded by the pickle's size.
+
+Two walks over the unpickled tree apply the tree and tensor checks: :func:`check` only
+checks, given each storage's size (the file is then loaded by ``torch.load``);
+:func:`resolve` also makes each tensor a view of its storage (for a TorchScript archive,
+which ``workers/checkpoint.py`` reads itself).
 
 Every refusal is an :class:`UnsafeCheckpoint` (or :class:`DisallowedGlobal` naming the
 global), one sentence naming what is wrong and, for a tensor, its key.
@@ -33,7 +39,7 @@ import _compat_pickle
 import math
 import pickle
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import IO, Any, NamedTuple
 
 import torch
@@ -82,15 +88,21 @@ class StorageRef(NamedTuple):
 
 
 class TensorRecord:
-    """A tensor as the pickle describes it, made a real tensor by :func:`resolve`.
+    """A tensor as the pickle describes it, checked by :func:`check` or made a real tensor
+    by :func:`resolve`. ``extra`` holds the other arguments of the calls that built it
+    (requires_grad, hooks, metadata, a parameter's state): ``torch.load`` keeps them, so
+    both walks check them too, though ``resolve`` drops them.
 
-    Unhashable, so that no set or dict key can hold one where ``resolve`` cannot reach it.
+    Unhashable, so that no set or dict key can hold one where the walks cannot reach it.
     """
 
     __hash__ = None  # type: ignore[assignment]
 
-    def __init__(self, storage: StorageRef, offset: Any, size: Any, stride: Any) -> None:
+    def __init__(
+        self, storage: StorageRef, offset: Any, size: Any, stride: Any, extra: tuple
+    ) -> None:
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+        self.extra = extra
 
 
 class TorchScriptObject:
@@ -102,15 +114,16 @@ class TorchScriptObject:
         self.state = state
 
 
-def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_rest: Any) -> Any:
+def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *extra: Any) -> Any:
     if not isinstance(storage, StorageRef):
         raise pickle.UnpicklingError("a tensor without a storage")
-    return TensorRecord(storage, offset, size, stride)
+    return TensorRecord(storage, offset, size, stride, extra)
 
 
-def _rebuild_parameter(data: Any, *_requires_grad_hooks_state: Any) -> Any:
+def _rebuild_parameter(data: Any, *requires_grad_hooks_state: Any) -> Any:
     if not isinstance(data, TensorRecord):
         raise pickle.UnpicklingError("a parameter without a tensor")
+    data.extra = (*data.extra, *requires_grad_hooks_state)
     return data
 
 
@@ -200,8 +213,9 @@ class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python one: its opcode
     ``StorageRef``s, ``TensorRecord``s and, with ``torchscript``, ``TorchScriptObject``s;
     nothing else.
 
-    ``storages`` collects each storage key the pickle names with the element count it claims
-    (the first claim of a key counts)."""
+    ``storages`` collects each storage key the pickle names with its element type and count;
+    a key named again with another type or count is refused (torch.save and torch.jit.save
+    name a storage alike each time; ``torch.load`` would build it as first named)."""
 
     dispatch = dict(pickle._Unpickler.dispatch)
 
@@ -261,8 +275,19 @@ class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python one: its opcode
             raise pickle.UnpicklingError(f"a storage of unknown type {dtype!r}")
         if type(numel) is not int or not 0 <= numel < _INT64 or pid[5:] not in ((), (None,)):
             raise pickle.UnpicklingError(f"storage {key} has a malformed size or view")
-        self.storages.setdefault(key, (dtype, numel))
+        if self.storages.setdefault(key, (dtype, numel)) != (dtype, numel):
+            raise UnsafeCheckpoint(f"its pickle names storage {key} with two types or sizes")
         return StorageRef(key, dtype)
+
+    def storage_bytes(self, held: Callable[[str], int]) -> dict[str, int]:
+        """The size in bytes of each storage the pickle named (its element count times the
+        element size), after checking that the file holds as many, ``held(key)``."""
+        out = {}
+        for key, (dtype, numel) in self.storages.items():
+            out[key] = numel * dtype.itemsize
+            if held(key) < out[key]:
+                raise pickle.UnpicklingError(f"storage {key} is truncated")
+        return out
 
     def _push_memo(self, index: int) -> None:
         if index not in self.memo:
@@ -394,11 +419,15 @@ def _key(path: tuple[Any, ...]) -> str:
 
 
 class _Resolver:
-    """One pass over an unpickled tree: each container once, tensor records made tensors."""
+    """One pass over an unpickled tree: each container once, each tensor record checked
+    against its storage's size in bytes (``nbytes``) and, given ``storages``, made a view
+    of it."""
 
-    def __init__(self, storages: dict[str, torch.UntypedStorage]) -> None:
-        self.storages = storages
-        self.tensors: dict[int, torch.Tensor] = {}  # by id of the record (tied weights)
+    def __init__(
+        self, nbytes: Mapping[str, int], storages: Mapping[str, torch.UntypedStorage] | None
+    ) -> None:
+        self.nbytes, self.storages = nbytes, storages
+        self.tensors: dict[int, Any] = {}  # by id of the record (tied weights)
         self.tuples: dict[int, tuple] = {}  # by id: tuples may be shared, and are done once
         self.seen: set[int] = set()
         self.keep: list[Any] = []  # keeps what `seen` names alive, so that no id is reused
@@ -419,6 +448,7 @@ class _Resolver:
             if id(obj) not in self.tensors:
                 self.tensors[id(obj)] = self.tensor(obj, path)
                 self.keep.append(obj)
+                self(obj.extra, path)
             return self.tensors[id(obj)]
         if isinstance(obj, tuple) and not isinstance(obj, torch.Size):
             if id(obj) not in self.tuples:
@@ -444,8 +474,10 @@ class _Resolver:
                 obj.state = self(obj.state, path)
         return obj
 
-    def tensor(self, record: TensorRecord, path: tuple[Any, ...]) -> torch.Tensor:
-        dtype, storage = record.storage.dtype, self.storages[record.storage.key]
+    def tensor(self, record: TensorRecord, path: tuple[Any, ...]) -> Any:
+        """``record`` as a view of its storage (given ``storages``; else the record itself)
+        once checked to lie inside it."""
+        dtype, nbytes = record.storage.dtype, self.nbytes[record.storage.key]
         offset, size, stride = record.offset, record.size, record.stride
         what = f"tensor {_key(path)}"
         if not (
@@ -467,15 +499,24 @@ class _Resolver:
         last = sum((n - 1) * s for n, s in zip(size, stride, strict=True))
         span = offset + (last + 1 if numel else 0)
         need = max(numel, span) * dtype.itemsize
-        if need > storage.nbytes():
+        if need > nbytes:
             raise UnsafeCheckpoint(
                 f"{what} of size {tuple(size)}, stride {tuple(stride)} and offset {offset} "
-                f"needs {need} bytes ({dtype}) but its storage holds {storage.nbytes()}"
+                f"needs {need} bytes ({dtype}) but its storage holds {nbytes}"
             )
+        if self.storages is None:
+            return record
+        storage = self.storages[record.storage.key]
         return torch.empty(0, dtype=dtype).set_(storage, offset, size, stride)
 
 
-def resolve(tree: Any, storages: dict[str, torch.UntypedStorage]) -> Any:
+def check(tree: Any, nbytes: Mapping[str, int]) -> None:
+    """Raise what :func:`resolve` would raise on ``tree``, its storages holding
+    ``nbytes[key]`` bytes each, building nothing: the tree is left as it is."""
+    _Resolver(nbytes, None)(tree, ())
+
+
+def resolve(tree: Any, storages: Mapping[str, torch.UntypedStorage]) -> Any:
     """``tree`` with each ``TensorRecord`` replaced by a tensor viewing its storage (one
     tensor per record: a record reached twice, like tied weights, stays one tensor).
 
@@ -483,4 +524,4 @@ def resolve(tree: Any, storages: dict[str, torch.UntypedStorage]) -> Any:
     storage or holds more bytes than it, and for a container reached twice or nested deeper
     than ``MAX_DEPTH``. Time and memory are linear in the tree's size.
     """
-    return _Resolver(storages)(tree, ())
+    return _Resolver({key: s.nbytes() for key, s in storages.items()}, storages)(tree, ())
