@@ -39,6 +39,8 @@ def clean_environment(monkeypatch):
         ("REATTN_BATCH_CONNECT_TIMEOUT", "nan", "expected a positive number of seconds (or inf)"),
         ("REATTN_BATCH_READ_BACKOFF", "-1", "expected a number of seconds, 0 or more"),
         ("REATTN_BATCH_READ_BACKOFF", "inf", "expected a number of seconds, 0 or more"),
+        ("REATTN_BATCH_READ_TIMEOUT", "0", "expected a positive number of seconds"),
+        ("REATTN_BATCH_READ_TIMEOUT", "inf", "expected a positive number of seconds"),
         ("REATTN_BATCH_FUSED_CONV", "maybe", "choose one of auto, on, off"),
         ("REATTN_BATCH_STAC_TIMEOUT", "0", "expected a positive number of seconds"),
     ],

@@ -96,6 +96,13 @@ class EnvironmentSettings(Settings):
         description="seconds before the first retry of a failed remote read, "
         "doubled after each further failure",
     )
+    read_timeout: Seconds = Field(
+        30.0,
+        alias="REATTN_BATCH_READ_TIMEOUT",
+        description="seconds a remote read may go without receiving data before it is "
+        "abandoned (and retried): a stalled server; GDAL's GDAL_HTTP_LOW_SPEED_TIME "
+        "unless that is set, and fsspec HTTP's read timeout",
+    )
     fused_conv: FusedConv = Field(
         "auto",
         alias="REATTN_BATCH_FUSED_CONV",

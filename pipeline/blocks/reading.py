@@ -25,16 +25,25 @@ READ_ATTEMPTS = 4  # remote reads: a first try and three retries
 def read_with_retries(scene: SceneInfo, box: Box) -> tuple[np.ndarray, np.ndarray]:
     """read_window with retries and exponential backoff for transient (remote) failures.
 
-    A local read that fails (corrupt tiles) fails at once; a remote one that keeps
-    failing raises the last WindowReadError, which names the window.
+    A local read that fails (corrupt tiles) fails at once. A remote one is tried
+    ``READ_ATTEMPTS`` times, $REATTN_BATCH_READ_BACKOFF s apart, doubled each time; each try
+    is bounded by GDAL's timeouts (scene/uri.py: a server that sends no data for
+    $REATTN_BATCH_READ_TIMEOUT s fails the try), so a server that errors or stalls for good
+    fails the block in bounded time with a WindowReadError naming the URL, the window and
+    the tries.
     """
     delay = EnvironmentSettings.from_env("read_backoff").read_backoff  # doubled per failure
+    started = time.monotonic()
     for attempt in range(1, READ_ATTEMPTS + 1):
         try:
             return read_window(scene, box.y0, box.x0, *box.shape)
         except WindowReadError as exc:
-            if not exc.remote or attempt == READ_ATTEMPTS:
+            if not exc.remote:
                 raise
+            if attempt == READ_ATTEMPTS:
+                spent = time.monotonic() - started
+                tries = f"{exc.cause}; {READ_ATTEMPTS} tries in {spent:.0f} s"
+                raise WindowReadError(exc.path, exc.window, tries) from None
             log.warning("read of %s failed (try %d/%d), retrying in %.0fs: %s",
                         scene.path, attempt, READ_ATTEMPTS, delay, exc.cause)  # fmt: skip
             time.sleep(delay)

@@ -3,11 +3,14 @@
 Each command lives in its own module here and uses only ``options.py`` (the shared
 options); a ReattnError anywhere becomes one line on stderr (its Python parameter names
 written as flags, cli/errors.py) and exit status 2
-(``--debug`` shows the traceback). Adding a command is one line in :data:`COMMANDS`.
+(``--debug`` shows the traceback); `run` and `job run` stopped by SIGTERM or SIGINT end
+with one line and exit status 128 + the signal's number (pipeline/run/stop.py). Adding
+a command is one line in :data:`COMMANDS`.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -22,6 +25,7 @@ from reattn_batch.cli.job import job_group
 from reattn_batch.cli.run import run_command
 from reattn_batch.cli.segment import segment_command
 from reattn_batch.cli.view import view_command
+from reattn_batch.run.stop import RunStopped, Stop
 from reattn_batch.workers.errors import ReattnError
 
 #: Every command of `reattn-batch`, in --help order.
@@ -59,10 +63,17 @@ for _command in COMMANDS:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: a ReattnError -> one line on stderr, in the CLI's words (the
-    Python parameters it names become flags), exit status 2."""
+    Python parameters it names become flags), exit status 2; a run stopped by a signal
+    (run/stop.py) -> one line, exit status 128 + the signal's number (143 for SIGTERM)."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         cli.main(args=argv, prog_name="reattn-batch", standalone_mode=False)
+    except RunStopped as exc:
+        click.echo(f"reattn-batch: {as_flags(str(exc), cli)}", err=True)
+        _exit_promptly(exc.exit_status)
+    except Stop as stop:  # before the run began
+        click.echo(f"reattn-batch: stopped by {stop.name}; nothing was computed", err=True)
+        _exit_promptly(128 + stop.signum)
     except ReattnError as exc:
         if debug:
             raise
@@ -82,6 +93,14 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         click.echo(f"reattn-batch: error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
+
+
+def _exit_promptly(status: int) -> None:
+    """Exit with ``status`` within a preemption's grace period: the interpreter's final
+    garbage collection over torch's, GDAL's and Dask's objects takes seconds on a loaded
+    machine, and everything of the run is closed and recorded by now."""
+    gc.freeze()
+    sys.exit(status)
 
 
 __all__ = ["COMMANDS", "cli", "main"]

@@ -1,7 +1,8 @@
 """`reattn-batch job ...`: regional jobs from a spec file (pipeline/regional/).
 
 Exit status of `job run`: 0 when every scene is done, resumed or skipped; 1 when any scene
-failed (see summary.json); 2 when the spec itself is wrong (one line naming the key).
+failed (see summary.json); 2 when the spec itself is wrong (one line naming the key); 143
+or 130 when SIGTERM or SIGINT stopped it (one line; run it again to finish).
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ def run_job_command(spec_file: Path, summary: Path | None) -> None:
     """
     from reattn_batch.regional.runner import run_job
     from reattn_batch.regional.spec import RegionalJob
+    from reattn_batch.run.stop import stop_on_signals
 
     job = RegionalJob.load(spec_file)
-    report = run_job(job, summary)
+    with stop_on_signals():  # SIGTERM, SIGINT: tasks cancelled, records flushed, one line
+        report = run_job(job, summary)
     counts = ", ".join(f"{n} {status}" for status, n in report.counts.items() if n)
     log.info(
         "job %s: %d scenes (%s) in %.1f s; summary %s",

@@ -71,6 +71,7 @@ def run_command(
     from reattn_batch.report import Clock, write_run_report
     from reattn_batch.run.request import SceneRequest, default_out
     from reattn_batch.run.spine import run_scene
+    from reattn_batch.run.stop import stop_on_signals
 
     clock = Clock()
     if overwrite and resume:
@@ -89,7 +90,8 @@ def run_command(
         overwrite=overwrite,
         resume=resume,
     )
-    summary = run_scene(request)
+    with stop_on_signals():  # SIGTERM, SIGINT: tasks cancelled, records flushed, one line
+        summary = run_scene(request)
     log.info(
         "done: %s (%d blocks, %d computed, %d already done, %d crops, %.3g MP/s)",
         summary.out, summary.blocks, summary.computed, summary.skipped, summary.crops,

@@ -58,6 +58,7 @@ from reattn_batch.run.read_ahead import read_ahead
 from reattn_batch.run.request import SceneRequest
 from reattn_batch.run.scene_work import SceneWork, open_scene_work
 from reattn_batch.run.spine import identify
+from reattn_batch.run.stop import RunStopped, Stop
 from reattn_batch.run.summary import RunSummary
 from reattn_batch.run.watch import NoWorkerError
 from reattn_batch.store.lock import FileLock
@@ -334,6 +335,14 @@ def run_job(
                 contextlib.ExitStack() as stack,
             ):
                 _map_scenes(job, entries, weights, ledger, stack, client)
+        except Stop as stop:  # tasks cancelled, records flushed, cluster closed: say so
+            ended = sum(entry.status != "pending" for entry in entries)
+            raise RunStopped(
+                stop.signum,
+                f"stopped by {stop.name}: {ended} of {len(entries)} scenes ended (see {index}), "
+                "the finished blocks of the others are recorded in their stores; run the job "
+                "again to finish (it skips finished scenes and resumes partial ones)",
+            ) from None
         finally:
             ledger.write()  # whatever stopped the job, the index says what ended
         tally = counts(entries)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
+import logging
 import os
+import signal
 import ssl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import dask
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, WorkerPlugin
 
 from reattn_batch.run.broadcast import present, run_on_workers
 from reattn_batch.settings import ClusterSettings
@@ -95,6 +99,31 @@ def local_cluster(request: ClusterSettings) -> tuple[LocalCluster, int]:
     return cluster, torch_threads
 
 
+class EmbeddedWorker(WorkerPlugin):
+    """A worker of the embedded LocalCluster, which the driver starts and stops.
+
+    It leaves SIGINT and SIGTERM to the driver: Ctrl-C and a SLURM preemption signal the
+    whole process group, and the driver then stops the run in order (cancels, records,
+    closes this cluster: run/stop.py), so no worker dies mid-task with a traceback. The
+    driver closes it only at its end, abandoning on purpose the tasks still running then
+    (a run that failed or was stopped): Dask's warnings while it closes are dropped, and
+    its objects are left to the process's exit (``gc.freeze``: the final collection over
+    torch's, GDAL's and Dask's objects takes seconds, past the nanny's 4 s wait)."""
+
+    name = "reattn-embedded-worker"
+    CLOSING = ("closing", "closing_gracefully", "closed")
+
+    def setup(self, worker) -> None:
+        if threading.current_thread() is threading.main_thread():  # a nanny's worker
+            for each in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(each, signal.SIG_IGN)
+        for handler in logging.getLogger("distributed").handlers:
+            handler.addFilter(lambda record: worker.status.name not in self.CLOSING)
+
+    def teardown(self, worker) -> None:
+        gc.freeze()
+
+
 def _cuda_memory() -> int | None:
     """Total bytes of this worker's CUDA device (run on a worker), None without one."""
     import torch
@@ -175,9 +204,27 @@ def connect(request: ClusterSettings) -> Iterator[tuple[Client, ClusterInfo]]:
     else:
         cluster, torch_threads = local_cluster(request)
         client = Client(cluster)
+        client.register_plugin(EmbeddedWorker())
     try:
         yield client, cluster_info(client, torch_threads)
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        # a run that failed or was stopped abandons its tasks on purpose: Dask's warnings
+        # about them while the embedded cluster closes would bury the run's one line
+        with _quiet_dask(cluster is not None):
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+@contextlib.contextmanager
+def _quiet_dask(quiet: bool) -> Iterator[None]:
+    """Dask's log at ERROR and above only, while active (``quiet``), unless it was set to
+    say more (``-v``: INFO)."""
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    if quiet and logger.getEffectiveLevel() >= logging.WARNING:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -38,6 +38,7 @@ from reattn_batch.run.plan import Plan, plan
 from reattn_batch.run.progress import RunProgress
 from reattn_batch.run.request import SceneRequest
 from reattn_batch.run.scene_work import SceneWork, open_scene_work
+from reattn_batch.run.stop import RunStopped, Stop
 from reattn_batch.run.summary import RunSummary
 from reattn_batch.scene.uri import is_remote
 from reattn_batch.workers.errors import UserError
@@ -63,7 +64,36 @@ def run_scene(
     request: SceneRequest, connection: tuple[Client, ClusterInfo] | None = None
 ) -> RunSummary:
     """Map one scene. ``connection``: an open ``(client, info)`` from ``connect`` to reuse;
-    by default the request's cluster is connected and closed here."""
+    by default the request's cluster is connected and closed here. A :class:`Stop` (a
+    signal, under ``stop_on_signals``) becomes :class:`RunStopped` once the run's tasks are
+    cancelled, its records flushed and its cluster closed."""
+    opened: list[SceneWork] = []  # the scene's work, once its store is open
+    try:
+        return _run_scene(request, connection, opened)
+    except Stop as stop:
+        raise _stopped(stop, opened[0] if opened else None, request.out) from None
+
+
+def _stopped(stop: Stop, work: SceneWork | None, out: str | Path) -> RunStopped:
+    """The one line of a run ended by ``stop``: how many blocks are recorded, and where."""
+    if work is None:
+        return RunStopped(
+            stop.signum,
+            f"stopped by {stop.name} before any block of {out} was computed; "
+            "rerun with resume=True to finish",
+        )
+    return RunStopped(
+        stop.signum,
+        f"stopped by {stop.name}: {work.records.done_count()} of {len(work.grid)} blocks "
+        f"done and recorded in {work.out}; rerun with resume=True to finish",
+    )
+
+
+def _run_scene(
+    request: SceneRequest,
+    connection: tuple[Client, ClusterInfo] | None,
+    opened: list[SceneWork],
+) -> RunSummary:
     layout, weights, fingerprint = identify(request)
     connecting = connect(request.cluster) if connection is None else nullcontext(connection)
     ended: list[tuple[RunSummary | None, UserError | None]] = []
@@ -84,6 +114,7 @@ def run_scene(
             precision=lambda: worker_precision(client, info, request.model),
             lock=lock,
         )
+        opened.append(work)
         with RunProgress(0) as progress:
             compute_scenes(
                 client, info, [work], on_scene, progress=progress, out=work.out,

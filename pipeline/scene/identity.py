@@ -28,6 +28,8 @@ import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
+from reattn_batch.scene.uri import fsspec_options
+
 #: Bytes hashed at each end of a file.
 EDGE = 1 << 20
 #: Strided blocks hashed between the ends, and their size in bytes.
@@ -153,7 +155,7 @@ def remote_zarr_identity(path: str, variable: str, markers: Iterable[str]) -> st
     store that cannot be listed (plain HTTP) is identified by its metadata alone."""
     import fsspec
 
-    fs, root = fsspec.core.url_to_fs(path)
+    fs, root = fsspec.core.url_to_fs(path, **fsspec_options(path))
     folder = posixpath.join(root, variable)
     digest = hashlib.sha256()
     for where in (root, folder):

@@ -65,10 +65,13 @@ class WindowReadError(UserError):
         detail = error_text(cause) if isinstance(cause, BaseException) else str(cause)
         #: The failure as text (GDAL's exception objects do not survive pickling).
         self.cause = detail
-        super().__init__(
-            f"{path}: could not read rows {r0}:{r1}, cols {c0}:{c1} ({detail}); the file may be "
-            "corrupt or a remote read failed: retry, or check the file (gdalinfo -checksum)"
+        hint = (
+            "the server failed or stalled: check it and retry"
+            if is_remote(path)
+            else "the file may be corrupt: check it (gdalinfo -checksum)"
         )
+        window_text = f"rows {r0}:{r1}, cols {c0}:{c1}"
+        super().__init__(f"{path}: could not read {window_text} ({detail}); {hint}")
 
     @property
     def remote(self) -> bool:

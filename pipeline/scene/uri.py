@@ -10,19 +10,27 @@ assets (``scene/stac_item.py``): :func:`resolve_scene` is where a SCENE is resol
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from pathlib import Path
+from typing import Any
 
+from reattn_batch.workers.environment import EnvironmentSettings
 from reattn_batch.workers.errors import InputError
 
-#: GDAL options for remote (``/vsi*``) files, set at open and around every read unless
-#: the environment sets them (timeouts turn a stalled server into a retryable error).
+#: GDAL options for remote (``/vsi*``) files, set at open and around every read (on the
+#: driver and on the workers) unless the environment sets them: a server that errors is
+#: retried with backoff (GDAL retries 429 and 5xx replies itself; blocks/reading.py retries
+#: what still fails), and the timeouts turn a stalled server into a failed, retried read.
+#: GDAL_HTTP_LOW_SPEED_TIME (seconds with less than GDAL_HTTP_LOW_SPEED_LIMIT bytes/s) is
+#: $REATTN_BATCH_READ_TIMEOUT (:func:`remote_gdal_options`).
 REMOTE_GDAL_OPTIONS = {
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_HTTP_MAX_RETRY": "3",
     "GDAL_HTTP_RETRY_DELAY": "1",
-    "GDAL_HTTP_CONNECTTIMEOUT": "30",
-    "GDAL_HTTP_TIMEOUT": "300",
+    "GDAL_HTTP_CONNECTTIMEOUT": "30",  # seconds to connect
+    "GDAL_HTTP_TIMEOUT": "300",  # seconds for a whole request
+    "GDAL_HTTP_LOW_SPEED_LIMIT": "1",
 }
 
 
@@ -78,11 +86,39 @@ def is_remote(path: str) -> bool:
     return (path.startswith("/vsi") and not path.startswith("/vsimem/")) or "://" in path
 
 
+def remote_gdal_options() -> dict[str, str]:
+    """The GDAL options of remote reads: :data:`REMOTE_GDAL_OPTIONS` and the stall timeout
+    (whole seconds, at least 1), less those the environment sets (the user's win)."""
+    stall = EnvironmentSettings.from_env("read_timeout").read_timeout
+    options = REMOTE_GDAL_OPTIONS | {"GDAL_HTTP_LOW_SPEED_TIME": str(max(1, math.ceil(stall)))}
+    return {k: v for k, v in options.items() if k not in os.environ}
+
+
+def fsspec_options(path: str) -> dict[str, Any]:
+    """fsspec's storage options for a remote Zarr at ``path``: over http(s), aiohttp's
+    timeouts, as GDAL's (connect, a whole request) and no data for
+    $REATTN_BATCH_READ_TIMEOUT s (aiohttp's own default: 5 minutes in all). Other
+    protocols keep their file system's own bounds (s3fs, gcsfs)."""
+    if not path.startswith(("http://", "https://")):
+        return {}
+    try:
+        import aiohttp
+    except ImportError:  # fsspec says what to install
+        return {}
+    timeout = aiohttp.ClientTimeout(
+        total=float(REMOTE_GDAL_OPTIONS["GDAL_HTTP_TIMEOUT"]),
+        sock_connect=float(REMOTE_GDAL_OPTIONS["GDAL_HTTP_CONNECTTIMEOUT"]),
+        sock_read=EnvironmentSettings.from_env("read_timeout").read_timeout,
+    )
+    return {"client_kwargs": {"timeout": timeout}}
+
+
 def gdal_env(path: str):
+    """A ``rasterio.Env`` of :func:`remote_gdal_options` for a remote ``path``."""
     if is_remote(path):
         import rasterio
 
-        return rasterio.Env(**{k: v for k, v in REMOTE_GDAL_OPTIONS.items() if k not in os.environ})
+        return rasterio.Env(**remote_gdal_options())
     return contextlib.nullcontext()
 
 

@@ -15,7 +15,7 @@ from reattn_batch.scene.handles import cached, handle_key
 from reattn_batch.scene.identity import zarr_identity
 from reattn_batch.scene.info import SceneInfo
 from reattn_batch.scene.policy import choose_bands, pixel_size, unique_bands, valid_mask
-from reattn_batch.scene.uri import ZARR_MARKERS, error_text
+from reattn_batch.scene.uri import ZARR_MARKERS, error_text, fsspec_options
 from reattn_batch.workers.errors import InputError
 
 log = logging.getLogger("reattn_batch.scene")
@@ -28,6 +28,7 @@ def open_xarray(path: str):
     return xr.open_dataset(
         path,
         engine="zarr",
+        storage_options=fsspec_options(path) or None,  # timeouts of a remote store
         chunks=None,  # lazy backend arrays: no Dask graph inside a Dask task, no caching
         cache=False,
         mask_and_scale=False,  # keep the stored dtype; nodata comes from _FillValue
@@ -93,7 +94,14 @@ def open_dataset(
             log.warning("%s: no geotransform in the Zarr store; using pixel coordinates", uri)
             transform = Affine.identity()
         nodata = da.rio.nodata
-        identity = store_identity(path, str(da.name))
+        try:
+            identity = store_identity(path, str(da.name))
+        except Exception as exc:  # a remote store that fails or stalls while sampled
+            server = " and its server" if "://" in path else ""
+            raise InputError(
+                f"{uri}: could not read its chunks ({type(exc).__name__}: {error_text(exc)}); "
+                f"check the store{server}"
+            ) from None
         shape = (int(da.sizes[y_dim]), int(da.sizes[x_dim]))
         return SceneInfo(
             geobox=raster_geobox(shape, transform, crs.to_wkt() if crs else None),

@@ -111,6 +111,10 @@ class RunRecords:
         if time.monotonic() - self._last >= self.interval:
             self.flush()
 
+    def done_count(self) -> int:
+        """How many blocks have a completion record (written or still to flush)."""
+        return int(np.count_nonzero(self._marks[BLOCK_DONE]))
+
     def flush(self) -> None:
         """Write every changed record chunk (started before done) and fsync it."""
         for name in (BLOCK_STARTED, BLOCK_DONE):
