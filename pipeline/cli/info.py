@@ -16,8 +16,9 @@ import click
 def info_command(store_path: Path, as_json: bool) -> None:
     """Classes, area per class, parameters, progress and fingerprint of a label STORE."""
     from reattn_batch.outputs.info import store_info
+    from reattn_batch.store import open_for_reading
 
-    info = store_info(store_path)
+    info = store_info(open_for_reading(store_path).path)
     if as_json:
         click.echo(json.dumps(info, indent=2, allow_nan=False))
         return

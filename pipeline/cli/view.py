@@ -36,10 +36,11 @@ def view_command(
     store_path: Path, scene: str | None, host: str, port: int, open_browser: bool
 ) -> None:
     """Look at a label STORE in a web browser: labels over the imagery, a legend with areas."""
+    from reattn_batch.store import open_for_reading
     from reattn_batch.viewer.server import make_server, serve
     from reattn_batch.viewer.store_view import StoreView
 
-    viewer = StoreView(store_path, scene)
+    viewer = StoreView(open_for_reading(store_path).path, scene)
     server = make_server(viewer, host, port)
     if viewer.page_info["random_weights"]:
         log.warning("%s was made with RANDOM CLIP weights: its labels mean nothing", store_path)

@@ -65,11 +65,14 @@ def check_dir(store_path: str | os.PathLike, out_dir: str | os.PathLike, overwri
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"stac={out_dir} is a file; pass a folder for the STAC Item")
+    from reattn_batch.outputs.files import refuse_inputs
     from reattn_batch.store import open_store
 
-    if open_store(store_path).crs_wkt is None:
+    ls = open_store(store_path)
+    if ls.crs_wkt is None:
         raise InputError(_NO_CRS.format(store=store_path))
     path = item_path(store_path, out_dir)
+    refuse_inputs(ls, path, "`stac`")
     if path.exists() and not overwrite:
         raise InputError(f"`stac`: {path} already exists; pass overwrite=True to replace it")
     return path

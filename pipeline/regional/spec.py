@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from reattn_batch.regional.paths import check_output_root
 from reattn_batch.run.request import SceneRequest, default_out
 from reattn_batch.settings import (
     CLIP_WEIGHT_NAMES,
@@ -194,10 +195,15 @@ class RegionalJob:
         spec = _Resolver(path)
         output_root = spec.local("output_root", raw.output_root).absolute()
         model = spec.model(raw.model)
+        scenes = spec.scenes(raw.scenes, output_root, raw.run.asset)
+        try:
+            check_output_root(output_root, scenes)
+        except UserError as exc:
+            raise spec.error("output_root", str(exc)) from None
         return cls(
             path=path.absolute(),
             name=raw.name.strip() if raw.name and raw.name.strip() else path.stem,
-            scenes=spec.scenes(raw.scenes, output_root, raw.run.asset),
+            scenes=scenes,
             model=model,
             classes=spec.classes(raw, model.cfg.prob_thd),
             output_root=output_root,
@@ -353,11 +359,18 @@ class _Resolver:
             key = "scenes.glob"
             pattern = str(self.local(key, scenes.glob))
             root = output_root.resolve()
+            matches = sorted(glob.glob(pattern, recursive=True))
             uris = [
                 str(Path(p).absolute())
-                for p in sorted(glob.glob(pattern, recursive=True))
+                for p in matches
                 if root not in Path(p).resolve().parents  # never the job's own outputs
             ]
+            if matches and not uris:
+                raise self.error(
+                    key,
+                    f"{pattern!r} matched only files under output_root {root}, which the job "
+                    "skips as its own outputs; pass an output_root outside the scenes' folder",
+                )
             if not uris:
                 raise self.error(key, f"{pattern!r} matched no scenes; check the pattern")
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from reattn_batch.grid.block_size import choose_block_size
 from reattn_batch.grid.grids import BlockGrid, ModelGrid
@@ -28,6 +29,7 @@ class Plan:
 def plan(request: SceneRequest) -> Plan:
     """Open the scene and lay out the grids; fails fast, before any cluster or store."""
     settings = request.settings
+    refuse_label_store(request.scene)
     scene = open_scene(
         request.scene,
         bands=settings.bands,
@@ -40,6 +42,19 @@ def plan(request: SceneRequest) -> Plan:
     model_grid = ModelGrid.for_gsd((scene.height, scene.width), scene.gsd, model_gsd)
     grid = block_grid(model_grid, settings.block_size, request.model.cfg)
     return Plan(scene=scene, grid=grid, model_gsd=model_gsd)
+
+
+def refuse_label_store(scene: str) -> None:
+    """Refuse a SCENE that is a label store of reattn-batch (labels, not imagery)."""
+    from reattn_batch.scene.uri import is_remote, resolve_uri
+    from reattn_batch.store.create import is_our_store
+
+    kind, path = resolve_uri(scene)
+    if kind == "zarr" and not is_remote(path) and is_our_store(Path(path)):
+        raise InputError(
+            f"{scene} is a label store reattn-batch wrote, not imagery; pass the scene it "
+            "was mapped from (its 'scene' attribute names it)"
+        )
 
 
 def block_grid(

@@ -9,7 +9,8 @@ described in ``layout.py``.
     arrays.py    write_block (from any number of processes), open_labels
     records.py   per-block completion records
     resume.py    prepare: create, or reopen for --resume
-    reader.py    LabelStore: a store opened for outputs
+    reader.py    LabelStore: a store opened for outputs; open_for_reading (the commands)
+    target.py    check_out: what a run may find at its output path
 """
 
 from reattn_batch.store.arrays import open_labels, write_block
@@ -26,7 +27,7 @@ from reattn_batch.store.layout import (
     StoreLayout,
 )
 from reattn_batch.store.palette import class_palette
-from reattn_batch.store.reader import LabelStore, open_store
+from reattn_batch.store.reader import LabelStore, open_for_reading, open_store
 from reattn_batch.store.records import (
     block_grid,
     done_blocks,
@@ -55,6 +56,7 @@ __all__ = [
     "mark_block_done",
     "mark_block_started",
     "open_labels",
+    "open_for_reading",
     "open_store",
     "prepare",
     "read_attrs",

@@ -1,8 +1,15 @@
 """Reading a finished (or partial) label store for outputs: :class:`LabelStore` holds its
-attributes, labels array, class names, colours and grid (a GeoBox), checked once."""
+attributes, labels array, class names, colours and grid (a GeoBox), checked once.
+
+:func:`open_store` opens one (a StoreError, one line, for any path that is not a readable
+label store: missing, a file, another Zarr, damaged metadata). :func:`open_for_reading`
+is the one door of the commands that read a store (info, export, view): it opens it and
+says once, as a warning, when the store is unfinished.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +25,14 @@ from reattn_batch.store.arrays import open_labels
 from reattn_batch.store.attrs import read_attrs
 from reattn_batch.store.layout import GRID_MAPPING, LABELS, NODATA
 from reattn_batch.store.palette import class_palette
+from reattn_batch.store.records import block_grid, done_blocks
 from reattn_batch.workers.errors import StoreError
+
+log = logging.getLogger("reattn_batch")
+
+#: What damaged store metadata raises while it is parsed (JSON, zarr's metadata models,
+#: numbers in the attributes) or read (I/O).
+_DAMAGED = (OSError, ValueError, TypeError, KeyError)
 
 
 @dataclass(frozen=True)
@@ -51,27 +65,75 @@ def open_store(path: str | os.PathLike) -> LabelStore:
             f"{root} is not a label store (not a Zarr format-2 group); "
             "pass the .zarr folder `reattn-batch run` wrote"
         )
-    attrs = read_attrs(root)
+    attrs = read_attrs(root)  # a StoreError if damaged
     names = attrs.get("class_names")
     if not isinstance(names, list) or not names or not (root / LABELS / ".zarray").is_file():
         raise StoreError(
             f"{root} is a Zarr group but not a reattn-batch label store "
             "(no 'labels' array or 'class_names' attribute)"
         )
-    labels = open_labels(root)
+    try:
+        labels = open_labels(root)
+    except _DAMAGED as exc:
+        raise _damaged(root, f"{LABELS}/.zarray", exc) from None
     if labels.ndim != 2 or labels.dtype != np.uint8:
         raise StoreError(
             f"{root}: 'labels' is {labels.dtype} {labels.shape}, not a 2-D uint8 label map; "
             "the store is damaged or not a reattn-batch store"
         )
+    try:
+        colormap = _colormap(labels, attrs, len(names))
+        geobox = raster_geobox(labels.shape, _transform(attrs), _crs_wkt(root, attrs))
+    except _DAMAGED as exc:
+        raise _damaged(root, "georeferencing or colour map", exc) from None
     return LabelStore(
         path=root,
         attrs=attrs,
         labels=labels,
         class_names=[str(n) for n in names],
-        colormap=_colormap(labels, attrs, len(names)),
-        geobox=raster_geobox(labels.shape, _transform(attrs), _crs_wkt(root, attrs)),
+        colormap=colormap,
+        geobox=geobox,
     )
+
+
+def _damaged(root: Path, part: str, exc: BaseException) -> StoreError:
+    why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return StoreError(
+        f"{root}: the label store's metadata is damaged ({part}: {why}); "
+        "map the scene into a new store"
+    )
+
+
+def open_for_reading(path: str | os.PathLike) -> LabelStore:
+    """Open a label store for a command that reads it (info, export, view): every such
+    command opens its store here once, before it writes anything, so a check that they all
+    need goes here (e.g. refusing a store another run is writing).
+
+    An unfinished store (no ``complete`` attribute: a run interrupted, failed or still
+    going) is read as it is, with one WARNING naming how many blocks are done: pixels of
+    unwritten blocks read as 255 (nodata).
+    """
+    ls = open_store(path)
+    if not ls.attrs.get("complete"):
+        log.warning(
+            "%s is unfinished (%s): pixels of unwritten blocks read as %d (nodata); "
+            "resume its run to finish it",
+            ls.path,
+            _progress_text(ls.path),
+            NODATA,
+        )
+    return ls
+
+
+def _progress_text(root: Path) -> str:
+    """ "3 of 6 blocks done" from the completion records ("no completion records" without)."""
+    try:
+        grid = block_grid(root)
+    except _DAMAGED:
+        return "its completion records are unreadable"
+    if grid is None:
+        return "no completion records"
+    return f"{len(done_blocks(root))} of {grid[0] * grid[1]} blocks done"
 
 
 def _colormap(labels: zarr.Array, attrs: dict[str, Any], n: int) -> dict[int, tuple]:
