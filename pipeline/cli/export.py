@@ -230,7 +230,7 @@ def export_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 def export_command(store_path: Path, **options: Any) -> None:
     """Export a label STORE: COG, quicklook, class polygons, STAC Item."""
-    from reattn_batch.store import open_for_reading
+    from reattn_batch.store import open_for_reading, warn_unfinished
 
     wanted = [(e, options[e.key]) for e in EXPORTS if options[e.key] is not None]
     context = click.get_current_context()
@@ -254,10 +254,11 @@ def export_command(store_path: Path, **options: Any) -> None:
             )
         seen[path.absolute()] = export.flag
         export.check(options)
-    ls = open_for_reading(store_path)  # warns if unfinished (its unwritten pixels are 255)
+    ls = open_for_reading(store_path)
     # Refuse every existing output before writing any, so a refusal writes nothing.
     for export, path in wanted:
         export.prepare(ls, path, options, export.flag)
+    warn_unfinished(ls)  # its unwritten pixels are exported as 255 (nodata)
     if ls.attrs.get("random_weights"):
         log.warning("%s was made with RANDOM CLIP weights: its labels mean nothing", ls.path)
     for export, path in wanted:

@@ -9,7 +9,7 @@ described in ``layout.py``.
     arrays.py    write_block (from any number of processes), open_labels
     records.py   per-block completion records
     resume.py    prepare: create, or reopen for --resume
-    reader.py    LabelStore: a store opened for outputs; open_for_reading (the commands)
+    reader.py    LabelStore: a store opened for outputs; the read commands' door
     target.py    check_out: what a run may find at its output path
 """
 
@@ -27,7 +27,12 @@ from reattn_batch.store.layout import (
     StoreLayout,
 )
 from reattn_batch.store.palette import class_palette
-from reattn_batch.store.reader import LabelStore, open_for_reading, open_store
+from reattn_batch.store.reader import (
+    LabelStore,
+    open_for_reading,
+    open_store,
+    warn_unfinished,
+)
 from reattn_batch.store.records import (
     block_grid,
     done_blocks,
@@ -62,5 +67,6 @@ __all__ = [
     "read_attrs",
     "started_blocks",
     "update_attrs",
+    "warn_unfinished",
     "write_block",
 ]

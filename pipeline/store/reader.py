@@ -3,8 +3,9 @@ attributes, labels array, class names, colours and grid (a GeoBox), checked once
 
 :func:`open_store` opens one (a StoreError, one line, for any path that is not a readable
 label store: missing, a file, another Zarr, damaged metadata). :func:`open_for_reading`
-is the one door of the commands that read a store (info, export, view): it opens it and
-says once, as a warning, when the store is unfinished.
+is the one door of the commands that read a store (info, export, view), and
+:func:`warn_unfinished` what they say, once their checks have passed, about a store whose
+run has not finished.
 """
 
 from __future__ import annotations
@@ -106,14 +107,16 @@ def _damaged(root: Path, part: str, exc: BaseException) -> StoreError:
 
 def open_for_reading(path: str | os.PathLike) -> LabelStore:
     """Open a label store for a command that reads it (info, export, view): every such
-    command opens its store here once, before it writes anything, so a check that they all
-    need goes here (e.g. refusing a store another run is writing).
+    command opens its store here once, before it checks or writes anything else, so a
+    check that they all need goes here (e.g. refusing a store another run is writing).
+    Once its own checks have passed, the command calls :func:`warn_unfinished`."""
+    return open_store(path)
 
-    An unfinished store (no ``complete`` attribute: a run interrupted, failed or still
-    going) is read as it is, with one WARNING naming how many blocks are done: pixels of
-    unwritten blocks read as 255 (nodata).
-    """
-    ls = open_store(path)
+
+def warn_unfinished(ls: LabelStore) -> None:
+    """One WARNING if ``ls`` is unfinished (no ``complete`` attribute: its run was
+    interrupted, failed or is still going), naming how many blocks are done: a command
+    reads it as it is, and pixels of unwritten blocks read as 255 (nodata)."""
     if not ls.attrs.get("complete"):
         log.warning(
             "%s is unfinished (%s): pixels of unwritten blocks read as %d (nodata); "
@@ -122,7 +125,6 @@ def open_for_reading(path: str | os.PathLike) -> LabelStore:
             _progress_text(ls.path),
             NODATA,
         )
-    return ls
 
 
 def _progress_text(root: Path) -> str:
