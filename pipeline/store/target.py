@@ -43,5 +43,6 @@ def check_out(out: str | os.PathLike) -> None:
         what = "a folder of other files"
     raise StoreError(
         f"{out} exists and is {what}: overwrite=True replaces only a label store "
-        "reattn-batch made and resume=True finishes only one; pass another out= path"
+        "reattn-batch made and resume=True finishes only one; move it away or pass "
+        "another out= path"
     )
