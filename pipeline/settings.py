@@ -168,6 +168,10 @@ class ClusterSettings(Settings):
     threads_per_worker: StrictInt | None = Field(None, ge=1)
 
 
+#: The most characters of a bad value shown in a settings error.
+SHOWN_VALUE_CHARS = 200
+
+
 def settings_error(
     exc: ValidationError, name: Callable[[tuple], str], root: type[BaseModel] | None = None
 ) -> InputError:
@@ -181,8 +185,10 @@ def settings_error(
     elif first["type"] == "missing":
         msg = "is required"
     loc = tuple(part for part in first["loc"] if not isinstance(part, int))
-    value = first.get("input")
-    shown = "" if first["type"] in ("extra_forbidden", "missing") else f" (got {value!r})"
+    value = repr(first.get("input"))
+    if len(value) > SHOWN_VALUE_CHARS:  # a value from a file may be huge (a geometry)
+        value = value[: SHOWN_VALUE_CHARS - 3] + "..."
+    shown = "" if first["type"] in ("extra_forbidden", "missing") else f" (got {value})"
     return InputError(f"{name(loc)}: {msg}{shown}")
 
 

@@ -1,5 +1,6 @@
 """For the cluster tests: real `dask scheduler` / `dask worker` processes on loopback,
-a task recorder on the scheduler, throwaway TLS certificates, a tiny scene.
+a task recorder on the scheduler, TLS certificates (throwaway self-signed ones, and the
+set deploy/tls/make-certs.sh makes), a tiny scene.
 
 Each process runs in a session of its own, so that teardown can end it (and the
 worker process its nanny started) by process group id, and nothing else.
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DASK = [sys.executable, "-m", "dask"]  # the `dask` command of this environment
+MAKE_CERTS = Path(__file__).resolve().parents[1] / "deploy" / "tls" / "make-certs.sh"
 
 # The tiny test model, on the CPU everywhere, so that runs compare on any machine
 TINY = ["--clip-weights", "random", "--set", "clip_model=ViT-T-16-test",
@@ -59,6 +61,17 @@ def _stop(proc: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=15)
+
+
+@contextlib.contextmanager
+def process(cmd: list[str], log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """``cmd`` in a session of its own, its output in ``log``; ended (with the processes
+    it started) on leaving."""
+    proc = _start(cmd, log, env)
+    try:
+        yield proc
+    finally:
+        _stop(proc)
 
 
 @contextlib.contextmanager
@@ -244,6 +257,44 @@ def self_signed(directory) -> tuple[str, str]:
         )
     )
     return str(cert_file), str(key_file)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A cluster's certificate set as deploy/tls/make-certs.sh writes it."""
+
+    ca: str
+    cert: str
+    key: str
+    printed: str = ""  # what the helper printed
+
+    def dask_options(self) -> tuple[str, ...]:
+        """`dask scheduler` / `dask worker` options."""
+        return ("--tls-ca-file", self.ca, "--tls-cert", self.cert, "--tls-key", self.key)
+
+    def client_env(self) -> dict[str, str]:
+        """A client's (``reattn-batch run``'s) Dask settings, as documented."""
+        return {
+            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": self.ca,
+            "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": self.cert,
+            "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": self.key,
+            "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+        }
+
+    def security(self):
+        from distributed.security import Security
+
+        return Security(tls_ca_file=self.ca, tls_client_cert=self.cert,
+                        tls_client_key=self.key, require_encryption=True)  # fmt: skip
+
+
+def make_certs(directory: Path, *args: str) -> TlsFiles:
+    """``deploy/tls/make-certs.sh ARGS DIRECTORY`` (it must succeed)."""
+    done = subprocess.run(["bash", str(MAKE_CERTS), *args, str(directory)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    names = (str(directory / n) for n in ("ca.crt", "tls.crt", "tls.key"))
+    return TlsFiles(*names, printed=done.stdout)
 
 
 def tiny_scene(path) -> str:

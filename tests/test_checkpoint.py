@@ -11,13 +11,20 @@ import sys
 import types
 import warnings
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import open_clip
 import pytest
 import torch
+import torch.jit._pickle
+from conftest import shared_file
 
-from reattn_batch.workers.checkpoint import read_clip_state_dict
+from reattn_batch.workers.checkpoint import (
+    check_tensors_only,
+    load_tensors_only,
+    read_clip_state_dict,
+)
 from reattn_batch.workers.errors import UserError
 
 OPENAI_METADATA = ("input_resolution", "context_length", "vocab_size")
@@ -171,6 +178,36 @@ def test_malicious_pickle_is_refused_without_running(tmp_path: Path, via: str) -
     assert (tmp_path / "pwned").exists()
 
 
+class TypeTagged:
+    """Pickles as ``torch.jit._pickle.restore_type_tag(value, type)``, the harmless identity
+    TorchScript's own pickles wrap containers in."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __reduce__(self) -> tuple:
+        return torch.jit._pickle.restore_type_tag, (self.value, "Dict[str, Tensor]")
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_plain_state_dict_is_built_by_torch_load_weights_only(tmp_path: Path, legacy: bool) -> None:
+    # The restricted pass allows restore_type_tag (TorchScript archives need it);
+    # torch.load(weights_only=True) does not. A state dict wrapped in it passes the
+    # validation, and is refused by torch.load's own allow-list: torch.load builds it.
+    path = tmp_path / "tagged.pth"
+    state = tiny_clip(seed=8).state_dict()
+    torch.save(TypeTagged(state), path, _use_new_zipfile_serialization=not legacy)
+    with open(path, "rb") as f:
+        check_tensors_only(f, path.stat().st_size)
+
+    with pytest.raises(
+        UserError, match=r"asks to run torch\.jit\._pickle\.restore_type_tag while loading"
+    ) as err:
+        read_clip_state_dict(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert "weights_only" not in str(err.value)  # torch's advice to load unsafely is dropped
+
+
 def torchscript_zip(path: Path, data_pkl: bytes) -> Path:
     """A hand-made archive laid out like torch.jit.save's."""
     with zipfile.ZipFile(path, "w") as archive:
@@ -246,3 +283,59 @@ def test_empty_or_non_tensor_dict_is_refused(tmp_path: Path, content: dict, prob
     with pytest.raises(UserError, match=problem) as err:
         read_clip_state_dict(path)
     assert str(path) in str(err.value)
+
+
+def assert_same_tree(got: object, want: object, where: str = "") -> None:
+    """``got`` (read here) equals ``want`` (a plain torch.load's): containers, values, tensors
+    with their type (a Parameter stays one), dtype, shape, stride and bytes."""
+    if torch.is_tensor(want):
+        assert type(got) is type(want) and got.requires_grad == want.requires_grad, where
+        assert (got.dtype, got.shape, got.stride()) == (want.dtype, want.shape, want.stride())
+        assert torch.equal(got.flatten().view(torch.uint8), want.flatten().view(torch.uint8))
+    elif isinstance(want, dict):
+        assert type(got) is type(want) and list(got) == list(want), where
+        for key in want:
+            assert_same_tree(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, (list, tuple)) and not isinstance(want, torch.Size):
+        assert type(got) is type(want) and len(got) == len(want), where
+        for i, (a, b) in enumerate(zip(got, want, strict=True)):
+            assert_same_tree(a, b, f"{where}[{i}]")
+    else:
+        assert type(got) is type(want) and got == want, where
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_state_dict_with_shared_storages_reads_like_torch_load(
+    tmp_path: Path, legacy: bool
+) -> None:
+    # Tied weights (one module twice), one tensor under two keys, a slice and a transpose of
+    # another tensor's storage, mixed dtypes, and the plain values Lightning files carry.
+    linear = torch.nn.Linear(4, 3)
+    tied = torch.nn.Sequential(linear, torch.nn.ReLU(), linear).state_dict()
+    base = torch.arange(12.0).reshape(3, 4)
+    saved = {
+        "state_dict": {**tied, "a": base, "a_again": base, "rows": base[1:], "t": base.t()},
+        "buffers": [torch.arange(5), torch.ones(2, dtype=torch.float16), torch.tensor(True)],
+        "param": torch.nn.Parameter(torch.ones(2)),
+        "hyper_parameters": {"lr": 1e-3, "name": "x", "ids": {1, 2}, "blob": b"\x00\xff"},
+        "lr_schedulers": [{"milestones": Counter({30: 1, 60: 1}), "gamma": 0.1, "z": 1 + 2j}],
+        "shape": torch.Size([2, 3]), "device": torch.device("cpu"), "dtype": torch.float16,
+    }  # fmt: skip
+    path = tmp_path / "shared.ckpt"
+    torch.save(saved, path, _use_new_zipfile_serialization=not legacy)
+
+    got = load_tensors_only(path)
+    assert_same_tree(got, torch.load(path, weights_only=True))
+    sd = got["state_dict"]
+    assert sd["0.weight"].data_ptr() == sd["2.weight"].data_ptr()  # still tied
+    assert sd["a"] is sd["a_again"]
+    storage = sd["a"].untyped_storage().data_ptr()
+    assert sd["rows"].untyped_storage().data_ptr() == sd["t"].untyped_storage().data_ptr()
+    assert sd["rows"].untyped_storage().data_ptr() == storage
+    assert sd["0.weight"].untyped_storage().data_ptr() != storage
+
+
+def test_real_featup_checkpoint_reads_like_torch_load() -> None:
+    path = shared_file("weights/featup_clip_jbu_stack_cocostuff.ckpt")
+    reference = torch.load(path, map_location="cpu", weights_only=True)
+    assert_same_tree(load_tensors_only(path), reference)

@@ -40,6 +40,7 @@ def clean_environment(monkeypatch):
         ("REATTN_BATCH_READ_BACKOFF", "-1", "expected a number of seconds, 0 or more"),
         ("REATTN_BATCH_READ_BACKOFF", "inf", "expected a number of seconds, 0 or more"),
         ("REATTN_BATCH_FUSED_CONV", "maybe", "choose one of auto, on, off"),
+        ("REATTN_BATCH_STAC_TIMEOUT", "0", "expected a positive number of seconds"),
     ],
 )
 def test_a_bad_value_is_refused_naming_the_variable(monkeypatch, name, value, expected):
@@ -100,6 +101,8 @@ def test_the_readme_lists_every_variable_its_field_and_default():
         assert field_in_readme == field and meaning
         if info.default is None:
             assert default == "unset", name
+        elif isinstance(info.default, bool):  # written as the variable takes it: 0 or 1
+            assert default == str(int(info.default)), name
         elif isinstance(info.default, float):
             assert float(default) == info.default, name
         else:

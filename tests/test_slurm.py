@@ -5,7 +5,8 @@ cancelled ends the run with one line and a second launcher finishes it (`--resum
 `--adapt` replacing its cancelled job); refused or hopeless worker jobs end the launcher
 at once with SLURM's words; a cancelled launcher job leaves a resumable store and no
 scheduler file; `job run` through the launcher on fake-GPU workers; and the one-allocation
-recipe reattn-batch.sbatch, twice at once on the node, and failing with one line.
+recipe reattn-batch.sbatch, twice at once on the node, and failing with one line. All of
+it over tls://, with the throwaway certificates both make by default (issue 19).
 
 The SLURM daemons are started by the session fixture when no controller answers (root,
 or `sudo -n`); the tests skip only where SLURM is not installed (.ci/run installs it).
@@ -14,7 +15,9 @@ or `sudo -n`); the tests skip only where SLURM is not installed (.ci/run install
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +38,7 @@ from cli_helpers import (
     ok,
     write_scene,
 )
+from cluster_helpers import TlsFiles
 
 #: The scene of the launcher tests: 1536 x 1536 px in 9 blocks of 512 (enough blocks to
 #: cancel workers while some are left), and the run's arguments for it.
@@ -146,7 +150,13 @@ def test_launcher_run_equals_the_embedded_run_and_survives_a_cancelled_worker_jo
         sh.wait_until(lambda: scheduler_file.is_file() or run.proc.poll() is not None, 300,
                       "the scheduler file")  # fmt: skip
         assert run.proc.poll() is None, run.err_text()[-4000:]
-        with Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
+        # over TLS, with the launch's throwaway certificates beside the scheduler file
+        certs = tmp_path / "scheduler.tls"
+        assert stat.S_IMODE(certs.stat().st_mode) == 0o700
+        security = TlsFiles(*(str(certs / n) for n in ("ca.crt", "tls.crt", "tls.key"))).security()
+        with Client(scheduler_file=str(scheduler_file), security=security,
+                    timeout="30s") as client:  # fmt: skip
+            assert client.scheduler.address.startswith("tls://"), client.scheduler.address
             seen = client.run(sh.worker_environment)
             resources = [w["resources"] for w in client.scheduler_info(n_workers=-1)["workers"]
                          .values()]  # fmt: skip
@@ -167,7 +177,7 @@ def test_launcher_run_equals_the_embedded_run_and_survives_a_cancelled_worker_jo
     no_traceback(run.err_text())
     assert sh.jobs(tag)[victims[0]][0] == "CANCELLED"
     same_store(store, clean)
-    assert not scheduler_file.exists()
+    assert not scheduler_file.exists() and not certs.exists()
     assert sh.wait_until(lambda: not sh.live_jobs(tag), 60, "the worker jobs to end")
 
 
@@ -266,6 +276,7 @@ def test_cancelled_launcher_job_stops_cleanly_and_leaves_a_resumable_store(
     last = [ln for ln in text.splitlines() if ln.startswith("launch.py:")][-1]
     assert last.startswith("launch.py: error: stopped by SIGTERM") and "--resume" in last, last
     assert not scheduler_file.exists(), text[-4000:]
+    assert not (tmp_path / "scheduler.tls").exists()  # nor its throwaway certificates
     sh.wait_until(lambda: not sh.live_jobs(tag, "reattn-batch-worker"), 60,
                   "the worker jobs to be cancelled")  # fmt: skip
     partial = done_blocks(store)
@@ -309,7 +320,7 @@ def test_a_worker_job_slurm_cannot_run_ends_the_launcher_at_once(request_, says,
     no_traceback(err)
     last = err.strip().splitlines()[-1]
     assert last.startswith("launch.py: error: ") and says in last, err[-4000:]
-    assert not scheduler_file.exists()
+    assert not scheduler_file.exists() and not (tmp_path / "scheduler.tls").exists()
     assert sh.wait_until(lambda: not sh.live_jobs(tag), 60, "no job left queued")
 
 
@@ -382,17 +393,37 @@ def sbatch_recipe(tag: str, workdir: Path, environ: dict, gpus: int, *run: str) 
     return submitted.stdout.strip().split(";")[0]
 
 
-def recipe_workers(scheduler_file: Path, job: str, tag: str) -> tuple[list[dict], list[dict]]:
-    """(resources, environment) of the allocation's two workers, read while it runs."""
+def job_certificates(workdir: Path, job: str) -> TlsFiles:
+    """The allocation's throwaway TLS certificates (reattn-batch.sbatch's default), read
+    while it runs: a private folder and key on the shared filesystem."""
+    folder = workdir / f"reattn-batch-tls-{job}"
+    files = TlsFiles(*(str(folder / n) for n in ("ca.crt", "tls.crt", "tls.key")))
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE(Path(files.key).stat().st_mode) == 0o600
+    return files
+
+
+def recipe_workers(workdir: Path, job: str, tag: str) -> tuple[list[dict], list[dict]]:
+    """(resources, environment) of the allocation's two workers, read while it runs; its
+    scheduler is on tls:// and refuses a plain TCP client."""
     import cloudpickle
     from distributed import Client
+    from distributed.security import Security
 
     cloudpickle.register_pickle_by_value(sh)
+    scheduler_file = workdir / f"reattn-batch-scheduler-{job}.json"
     sh.wait_until(lambda: scheduler_file.is_file() or ended(tag, job), 300,
                   f"the scheduler file of job {job}")  # fmt: skip
-    with Client(scheduler_file=str(scheduler_file), timeout="30s") as client:
+    address = json.loads(scheduler_file.read_text())["address"]
+    assert address.startswith("tls://127.0.0.1:"), address
+    with pytest.raises(OSError):
+        Client("tcp://" + address.removeprefix("tls://"), security=Security(), timeout="10s")
+    security = job_certificates(workdir, job).security()
+    with Client(scheduler_file=str(scheduler_file), security=security, timeout="30s") as client:
         client.wait_for_workers(2, timeout=300)
-        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        assert all(a.startswith("tls://") for a in workers), list(workers)
+        workers = workers.values()
         return [w["resources"] for w in workers], list(client.run(sh.worker_environment).values())
 
 
@@ -402,10 +433,12 @@ def ended(tag: str, job: str) -> str | None:
 
 
 def test_sbatch_recipe_two_allocations_at_once_on_one_node(tag, tmp_path):
-    """Free ports (no fixed 8786/8787), so two allocations share the node. GPUs per task
-    follow the allocation: `--gpus-per-task=0` gives CPU workers (no GPU resource, the
-    task's cores, no Dask OMP/MALLOC defaults), `--gpus-per-task=1` (fake GPUs) workers that
-    advertise GPU=1. Both runs complete, with the same labels."""
+    """Free ports (no fixed 8786/8787), so two allocations share the node, each over tls://
+    with throwaway certificates of its own (a private folder, removed at the end), its
+    scheduler refusing plain TCP. GPUs per task follow the allocation: `--gpus-per-task=0`
+    gives CPU workers (no GPU resource, the task's cores, no Dask OMP/MALLOC defaults),
+    `--gpus-per-task=1` (fake GPUs) workers that advertise GPU=1. Both runs complete, with
+    the same labels."""
     scene = write_scene(tmp_path / "scene.tif", 320, 256)
     gpus = {"cpu": 0, "gpu": 1}
     jobs = {
@@ -414,10 +447,10 @@ def test_sbatch_recipe_two_allocations_at_once_on_one_node(tag, tmp_path):
         for name, n in gpus.items()
     }  # fmt: skip
     sh.wait_until(lambda: len(sh.running_jobs(tag)) == 2, 300, "both allocations running at once")
-    seen = {
-        name: recipe_workers(tmp_path / name / f"reattn-batch-scheduler-{job}.json", job, tag)
-        for name, job in jobs.items()
-    }
+    seen = {name: recipe_workers(tmp_path / name, job, tag) for name, job in jobs.items()}
+    cas = {name: Path(job_certificates(tmp_path / name, job).ca).read_bytes()
+           for name, job in jobs.items()}  # fmt: skip
+    assert cas["cpu"] != cas["gpu"]  # one CA per allocation
     states = {n: sh.wait_until(lambda j=j: ended(tag, j), LAUNCH_TIMEOUT, f"job {j} to end")
               for n, j in jobs.items()}  # fmt: skip
     for name, state in states.items():
@@ -426,6 +459,7 @@ def test_sbatch_recipe_two_allocations_at_once_on_one_node(tag, tmp_path):
         no_traceback(out)
         assert attrs(tmp_path / name / "out.zarr")["complete"] is True
         assert not (tmp_path / name / f"reattn-batch-scheduler-{jobs[name]}.json").exists()
+        assert not (tmp_path / name / f"reattn-batch-tls-{jobs[name]}").exists()
     (cpu_resources, cpu_env), (gpu_resources, gpu_env) = seen["cpu"], seen["gpu"]
     assert cpu_resources == [{}, {}] and gpu_resources == [{"GPU": 1}, {"GPU": 1}], seen
     for worker in cpu_env:
@@ -461,6 +495,7 @@ def test_sbatch_recipe_failing_workers_or_scheduler_end_it_with_one_line(
     assert len(errors) == 1 and says in errors[0], out[-4000:]
     no_traceback(out)
     assert not list(tmp_path.glob("reattn-batch-scheduler-*.json"))
+    assert not list(tmp_path.glob("reattn-batch-tls-*"))
 
 
 def test_single_node_script_writes_the_real_cpu_layout(slurm):

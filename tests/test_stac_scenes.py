@@ -9,68 +9,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import cli_helpers as h
 import numpy as np
 import pystac
 import pytest
-import rasterio
 import shapely.geometry
-from pyproj import Transformer
-from rasterio.transform import from_origin
+from stac_helpers import SIZE, StacApi, make_item, save_item, write_tif
 
 from reattn_batch import store
 from reattn_batch.cli import main
 
 TINY = ["--clip-weights", "random", "--set", "clip_model=ViT-T-16-test", "--upsampler", "bilinear"]
 RUN = ["--classes", "building,water", *TINY, "--block-size", "512", "--workers", "1"]
-CRS = "EPSG:25832"
-SIZE = 64  # px
-GSD = 0.5  # m
-
-
-def write_tif(path: Path, x0: float, seed: int) -> Path:
-    """A 3-band uint8 GeoTIFF of SIZE x SIZE px at GSD m, upper-left corner (x0, 5645000)."""
-    data = np.random.default_rng(seed).integers(0, 256, (3, SIZE, SIZE), dtype=np.uint8)
-    profile = {
-        "driver": "GTiff", "height": SIZE, "width": SIZE, "count": 3, "dtype": "uint8",
-        "crs": CRS, "transform": from_origin(x0, 5645000.0, GSD, GSD),
-    }  # fmt: skip
-    with rasterio.open(path, "w", **profile) as ds:
-        ds.write(data)
-    return path
-
-
-def make_item(
-    item_id: str, tif: Path, assets: dict[str, str] | None = None, **props
-) -> pystac.Item:
-    """A STAC Item whose footprint is the GeoTIFF's, with ``assets`` {key: role} pointing
-    at it (default: a ``visual`` asset)."""
-    with rasterio.open(tif) as ds:
-        bounds = ds.bounds
-    to_wgs84 = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
-    west, south = to_wgs84.transform(bounds.left, bounds.bottom)
-    east, north = to_wgs84.transform(bounds.right, bounds.top)
-    geometry = shapely.geometry.mapping(shapely.geometry.box(west, south, east, north))
-    item = pystac.Item(
-        item_id, geometry, [west, south, east, north], dt.datetime(2024, 6, 1, tzinfo=dt.UTC),
-        dict(props),
-    )  # fmt: skip
-    for key, role in (assets or {"visual": "visual"}).items():
-        item.add_asset(
-            key,
-            pystac.Asset(str(tif.absolute()), media_type=pystac.MediaType.GEOTIFF, roles=[role]),
-        )
-    return item
-
-
-def save_item(item: pystac.Item, path: Path) -> Path:
-    item.save_object(include_self_link=False, dest_href=str(path))
-    return path
 
 
 def labels_of(path: Path) -> np.ndarray:
@@ -159,141 +111,6 @@ def test_an_item_without_a_usable_asset_is_one_line(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- STAC API
 
-CONFORMS = [
-    "https://api.stacspec.org/v1.0.0/core",
-    "https://api.stacspec.org/v1.0.0/collections",
-    "https://api.stacspec.org/v1.0.0/ogcapi-features",
-    "https://api.stacspec.org/v1.0.0/item-search",
-    "https://api.stacspec.org/v1.0.0/item-search#query",
-    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
-    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
-]
-OPS = {"lt": float.__lt__, "lte": float.__le__, "gt": float.__gt__, "gte": float.__ge__,
-       "eq": float.__eq__}  # fmt: skip
-
-
-class StacApi:
-    """A STAC API on loopback: /, /conformance, /collections/X, /collections/X/items/ID
-    and /search (GET or POST: collections, bbox, datetime, query) over ``items``."""
-
-    def __init__(self, collection: str) -> None:
-        self.collection = collection
-        self.items: dict[str, dict] = {}
-        self.searches: list[dict] = []
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def reply(self, body: dict, status: int = 200) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                url = urlparse(self.path)
-                if url.path == "/search":
-                    params = {k: v[0] for k, v in parse_qs(url.query).items()}
-                    for key in ("bbox", "collections"):
-                        if key in params:
-                            params[key] = params[key].split(",")
-                    if "query" in params:
-                        params["query"] = json.loads(params["query"])
-                    return self.reply(api.search(params))
-                body = api.get(url.path.rstrip("/") or "/")
-                self.reply(body or {"code": "NotFound"}, 200 if body else 404)
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                params = json.loads(self.rfile.read(length) or b"{}")
-                self.reply(api.search(params))
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def add(self, item: pystac.Item) -> str:
-        """Serve ``item``; its asset hrefs become file:// URLs (relative ones would be
-        resolved against this server)."""
-        href = f"{self.url}/collections/{self.collection}/items/{item.id}"
-        item.collection_id = self.collection
-        data = item.to_dict(include_self_link=False)
-        for asset in data["assets"].values():
-            asset["href"] = Path(asset["href"]).as_uri()
-        data["links"] = [
-            {"rel": "self", "href": href, "type": "application/geo+json"},
-            {"rel": "collection", "href": f"{self.url}/collections/{self.collection}"},
-            {"rel": "root", "href": f"{self.url}/"},
-        ]
-        self.items[item.id] = data
-        return href
-
-    def get(self, path: str) -> dict | None:
-        base = self.url
-        if path == "/":
-            return {
-                "type": "Catalog", "id": "loopback", "stac_version": "1.0.0",
-                "description": "test API", "conformsTo": CONFORMS,
-                "links": [
-                    {"rel": "self", "href": f"{base}/", "type": "application/json"},
-                    {"rel": "root", "href": f"{base}/", "type": "application/json"},
-                    {"rel": "conformance", "href": f"{base}/conformance"},
-                    {"rel": "data", "href": f"{base}/collections"},
-                    {"rel": "search", "href": f"{base}/search", "method": "GET",
-                     "type": "application/geo+json"},
-                    {"rel": "search", "href": f"{base}/search", "method": "POST",
-                     "type": "application/geo+json"},
-                ],
-            }  # fmt: skip
-        if path == "/conformance":
-            return {"conformsTo": CONFORMS}
-        if path == f"/collections/{self.collection}":
-            return pystac.Collection(
-                self.collection, "test collection",
-                pystac.Extent(
-                    pystac.SpatialExtent([[-180, -90, 180, 90]]),
-                    pystac.TemporalExtent([[None, None]]),
-                ),
-            ).to_dict(include_self_link=False)  # fmt: skip
-        prefix = f"/collections/{self.collection}/items/"
-        if path.startswith(prefix):
-            return self.items.get(path[len(prefix) :])
-        return None
-
-    def search(self, params: dict) -> dict:
-        """The Items matching ``params``, filtered here independently of the client."""
-        self.searches.append(params)
-        out = []
-        for data in self.items.values():
-            if params.get("collections") and data["collection"] not in params["collections"]:
-                continue
-            if params.get("bbox"):
-                box = shapely.geometry.box(*(float(v) for v in params["bbox"]))
-                if not box.intersects(shapely.geometry.shape(data["geometry"])):
-                    continue
-            if params.get("datetime"):
-                lo, _, hi = params["datetime"].partition("/")
-                when = data["properties"]["datetime"]
-                if (lo not in ("", "..") and when < lo) or (hi not in ("", "..") and when > hi):
-                    continue
-            query = params.get("query") or {}
-            if any(
-                not OPS[op](float(data["properties"].get(prop, float("nan"))), float(value))
-                for prop, tests in query.items()
-                for op, value in tests.items()
-            ):
-                continue
-            out.append(data)
-        return {"type": "FeatureCollection", "features": out, "links": []}
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
 
 SEARCH_SPEC = (
     """\
@@ -358,6 +175,8 @@ def test_a_job_from_a_stac_api_search_maps_only_new_items_on_a_rerun(api, tmp_pa
     np.testing.assert_array_equal(labels_of(root / "clear-a.labels.zarr"), labels_of(direct))
     attrs = store.read_attrs(root / "clear-a.labels.zarr")
     assert attrs["source_stac_item"] == f"{api.url}/collections/aerial/items/clear-a"
+    # its relative asset href was joined on the Item's own URL and read from that server
+    assert attrs["scene"] == f"/vsicurl/{api.url}/data/{rasters[0].name}"
 
     api.add(make_item("clear-c", rasters[3], **{"eo:cloud_cover": 1.0}))
     assert job("run", spec) == 0

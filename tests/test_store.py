@@ -3,7 +3,10 @@ rioxarray, zarr), written block by block from separate processes."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import multiprocessing
+import shutil
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 
@@ -25,6 +28,7 @@ from reattn_batch.store import (
     update_attrs,
     write_block,
 )
+from reattn_batch.store.create import rename_claiming, rename_noreplace
 from reattn_batch.workers.errors import StoreError, UserError
 
 CLASSES = ["background", "building", "low vegetation", "water", "road"]
@@ -280,6 +284,87 @@ def test_overwrite_refuses_to_delete_a_non_store(tmp_path):
     with pytest.raises(UserError, match="not a Zarr store"):
         _small(folder, 1, overwrite=True)
     assert (folder / "precious.txt").read_text() == "keep me"
+
+
+def _digest(path) -> str:
+    """sha256 over every file's relative path and bytes under ``path``."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
+
+
+def test_a_path_that_appears_while_the_store_is_built_is_never_deleted(tmp_path):
+    """Issue 19 item 4: without overwrite the store is only renamed into place. Another
+    process's store created at the same path meanwhile (here: a real create_store, run
+    just before ours is renamed) is left whole, and ours fails with one line."""
+    path = tmp_path / "out.zarr"
+    theirs: dict[str, str] = {}
+
+    def another_run_creates_it(tmp) -> None:
+        assert tmp.is_dir() and not path.exists()  # ours is built, not yet in place
+        _small(path, 2, overwrite=False)
+        theirs["digest"] = _digest(path)
+
+    with pytest.raises(StoreError) as err:
+        _small(path, 1, overwrite=False, _before_rename=another_run_creates_it)
+    line = str(err.value)
+    assert "\n" not in line and str(path) in line and "appeared" in line, line
+    assert _digest(path) == theirs["digest"]  # not deleted, not touched
+    assert read_attrs(path)["run"] == 2 and (open_labels(path)[:] == 2).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]  # ours removed
+
+
+def test_a_folder_planted_while_the_store_is_built_is_never_replaced(tmp_path):
+    """``os.rename`` onto an empty folder replaces it: the final rename must not."""
+    path = tmp_path / "out.zarr"
+    with pytest.raises(StoreError, match="appeared"):
+        _small(path, 1, overwrite=False, _before_rename=lambda tmp: path.mkdir())
+    assert path.is_dir() and not any(path.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
+
+
+def test_overwrite_moves_the_old_store_aside_and_puts_it_back_if_the_new_fails(tmp_path):
+    """Issue 19 item 4: overwrite renames the old store aside, renames the new one in and
+    only then deletes the old; when the new one cannot be renamed in (here: it is gone),
+    the old store is back at its path, whole."""
+    path = tmp_path / "out.zarr"
+    _small(path, 1, overwrite=False)
+    old = _digest(path)
+    seen: dict[str, object] = {}
+
+    def new_store_lost(tmp) -> None:
+        aside = [p for p in tmp_path.iterdir() if p.name.startswith(".out.zarr.old-")]
+        seen["path_free"] = not path.exists()
+        seen["aside_is_old"] = len(aside) == 1 and _digest(aside[0]) == old
+        shutil.rmtree(tmp)  # the rename of the new store in now fails
+
+    with pytest.raises(StoreError) as err:
+        _small(path, 2, overwrite=True, _before_rename=new_store_lost)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+    assert seen == {"path_free": True, "aside_is_old": True}  # moved aside, not deleted
+    assert _digest(path) == old and read_attrs(path)["run"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]  # no temp, no aside
+
+
+@pytest.mark.parametrize("rename", [rename_noreplace, rename_claiming], ids=["renameat2", "claim"])
+def test_rename_noreplace_never_replaces(tmp_path, rename):
+    """Both ways (renameat2, and mkdir-as-claim where it is missing) refuse an existing
+    empty folder, a file and a link at the target, and rename onto a free one."""
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    empty, afile, link = tmp_path / "empty", tmp_path / "file", tmp_path / "link"
+    empty.mkdir()
+    afile.write_text("keep")
+    link.symlink_to(empty)
+    for target in (empty, afile, link):
+        with pytest.raises(OSError) as err:
+            rename(src, target)
+        assert err.value.errno == errno.EEXIST
+    assert empty.is_dir() and not any(empty.iterdir()) and afile.read_text() == "keep"
+    assert link.is_symlink() and (src / "a").is_dir()
+    rename(src, tmp_path / "free")
+    assert (tmp_path / "free" / "a").is_dir() and not src.exists()
 
 
 def test_unwritable_parent_is_a_user_error(tmp_path):

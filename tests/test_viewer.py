@@ -66,7 +66,9 @@ def planted_labels() -> np.ndarray:
     return out
 
 
-def make_store(folder: Path, name: str = "planted.labels.zarr") -> Path:
+def make_store(
+    folder: Path, name: str = "planted.labels.zarr", class_names: list[str] = CLASSES
+) -> Path:
     """The planted store (with confidence) and its scene GeoTIFF under ``folder``."""
     scene = folder / "scene.tif"
     with rasterio.open(
@@ -84,8 +86,8 @@ def make_store(folder: Path, name: str = "planted.labels.zarr") -> Path:
         "bands": [1, 2, 3],
         "stretch": None,
         "classes": {
-            "names": CLASSES,
-            "synonyms": [[c] for c in CLASSES],
+            "names": class_names,
+            "synonyms": [[c] for c in class_names],
             "background_index": 0,
         },
         "method": "reattnclip",
@@ -96,7 +98,9 @@ def make_store(folder: Path, name: str = "planted.labels.zarr") -> Path:
     }
     store = folder / name
     layout = StoreLayout(GeoBox((H, W), TRANSFORM, CRS_WKT), chunk=CHUNK, with_confidence=True)
-    create_store(store, layout, attrs=attrs, class_names=CLASSES, background_index=0, blocks=(1, 1))
+    create_store(
+        store, layout, attrs=attrs, class_names=class_names, background_index=0, blocks=(1, 1)
+    )
     write_block(store, 0, 0, labels, confidence)
     mark_block_done(store, 0)
     update_attrs(store, complete=True)

@@ -1,141 +1,60 @@
 """Read CLIP weights from a local file without executing code from it.
 
 Checkpoints are untrusted input: a pickle can call any importable function while it is
-being read. Plain state dicts therefore go through ``torch.load(..., weights_only=True)``,
-whose unpickler only rebuilds tensors and containers.
+being read, and a small one can describe huge tensors or exponentially large trees. So
+every pickle in a file is first read by
+:class:`~reattn_batch.workers.checkpoint_pickle.RestrictedUnpickler`, which calls only
+harmless functions, refuses shared or cyclic containers and keeps tensors as records, each
+checked to lie inside its storage (see that module). Then, by the file's layout:
 
-OpenAI's ``ViT-B-16.pt`` is no state dict but a TorchScript archive (``torch.jit.save``):
-a zip whose ``<root>/data.pkl`` pickles a tree of ``__torch__.*`` module objects, whose
-tensors live in ``<root>/data/<key>`` and whose TorchScript sources sit under
-``<root>/code/``. ``torch.load`` refuses such archives with ``weights_only=True`` and
-``torch.jit.load`` would compile and run the code in them, so this module reads them itself:
-an unpickler that allows only the globals needed to rebuild tensors, turns every
-``__torch__`` class into an inert record of its attributes and reads the storages from the
-zip. The parameter and buffer names of each class are taken from the ``__parameters__`` and
-``__buffers__`` lists in the archive's code, which is read as text and never run.
+- **torch.save zip** (PyTorch >= 1.6: ``<root>/data.pkl`` and a record ``<root>/data/<key>``
+  per storage) and **torch.save legacy file** (``_use_new_zipfile_serialization=False``:
+  pickles of a magic number, a protocol version, system info, the object and its storage
+  keys, then each storage as an int64 element count and its bytes): the restricted pass
+  only validates (:func:`check_tensors_only`), reading each storage's size (the zip
+  record's size, the legacy element count) and none of its bytes. When it finds nothing
+  wrong, ``torch.load(weights_only=True)`` builds the object from the same open file. A
+  zip's records are read through torch's own zip reader, so that the pickle validated is
+  the one ``torch.load`` reads (Python's ``zipfile`` reads another of two ``data.pkl``).
+- **TorchScript archive** (``torch.jit.save``, OpenAI's ``ViT-B-16.pt``): a zip laid out
+  like the first, whose ``data.pkl`` pickles a tree of ``__torch__.*`` module objects.
+  ``torch.load`` refuses these with ``weights_only=True`` and ``torch.jit.load`` would
+  compile and run their code, so the restricted reader reads them end to end: the module
+  objects become inert records of their attributes, the storages are read from the
+  archive and :func:`~reattn_batch.workers.checkpoint_pickle.resolve` makes each tensor a
+  view of its storage. The parameter and buffer names of each class are taken from the
+  ``__parameters__`` and ``__buffers__`` lists in the archive's code (``<root>/code/``),
+  which is read as text and never run.
 """
 
 from __future__ import annotations
 
 import ast
 import io
+import os
 import pickle
 import re
 import sys
 import zipfile
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any
 
 import torch
 
+from reattn_batch.workers.checkpoint_pickle import (
+    DisallowedGlobal,
+    RestrictedUnpickler,
+    TorchScriptObject,
+    UnsafeCheckpoint,
+    check,
+    resolve,
+)
 from reattn_batch.workers.errors import ModelError, UserError
 
 # Tensors OpenAI's TorchScript CLIP carries for its own loader; no model parameter.
 _OPENAI_METADATA = ("input_resolution", "context_length", "vocab_size")
 _WRAPPER_KEYS = ("state_dict", "model")
-
-# "torch FloatStorage" etc. name a storage's dtype in TorchScript pickles. A fixed table:
-# the legacy storage classes are deprecated, and reading their .dtype warns.
-_STORAGE_DTYPES: dict[str, torch.dtype] = {
-    "DoubleStorage": torch.float64,
-    "FloatStorage": torch.float32,
-    "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16,
-    "LongStorage": torch.int64,
-    "IntStorage": torch.int32,
-    "ShortStorage": torch.int16,
-    "CharStorage": torch.int8,
-    "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool,
-    "ComplexFloatStorage": torch.complex64,
-    "ComplexDoubleStorage": torch.complex128,
-    "UntypedStorage": torch.uint8,
-}
-# Newer writers may name the dtype itself ("torch float16").
-_STORAGE_DTYPES |= {str(dtype).removeprefix("torch."): dtype for dtype in _STORAGE_DTYPES.values()}
-
-
-class _Storage(NamedTuple):
-    data: torch.UntypedStorage
-    dtype: torch.dtype
-
-
-class _TorchScriptObject:
-    """Inert stand-in for a ``__torch__.*`` object: it only keeps its pickled state."""
-
-    qualname = ""
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
-
-
-def _rebuild_tensor(
-    storage: _Storage,
-    offset: int,
-    size: tuple[int, ...],
-    stride: tuple[int, ...],
-    *_requires_grad_hooks_metadata: Any,
-) -> torch.Tensor:
-    if not isinstance(storage, _Storage):
-        raise pickle.UnpicklingError("tensor without a storage from the archive")
-    return torch.empty(0, dtype=storage.dtype).set_(storage.data, offset, size, stride)
-
-
-def _rebuild_parameter(data: torch.Tensor, *_requires_grad_hooks_state: Any) -> torch.Tensor:
-    return data
-
-
-# The only callables a TorchScript data.pkl may reach, each replaced by a harmless one.
-_SAFE_GLOBALS: dict[tuple[str, str], Callable[..., Any]] = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("collections", "OrderedDict"): OrderedDict,
-    ("torch.jit._pickle", "restore_type_tag"): lambda value, _type: value,
-    **{("torch.jit._pickle", f"build_{k}list"): list for k in ("int", "double", "bool")},
-    ("torch.jit._pickle", "build_tensorlist"): list,
-}
-
-
-class _DisallowedGlobal(pickle.UnpicklingError):
-    pass
-
-
-class _TorchScriptUnpickler(pickle.Unpickler):
-    def __init__(self, archive: zipfile.ZipFile, root: str, data: bytes) -> None:
-        super().__init__(io.BytesIO(data))
-        self.archive, self.root = archive, root
-        self.classes: dict[str, type[_TorchScriptObject]] = {}
-        self.storages: dict[str, _Storage] = {}  # a key named twice is read once, and shared
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "__torch__" or module.startswith("__torch__."):
-            qualname = f"{module}.{name}"
-            if qualname not in self.classes:
-                attrs = {"qualname": qualname}
-                self.classes[qualname] = type(name, (_TorchScriptObject,), attrs)
-            return self.classes[qualname]
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _STORAGE_DTYPES[name]
-        if (module, name) in _SAFE_GLOBALS:
-            return _SAFE_GLOBALS[module, name]
-        raise _DisallowedGlobal(f"{module}.{name}")
-
-    def persistent_load(self, pid: Any) -> _Storage:
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
-        _, dtype, key, _location, numel = pid
-        if not isinstance(dtype, torch.dtype):
-            raise pickle.UnpicklingError(f"storage of unknown type {dtype!r}")
-        if key not in self.storages:
-            raw = self.archive.read(f"{self.root}/data/{key}")
-            if len(raw) < numel * dtype.itemsize:
-                raise pickle.UnpicklingError(f"storage {key} is truncated")
-            storage = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8)
-            self.storages[key] = _Storage(storage, dtype)
-        return _Storage(self.storages[key].data, dtype)
 
 
 _DECLARATIONS = ("__parameters__", "__buffers__")
@@ -200,27 +119,44 @@ def _declared_tensors(
     return names
 
 
-def _read_torchscript(archive: zipfile.ZipFile, root: str) -> dict[str, Any]:
+def _read_zip(archive: zipfile.ZipFile, root: str) -> Any:
+    """The object a TorchScript archive's ``<root>/data.pkl`` pickles, its tensors viewing
+    the ``<root>/data/<key>`` records (each read once: storages named twice are shared)."""
     # Archives older than PyTorch 1.13 (OpenAI's among them) have no byteorder record.
     byteorder = f"{root}/byteorder"
     if byteorder in archive.namelist() and archive.read(byteorder).decode() != sys.byteorder:
         raise pickle.UnpicklingError("the archive was written with the other byte order")
-    tree = _TorchScriptUnpickler(archive, root, archive.read(f"{root}/data.pkl")).load()
+    data = archive.read(f"{root}/data.pkl")
+    unpickler = RestrictedUnpickler(io.BytesIO(data), len(data), torchscript=True)
+    tree = unpickler.load()
+    nbytes = unpickler.storage_bytes(lambda key: archive.getinfo(f"{root}/data/{key}").file_size)
+    storages = {
+        key: torch.UntypedStorage.from_buffer(
+            memoryview(archive.read(f"{root}/data/{key}"))[:size], dtype=torch.uint8
+        )
+        for key, size in nbytes.items()
+    }
+    return resolve(tree, storages)
+
+
+def _read_torchscript(archive: zipfile.ZipFile, root: str) -> dict[str, Any]:
+    tree = _read_zip(archive, root)
     declared: dict[str, list[str] | None] = {}
     parsed: dict[str, dict[str, tuple[str, str]]] = {}
     out: dict[str, Any] = {}
 
-    def walk(obj: _TorchScriptObject, prefix: str) -> None:
+    # resolve() has checked that each object is reached once: the walk is linear
+    def walk(obj: TorchScriptObject, prefix: str) -> None:
         state = obj.state if isinstance(getattr(obj, "state", None), dict) else {}
         if obj.qualname not in declared:
             declared[obj.qualname] = _declared_tensors(archive, root, obj.qualname, parsed)
         names = declared[obj.qualname] or [k for k, v in state.items() if torch.is_tensor(v)]
         out.update((prefix + n, state[n]) for n in names if torch.is_tensor(state.get(n)))
         for key, value in state.items():
-            if isinstance(value, _TorchScriptObject):
+            if isinstance(value, TorchScriptObject):
                 walk(value, f"{prefix}{key}.")
 
-    if not isinstance(tree, _TorchScriptObject):
+    if not isinstance(tree, TorchScriptObject):
         raise pickle.UnpicklingError("data.pkl holds no TorchScript module")
     walk(tree, "")
     return out
@@ -231,7 +167,7 @@ def _torchscript_root(path: Path) -> str | None:
     if not zipfile.is_zipfile(path):
         return None
     with zipfile.ZipFile(path) as archive:
-        _check_sizes(archive, path.stat().st_size)
+        _check_sizes((info.file_size for info in archive.infolist()), path.stat().st_size)
         names = archive.namelist()
     # Folders holding constants.pkl or code/: one pass, so that a crafted archive with
     # many entries costs linear time, not entries squared.
@@ -247,32 +183,119 @@ def _torchscript_root(path: Path) -> str | None:
     return None
 
 
-def _check_sizes(archive: zipfile.ZipFile, file_size: int) -> None:
-    """Refuse a zip whose entries would unpack to far more than the file holds.
+def _check_sizes(unpacked: Iterable[int], file_size: int) -> None:
+    """Refuse a zip whose entries (of these ``unpacked`` sizes) would unpack to far more
+    than the file holds.
 
     torch.save and torch.jit.save store entries uncompressed, so their unpacked total is
     at most the file's size; a crafted archive of compressed entries (a "zip bomb") could
     otherwise take minutes and gigabytes to read.
     """
-    unpacked = sum(info.file_size for info in archive.infolist())
-    if unpacked > 2 * file_size + (1 << 20):
+    total = sum(unpacked)
+    if total > 2 * file_size + (1 << 20):
         raise pickle.UnpicklingError(
-            f"its entries claim {unpacked} bytes unpacked in a {file_size}-byte file"
+            f"its entries claim {total} bytes unpacked in a {file_size}-byte file"
         )
 
 
+# The legacy torch.save format starts with these two pickled numbers.
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
+# torch.load reads a file that starts with these bytes as a zip, any other as a legacy file
+# (torch.serialization._is_zipfile).
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _check_zip(f: IO[bytes], size: int) -> None:
+    """Validate a ``torch.save`` zip of ``size`` bytes as ``torch.load`` will read it: its
+    records through torch's own zip reader, its ``data.pkl`` by the restricted pass."""
+    reader = torch._C.PyTorchFileReader(f)  # what torch.load opens (torch/serialization.py)
+    record_size = _record_sizes(reader, f)
+    _check_sizes((record_size(name) for name in reader.get_all_records()), size)
+    data = reader.get_record("data.pkl")
+    unpickler = RestrictedUnpickler(io.BytesIO(data), len(data))
+    tree = unpickler.load()
+    check(tree, unpickler.storage_bytes(lambda key: record_size(f"data/{key}")))
+
+
+def _record_sizes(reader: Any, f: IO[bytes]) -> Callable[[str], int]:
+    """The unpacked size of each record (by its name under the archive's root folder), as
+    torch's zip reader sees it: its own ``get_record_size`` where this torch has one; else
+    from the zip's central directory, once no name appears twice in it (with one entry per
+    name, Python's zipfile and torch's reader agree on which entry a name means)."""
+    own = getattr(reader, "get_record_size", None)
+    if own is not None:
+        return own
+    f.seek(0)
+    with zipfile.ZipFile(f) as archive:
+        infos = archive.infolist()
+    names = [info.filename.split("/", 1)[-1] for info in infos]
+    if len(set(names)) != len(names):
+        raise pickle.UnpicklingError("a record name appears twice in its zip")
+    sizes = dict(zip(names, (info.file_size for info in infos), strict=True))
+    return sizes.__getitem__
+
+
+def _check_legacy(f: IO[bytes], size: int) -> None:
+    """Validate a legacy ``torch.save`` file of ``size`` bytes (see the module's docstring
+    for the layout): its pickles by the restricted pass, its storages by their element
+    counts, skipping their bytes. (torch.load first tries such a file as a tar archive, the
+    layout of PyTorch < 0.4, and refuses one under ``weights_only=True``.)"""
+
+    def plain() -> Any:
+        return RestrictedUnpickler(f, size).load()
+
+    if plain() != _LEGACY_MAGIC or plain() != _LEGACY_PROTOCOL:
+        raise pickle.UnpicklingError("no torch.save file")
+    info = plain()
+    if not isinstance(info, dict) or info.get("little_endian") != (sys.byteorder == "little"):
+        raise pickle.UnpicklingError("the file was written with the other byte order")
+    unpickler = RestrictedUnpickler(f, size)
+    tree = unpickler.load()
+    keys = plain()
+    if not isinstance(keys, list) or sorted(keys) != sorted(unpickler.storages):
+        raise pickle.UnpicklingError("its list of storages does not match its tensors")
+    held = {}  # bytes the file holds for each storage, in the order torch.load reads them
+    for key in keys:
+        dtype, numel = unpickler.storages[key]
+        count = int.from_bytes(f.read(8), "little", signed=True)
+        if count != numel:
+            raise pickle.UnpicklingError(f"storage {key} holds {count} elements, not {numel}")
+        held[key] = min(numel * dtype.itemsize, size - f.tell())
+        f.seek(held[key], io.SEEK_CUR)
+    check(tree, unpickler.storage_bytes(held.__getitem__))
+
+
+def check_tensors_only(f: IO[bytes], size: int) -> None:
+    """Validate the ``torch.save`` file (zip or legacy, by its first bytes as ``torch.load``
+    tells them apart) open as ``f`` at its start, of ``size`` bytes, for
+    ``torch.load(weights_only=True)``: a zip whose entries would unpack to far more than the
+    file is refused (see :func:`_check_sizes`), every pickle is read by
+    :class:`RestrictedUnpickler` and each tensor record checked against its storage's size.
+    A refused global raises ``DisallowedGlobal`` naming it, a crafted structure
+    ``UnsafeCheckpoint``; other failures propagate as raised."""
+    is_zip = f.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
+    f.seek(0)
+    (_check_zip if is_zip else _check_legacy)(f, size)
+
+
 def load_tensors_only(path: Path) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU, after refusing a zip whose entries
-    would unpack to far more than the file (see :func:`_check_sizes`). A refused global
-    raises ``_DisallowedGlobal`` naming it; every other failure propagates as raised."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            _check_sizes(archive, path.stat().st_size)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # torch names a refused global "GLOBAL module.name"
-        refused = re.search(r"\bGLOBAL (\S+)", str(e))
-        raise (_DisallowedGlobal(refused.group(1)) if refused else e) from None
+    """The object a ``torch.save`` file (zip or legacy) holds, its tensors on the CPU:
+    ``torch.load(path, map_location="cpu", weights_only=True)``, on the open file that
+    :func:`check_tensors_only` found nothing wrong in. Raises as that function does; a
+    global ``torch.load`` refuses raises ``DisallowedGlobal`` naming it too."""
+    with open(path, "rb") as f:
+        check_tensors_only(f, os.fstat(f.fileno()).st_size)
+        f.seek(0)
+        try:
+            return torch.load(f, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            # torch wraps the cause in advice to load with weights_only=False, not to follow
+            cause = str(e).rpartition("WeightsUnpickler error:")[2].strip()
+            refused = re.search(r"\bGLOBAL (\S+)", cause)
+            raise (
+                DisallowedGlobal(refused.group(1)) if refused else pickle.UnpicklingError(cause)
+            ) from None
 
 
 def _unwrap(obj: Any) -> Any:
@@ -305,12 +328,14 @@ def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 obj: Any = _read_torchscript(archive, root)
         else:
             obj = load_tensors_only(path)
-    except _DisallowedGlobal as e:
+    except DisallowedGlobal as e:
         raise ModelError(
             f"{where}: the file asks to run {e} while loading and this program refuses to "
             "execute code from a checkpoint; pass OpenAI's ViT-B-16.pt or a plain state dict "
             "of tensors"
         ) from None
+    except UnsafeCheckpoint as e:
+        raise ModelError(f"{where}: refused, {e}; the file is damaged or crafted: {_FIX}") from None
     except Exception as e:  # untrusted bytes: any other failure means an unreadable file
         raise _corrupt(where, e) from None
 
@@ -331,9 +356,7 @@ _FIX = "pass OpenAI's ViT-B-16.pt or a state dict of CLIP ViT-B/16 tensors"
 
 
 def _corrupt(where: str, error: BaseException) -> UserError:
-    # torch wraps the cause in advice about weights_only=False, which must not be followed here
-    text = str(error).rpartition("WeightsUnpickler error:")[2]
-    detail = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    detail = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
     detail = detail.split(". ")[0]
     detail = (detail[:120] + "...") if len(detail) > 120 else detail or type(error).__name__
     return ModelError(

@@ -288,14 +288,53 @@ def build_config(values: Mapping[str, Any], source: str | Mapping[str, str]) -> 
     raise ModelError(f"config key '{key}' ({where(key)}): {problem.msg}{shown}") from None
 
 
+#: The deepest nesting of collections a YAML file may have (job specs need about 8).
+MAX_YAML_DEPTH = 64
+
+
+class _Refused(yaml.YAMLError):
+    """A YAML construct :class:`PlainYamlLoader` does not read; ``mark``: where."""
+
+    def __init__(self, problem: str, mark: yaml.Mark) -> None:
+        super().__init__(problem)
+        self.problem, self.mark = problem, mark
+
+
+class PlainYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases (``*name``, merge keys ``<<: *name``) and at
+    most MAX_YAML_DEPTH levels deep: an alias repeats a subtree without its size in the
+    file ("billion laughs": nine lines that expand to 10**9 values downstream), and deep
+    nesting exhausts the recursion of the parser."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(
+                f"YAML aliases (*{event.anchor}) are not allowed; write the value out",
+                event.start_mark,
+            )
+        if self._depth >= MAX_YAML_DEPTH:
+            raise _Refused(f"nested more than {MAX_YAML_DEPTH} levels deep", event.start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def read_yaml(path: str | Path, what: str) -> Any:
-    """Parse a YAML file; a missing or unreadable file is a UserError naming ``what``
-    (e.g. "--config") and the path. Every YAML the project reads comes through here."""
+    """Parse a YAML file (:class:`PlainYamlLoader`: no aliases, bounded depth); a missing
+    or unreadable file is a UserError naming ``what`` (e.g. "--config") and the path.
+    Every YAML the project reads comes through here."""
     path = Path(path)
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=PlainYamlLoader)
     except FileNotFoundError:
         raise ModelError(f"{what} {path}: no such file") from None
+    except _Refused as exc:
+        raise ModelError(f"{what} {path}: line {exc.mark.line + 1}: {exc.problem}") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         first = " ".join(str(exc).split()) or type(exc).__name__
         raise ModelError(f"{what} {path}: not readable YAML ({first})") from None

@@ -103,6 +103,20 @@ class EnvironmentSettings(Settings):
         "(on for CUDA, off on the CPU)",
     )
 
+    allow_private_hrefs: bool = Field(
+        False,
+        alias="REATTN_BATCH_ALLOW_PRIVATE_HREFS",
+        description="1: hrefs named by remote STAC documents (assets, Items, pages) may be "
+        "on loopback, private or link-local hosts; 0: only on public hosts or the "
+        "document's own origin",
+    )
+    stac_timeout: Seconds = Field(
+        30.0,
+        alias="REATTN_BATCH_STAC_TIMEOUT",
+        description="seconds a STAC server (an Item, a catalog, an API) may take to accept "
+        "a connection or to send more of a document; a whole document gets 4 times this",
+    )
+
     @classmethod
     def variable(cls, field: str) -> str:
         """The environment variable of ``field``: ``variable("cache")`` -> REATTN_BATCH_CACHE."""

@@ -21,6 +21,15 @@ the worker jobs and exits with one line; finished blocks stay for ``--resume``.
 The scheduler file is removed when the launcher ends. ``--print-job-script`` prints
 the job script a worker would get, and submits nothing. Needs
 ``pip install "reattn-batch[slurm]"`` (dask-jobqueue) on the launching host.
+
+TLS by default: the scheduler listens on ``tls://`` and it, the workers and the run
+present certificates of one CA and require encryption, so that no one else who reaches
+the nodes can join the cluster or run code on its workers. The certificates are either
+given (``--tls-ca-file``, ``--tls-cert``, ``--tls-key``: files on the shared filesystem,
+made e.g. by deploy/tls/make-certs.sh), or else throwaway ones that the launcher makes
+with deploy/tls/make-certs.sh in a private folder beside the scheduler file
+(``SCHEDULER-FILE-STEM.tls/``, mode 0700), removed when it ends. ``--insecure-tcp``:
+plain ``tcp://``, only on a machine no one else uses.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import argparse
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +46,8 @@ import threading
 import time
 from pathlib import Path
 
+#: The certificate helper (deploy/tls/make-certs.sh), for throwaway per-launch certificates.
+MAKE_CERTS = Path(__file__).resolve().parents[1] / "tls" / "make-certs.sh"
 TLS_ENV = {  # what `reattn-batch run` (a Dask client) reads for tls:// addresses
     "ca": "DASK_DISTRIBUTED__COMM__TLS__CA_FILE",
     "cert": "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT",
@@ -153,9 +165,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=3600.0,
         help="Seconds to wait for the workers to leave the queue (default 3600).",
     )
-    p.add_argument("--tls-ca-file", help="TLS: CA certificate (PEM) trusted by every party.")
+    p.add_argument(
+        "--tls-ca-file",
+        help="TLS: CA certificate (PEM) trusted by every party (default: throwaway "
+        "certificates of this launch, made by deploy/tls/make-certs.sh beside the "
+        "scheduler file and removed at the end).",
+    )
     p.add_argument("--tls-cert", help="TLS: certificate of scheduler, workers and client.")
     p.add_argument("--tls-key", help="TLS: private key of --tls-cert.")
+    p.add_argument(
+        "--insecure-tcp",
+        action="store_true",
+        help="No TLS: plain tcp://, where anyone who reaches the scheduler's port can run "
+        "code on the workers. Only on a machine no one else uses.",
+    )
     p.add_argument(
         "--print-job-script",
         action="store_true",
@@ -168,6 +191,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     tls = [args.tls_ca_file, args.tls_cert, args.tls_key]
     if any(tls) and not all(tls):
         p.error("TLS needs all three of --tls-ca-file, --tls-cert and --tls-key")
+    if any(tls) and args.insecure_tcp:
+        p.error("--insecure-tcp and --tls-* contradict each other: choose one")
     if args.workers < 1 or (args.min_workers is not None and args.min_workers < 1):
         p.error("--workers and --min-workers must be at least 1")
     if args.max_workers is not None and not args.adapt:
@@ -228,10 +253,37 @@ def gpu_workers(args: argparse.Namespace) -> bool:
     return args.gres.strip().lower() not in ("none", "")
 
 
+def tls_folder(scheduler_file: Path) -> Path:
+    """Where the throwaway certificates go: beside the scheduler file, which the run reads
+    (a filesystem the worker jobs see too)."""
+    return scheduler_file.parent / f"{scheduler_file.stem}.tls"
+
+
+def throwaway_certificates(args: argparse.Namespace, folder: Path) -> None:
+    """Make a CA and one certificate/key of this launch in ``folder`` (mode 0700, with
+    deploy/tls/make-certs.sh) and use them as ``--tls-*``."""
+    try:
+        made = subprocess.run(["bash", str(MAKE_CERTS), "--quiet", str(folder)],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        made = subprocess.CompletedProcess([], 1, "", f"{MAKE_CERTS}: {exc}")
+    if made.returncode != 0:
+        why = (made.stderr.strip().splitlines() or [f"status {made.returncode}"])[-1]
+        raise LaunchError(
+            f"cannot make this launch's TLS certificates ({why}): give --tls-ca-file, "
+            "--tls-cert and --tls-key (deploy/tls/make-certs.sh makes them)"
+        )
+    args.tls_ca_file = str(folder / "ca.crt")
+    args.tls_cert = str(folder / "tls.crt")
+    args.tls_key = str(folder / "tls.key")
+
+
 def security(args: argparse.Namespace):
-    """A distributed Security for the TLS trio, or None."""
-    if not args.tls_ca_file:
+    """A distributed Security for the TLS trio; None with ``--insecure-tcp``."""
+    if args.insecure_tcp:
         return None
+    if not args.tls_ca_file:
+        raise LaunchError("no TLS certificates: give --tls-ca-file, --tls-cert and --tls-key")
     from distributed.security import Security
 
     return Security(
@@ -335,7 +387,7 @@ def build_cluster(args: argparse.Namespace, refusals: list[str] | None = None):
 
 def run_env(args: argparse.Namespace) -> dict[str, str]:
     env = dict(os.environ)
-    if args.tls_ca_file:
+    if args.tls_ca_file:  # given, or the throwaway ones (none with --insecure-tcp)
         env[TLS_ENV["ca"]] = args.tls_ca_file
         env[TLS_ENV["cert"]] = args.tls_cert
         env[TLS_ENV["key"]] = args.tls_key
@@ -523,7 +575,20 @@ def launch(args: argparse.Namespace, signals: StopSignals) -> int:
     cluster = client = proc = None
     scheduler_file = args.scheduler_file or Path(f"reattn-batch-scheduler-{os.getpid()}.json")
     wrote_file = False
+    certificates = None  # the throwaway certificates' folder, removed at the end
     try:
+        if args.insecure_tcp:
+            print("launch.py: warning: --insecure-tcp: anyone who reaches the scheduler's "
+                  "port can run code on the workers", file=sys.stderr, flush=True)  # fmt: skip
+        elif not args.tls_ca_file:
+            folder = tls_folder(scheduler_file)
+            if folder.exists():  # not ours: left alone
+                raise LaunchError(
+                    f"{folder} exists (a launcher with the same scheduler file is running, "
+                    "or one was killed): remove it or choose another --scheduler-file"
+                )
+            certificates = folder
+            throwaway_certificates(args, folder)
         cluster = build_cluster(args, refusals)
         if args.print_job_script:
             print(cluster.job_script())
@@ -573,6 +638,8 @@ def launch(args: argparse.Namespace, signals: StopSignals) -> int:
         if wrote_file:  # it would point at a scheduler that is gone
             scheduler_file.unlink(missing_ok=True)
         close_quietly(client, cluster)
+        if certificates is not None:
+            shutil.rmtree(certificates, ignore_errors=True)
 
 
 if __name__ == "__main__":

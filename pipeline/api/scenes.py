@@ -98,7 +98,7 @@ def map_scene(
         scene=os.fspath(scene),
         model=spec,
         classes=names,
-        out=Path(out) if out is not None else default_out(os.fspath(scene), settings.asset),
+        out=Path(out) if out is not None else default_out(os.fspath(scene)),
         settings=settings,
         cluster=cluster,
         overwrite=overwrite,

@@ -261,11 +261,12 @@ def compute_scenes(
         owner[key] = scene
         return future
 
-    def on_crops(event) -> None:  # (time, {"store", "block", "crops", "of"}) from a task
+    def on_crops(event) -> None:  # (time, {"store", "block", "crops", "of", "pixels"})
         message = event[1]
         store, block = message.get("store"), message["block"]
         if store in open_scenes:  # not a late event of a block that already ended
-            progress.crops((store, block), message["crops"], message["of"])
+            crops, of, pixels = message["crops"], message["of"], message["pixels"]
+            progress.crops((store, block), crops, of, pixels)
 
     def add(scene: _Open, result) -> None:
         try:

@@ -90,13 +90,21 @@ def run_block(task: BlockTask, index: int, queries: np.ndarray) -> BlockResult |
 
 
 class CropProgress:
-    """Reports crops examined / crops touching of block ``index`` of ``store`` to the driver
-    (a Dask event on ``topic``), at most every ``every`` seconds; silent outside a worker."""
+    """Reports crops examined / crops touching of block ``index`` of ``store`` (``pixels``
+    native pixels) to the driver (a Dask event on ``topic``), at most every ``every``
+    seconds; silent outside a worker."""
 
     def __init__(
-        self, topic: str | None, store: str, index: int, total: int, every: float = 0.5
+        self,
+        topic: str | None,
+        store: str,
+        index: int,
+        total: int,
+        pixels: int,
+        every: float = 0.5,
     ) -> None:
         self.store, self.index, self.total, self.every = store, index, total, every
+        self.pixels = pixels
         self.done = 0
         self.last = time.monotonic()
         self.worker = None
@@ -116,7 +124,13 @@ class CropProgress:
             self.last = now
             self.worker.log_event(
                 self.topic,
-                {"store": self.store, "block": self.index, "crops": self.done, "of": self.total},
+                {
+                    "store": self.store,
+                    "block": self.index,
+                    "crops": self.done,
+                    "of": self.total,
+                    "pixels": self.pixels,
+                },
             )
 
 
@@ -132,7 +146,8 @@ def compute_block(task: BlockTask, index: int, queries: np.ndarray) -> BlockResu
         touching = task.grid.crops_touching(block.model)
         block_input = BlockInput(task.scene, task.grid.model_grid, block)
     crops: list[Box] = []
-    progress = CropProgress(task.progress_topic, task.store, index, len(touching))
+    height, width = block.native.shape
+    progress = CropProgress(task.progress_topic, task.store, index, len(touching), height * width)
 
     def keep(crop: Box) -> bool:  # waits for the crop's rows; skips all-nodata crops
         progress.step()  # crops before this one have run or are in the current batch
@@ -182,7 +197,6 @@ def compute_block(task: BlockTask, index: int, queries: np.ndarray) -> BlockResu
     with clock.phase("write"):
         # durable before returning: the driver records the block done only after this returns
         store.write_block(task.store, block.native.y0, block.native.x0, labels, conf, durable=True)
-    height, width = block.native.shape
     return BlockResult(
         index=index,
         pixels=height * width,

@@ -75,4 +75,6 @@ def validate_command(spec_file: Path) -> None:
                 state = "unreadable store"
         elif out.exists():
             state = "path taken (not a store)"
+        if uri in job.problems:
+            state = f"will fail: {job.problems[uri]}"
         click.echo(f"  {uri} -> {out.name} [{state}]")

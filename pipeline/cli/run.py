@@ -83,7 +83,7 @@ def run_command(
         scene=scene,
         model=spec,
         classes=classes,
-        out=out or default_out(scene, settings.asset),
+        out=out or default_out(scene),
         settings=settings,
         cluster=cluster,
         overwrite=overwrite,

@@ -22,7 +22,8 @@ log = logging.getLogger("reattn_batch")
     "--host",
     default=DEFAULT_HOST,
     show_default=True,
-    help="Address to listen on (the loopback: only this machine can connect).",
+    help="Address to listen on (the loopback: only this machine can connect; any other "
+    "address is warned about and needs the token in the printed URL).",
 )
 @click.option(
     "--port",
@@ -31,18 +32,34 @@ log = logging.getLogger("reattn_batch")
     show_default=True,
     help="Port to listen on (0: a free one, printed at start).",
 )
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Also answer requests naming this host (repeatable), e.g. the name other "
+    "machines or a proxy use; the loopback and --host always are.",
+)
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in a web browser.")
 def view_command(
-    store_path: Path, scene: str | None, host: str, port: int, open_browser: bool
+    store_path: Path,
+    scene: str | None,
+    host: str,
+    port: int,
+    allow_hosts: tuple[str, ...],
+    open_browser: bool,
 ) -> None:
     """Look at a label STORE in a web browser: labels over the imagery, a legend with areas."""
     from reattn_batch.store import open_for_reading, warn_unfinished
+    from reattn_batch.viewer.access import host_name
     from reattn_batch.viewer.server import make_server, serve
     from reattn_batch.viewer.store_view import StoreView
 
+    for name in allow_hosts:  # before reading the store
+        host_name(name)
     ls = open_for_reading(store_path)
     viewer = StoreView(ls.path, scene)
-    server = make_server(viewer, host, port)
+    server = make_server(viewer, host, port, allow_hosts=allow_hosts)
     warn_unfinished(ls)
     if viewer.page_info["random_weights"]:
         log.warning("%s was made with RANDOM CLIP weights: its labels mean nothing", store_path)

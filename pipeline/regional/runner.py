@@ -6,8 +6,10 @@ list for all. Idempotent, so cron or Airflow can simply run it again:
 - a store of the same run that is not complete is resumed (only unfinished blocks);
 - a store of a different run (the scene file, classes, model or settings changed) is
   never overwritten: the scene fails with a line saying so;
-- a scene that fails (unreadable file, a failed read, a worker error) is recorded with
-  its one-line message and the job goes on with the other scenes.
+- a scene that fails (unreadable file, a failed read, a worker error; a STAC Item that
+  is missing, refused by the href policy or without a visual asset, which is read and
+  resolved only here, when its scene is triaged) is recorded with its one-line message
+  and the job goes on with the other scenes.
 
 Scenes are in flight together: the blocks of every scene go through one bounded window
 (blocks/submit.py), so the cluster stays full across scene boundaries, and the next
@@ -26,10 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import itertools
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -61,6 +61,8 @@ from reattn_batch.run.scene_work import SceneWork, open_scene_work
 from reattn_batch.run.spine import identify
 from reattn_batch.run.summary import RunSummary
 from reattn_batch.run.watch import NoWorkerError
+from reattn_batch.store.lock import FileLock
+from reattn_batch.store.lock import hold as hold_lock
 from reattn_batch.workers.describe import one_line
 from reattn_batch.workers.errors import InputError, UserError
 from reattn_batch.workers.model_spec import describe_weights
@@ -89,25 +91,14 @@ class JobReport:
         return self.counts.get("failed", 0)
 
 
-@contextlib.contextmanager
-def _job_lock(root: Path) -> Iterator[None]:
-    """One run per output root at a time (cron may start a run before the last ends)."""
-    with open(root / LOCK_FILE, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise InputError(
-                f"another job run is writing to {root} (it holds {LOCK_FILE}); "
-                "wait for it to finish"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} since {now()}\n")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _job_lock(root: Path) -> FileLock:
+    """One run per output root at a time (cron may start a run before the last ends): the
+    lock file ``root/LOCK_FILE`` (store/lock.py), held until the job ends (``with``)."""
+    return hold_lock(
+        root / LOCK_FILE,
+        what=f"the output root {root}",
+        fix="wait for that job run to finish",
+    )
 
 
 @dataclasses.dataclass
@@ -238,10 +229,15 @@ def _map_scenes(
     log.info("Dask dashboard: %s", info.dashboard)
     precision = _JobPrecision(client, info, job.model)
     by_store: dict[str, _Triaged] = {}
+    # each opened scene's store lock, held until the scene ends: at most the scenes in
+    # flight (computing, or opened ahead), not one per scene of the job
+    locks: dict[str, FileLock] = {}
 
     def works() -> Iterator[SceneWork]:
         for triaged in computing:
+            lock = None
             try:
+                lock = store.lock_store(triaged.entry.store)
                 work = open_scene_work(
                     triaged.request,
                     triaged.layout,
@@ -249,14 +245,19 @@ def _map_scenes(
                     fingerprint=triaged.fingerprint,
                     info=info,
                     precision=precision,
+                    lock=lock,
                 )
             except Exception as exc:
+                if lock is not None:
+                    lock.release()
                 ledger.fail(triaged.entry, exc)
                 continue
+            locks[work.out] = lock
             by_store[work.out] = triaged
             yield work
 
     def on_scene(work: SceneWork, summary: RunSummary | None, error: UserError | None) -> None:
+        locks.pop(work.out).release()  # the scene has ended: its store is free
         triaged = by_store.pop(work.out)
         entry = triaged.entry
         if error is not None:
@@ -284,6 +285,8 @@ def _map_scenes(
             ledger.fail(triaged.entry, exc)
     finally:
         ahead.close()
+        for lock in locks.values():  # scenes opened but not ended (stopped, or never taken)
+            lock.release()
 
 
 class _JobPrecision:

@@ -6,6 +6,12 @@ sections are the run settings schema of ``reattn_batch.settings``; every error n
 file and the dotted key. Relative paths (scenes, files, output root, weights, scheduler
 file) are relative to the spec file's folder, so a job does not depend on the working
 directory.
+
+Loading lists the scenes and names their stores; it reads no scene and resolves no STAC
+asset (a STAC Item of a ``list``, ``glob`` or ``url_file`` is read for its id only): a
+scene that cannot be read fails alone when the job maps it. The file is read without YAML
+aliases (``workers/config.py``: ``read_yaml``), and ``intersects`` has at most
+:data:`MAX_INTERSECTS_VERTICES` vertices.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +32,14 @@ from pydantic import (
     model_validator,
 )
 
+from reattn_batch.regional.catalogue import DEFAULT_MAX_ITEMS
 from reattn_batch.regional.paths import check_output_root
-from reattn_batch.run.request import SceneRequest, default_out
+from reattn_batch.run.request import (
+    SceneRequest,
+    default_out,
+    item_store_name,
+    scene_store_name,
+)
 from reattn_batch.settings import (
     CLIP_WEIGHT_NAMES,
     ClusterSettings,
@@ -42,6 +55,9 @@ from reattn_batch.workers.config import read_yaml
 from reattn_batch.workers.errors import InputError, UserError
 from reattn_batch.workers.model_spec import ModelSpec
 
+#: The most vertices (coordinate pairs, all rings and parts) of ``stac_search.intersects``.
+MAX_INTERSECTS_VERTICES = 10_000
+
 
 class StacSearchSection(Settings):
     """``scenes.stac_search``: Items of a STAC API search (pystac-client)."""
@@ -52,7 +68,7 @@ class StacSearchSection(Settings):
     intersects: dict[str, Any] | None = None  # a GeoJSON geometry in lon/lat
     datetime: str | None = None  # an instant or a window, e.g. 2024-06-01/2024-08-31
     query: dict[str, Any] | None = None  # property filter, e.g. {eo:cloud_cover: {lt: 20}}
-    max_items: StrictInt | None = Field(None, ge=1)
+    max_items: StrictInt = Field(DEFAULT_MAX_ITEMS, ge=1)  # the search stops there (a warning)
 
     _split_collections = field_validator("collections", mode="before")(comma_list)
 
@@ -72,9 +88,15 @@ class StacSearchSection(Settings):
             import shapely.geometry
 
             try:
-                shapely.geometry.shape(value)
+                geometry = shapely.geometry.shape(value)
             except Exception as exc:
                 raise ValueError(f"not a GeoJSON geometry ({exc})") from None
+            vertices = shapely.get_num_coordinates(geometry)
+            if vertices > MAX_INTERSECTS_VERTICES:
+                raise ValueError(
+                    f"{vertices} vertices, more than {MAX_INTERSECTS_VERTICES}: simplify the "
+                    "geometry (e.g. shapely's simplify) or give its bbox"
+                )
         return value
 
     @field_validator("datetime")
@@ -180,6 +202,10 @@ class RegionalJob:
     output_root: Path
     cluster: ClusterSettings
     settings: SceneSettings
+    #: each scene's store name under ``output_root`` (one path component)
+    stores: Mapping[str, str]
+    #: scenes that fail without being read, with their line (a catalogue named them badly)
+    problems: Mapping[str, str]
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> RegionalJob:
@@ -195,7 +221,9 @@ class RegionalJob:
         spec = _Resolver(path)
         output_root = spec.local("output_root", raw.output_root).absolute()
         model = spec.model(raw.model)
-        scenes = spec.scenes(raw.scenes, output_root, raw.run.asset)
+        classes = spec.classes(raw, model.cfg.prob_thd)
+        cluster = spec.cluster(raw.cluster)
+        scenes, stores, problems = spec.scenes(raw.scenes, output_root)
         try:
             check_output_root(output_root, scenes)
         except UserError as exc:
@@ -205,17 +233,24 @@ class RegionalJob:
             name=raw.name.strip() if raw.name and raw.name.strip() else path.stem,
             scenes=scenes,
             model=model,
-            classes=spec.classes(raw, model.cfg.prob_thd),
+            classes=classes,
             output_root=output_root,
-            cluster=spec.cluster(raw.cluster),
+            cluster=cluster,
             settings=raw.run,
+            stores=stores,
+            problems=problems,
         )
 
     def store_for(self, scene: str) -> Path:
-        """``<output_root>/<scene stem>.labels.zarr``."""
-        return self.output_root / default_out(scene, self.settings.asset).name
+        """``<output_root>/<scene stem>.labels.zarr`` (a STAC Item's: ``<item id>``, made
+        one safe path component)."""
+        return self.output_root / (self.stores.get(scene) or default_out(scene).name)
 
     def request(self, scene: str, resume: bool = False) -> SceneRequest:
+        """The scene's request; an InputError where the job knows the scene cannot be
+        mapped (``problems``)."""
+        if scene in self.problems:
+            raise InputError(self.problems[scene])
         return SceneRequest(
             scene=scene,
             model=self.model,
@@ -335,21 +370,23 @@ class _Resolver:
         return ClusterSettings(workers=local.workers, threads_per_worker=local.threads_per_worker)
 
     def scenes(
-        self, scenes: ScenesSection, output_root: Path, asset: str | None = None
-    ) -> tuple[str, ...]:
+        self, scenes: ScenesSection, output_root: Path
+    ) -> tuple[tuple[str, ...], dict[str, str], dict[str, str]]:
+        """(the scenes, each one's store name, the problems known of some)."""
         from reattn_batch.regional.catalogue import catalog_items, search_items
 
+        listed = None
         if scenes.stac_search is not None:
             key = "scenes.stac_search"
             try:
-                uris = search_items(scenes.stac_search)
+                listed = search_items(scenes.stac_search)
             except UserError as exc:
                 raise self.error(key, str(exc)) from None
         elif scenes.stac_catalog is not None:
             key = "scenes.stac_catalog"
             href = self.uri(scenes.stac_catalog, self.base)
             try:
-                uris = catalog_items(href)
+                listed = catalog_items(href)
             except UserError as exc:
                 raise self.error(key, str(exc)) from None
         elif scenes.items is not None:
@@ -383,20 +420,40 @@ class _Resolver:
             texts = [line.strip() for line in lines]
             folder = url_file.absolute().parent
             uris = [self.uri(t, folder) for t in texts if t and not t.startswith("#")]
-        uris = list(dict.fromkeys(uris))  # the same scene twice is mapped once
-        if not uris:
+        names: dict[str, str] = {}
+        problems: dict[str, str] = {}
+        if listed is not None:  # named from the ids the catalogue listed
+            for item in listed:
+                names[item.href] = item_store_name(item.item_id)
+                if item.problem:
+                    problems[item.href] = item.problem
+        else:
+            for uri in dict.fromkeys(uris):  # the same scene twice is mapped once
+                names[uri], problem = _store_name(uri)
+                if problem:
+                    problems[uri] = problem
+        if not names:
             raise self.error(key, "names no scenes")
-        stores: dict[str, str] = {}
-        for uri in uris:
-            try:
-                name = default_out(uri, asset).name
-            except UserError as exc:
-                raise self.error(key, str(exc)) from None
-            if name in stores:
+        writers: dict[str, str] = {}
+        for uri, name in names.items():
+            if name in writers:
                 raise self.error(
                     key,
-                    f"{stores[name]} and {uri} would both write {name} in the output root; "
+                    f"{writers[name]} and {uri} would both write {name} in the output root; "
                     "rename one of them or map them in separate jobs",
                 )
-            stores[name] = uri
-        return tuple(uris)
+            writers[name] = uri
+        return tuple(names), names, problems
+
+
+def _store_name(uri: str) -> tuple[str, str | None]:
+    """(the store name of a listed scene, a problem that fails it): a STAC Item is read
+    for its id (only); one that cannot be read is named after its file and fails alone."""
+    from reattn_batch.scene.stac_item import is_stac_item, item_location, read_item
+
+    if not is_stac_item(uri):
+        return scene_store_name(uri), None
+    try:
+        return item_store_name(read_item(item_location(uri)).id), None
+    except UserError as exc:
+        return scene_store_name(uri.removesuffix(".json")), str(exc)

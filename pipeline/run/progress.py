@@ -2,8 +2,10 @@
 
 Blocks are counted as they finish; inside the running blocks, crops are counted as the
 block tasks report them (a Dask event topic, see ``blocks/task.py: CropProgress``), so a
-one-block job shows progress long before its block is done. Log lines come at most every
-``$REATTN_BATCH_PROGRESS_INTERVAL`` seconds (default 10).
+one-block job shows progress long before its block is done. The rate (megapixels per
+second) and the ETA count the running blocks too, each by the share of its crops done: a
+block of P pixels with d of its n crops done counts P * d / n pixels and d / n of a block.
+Log lines come at most every ``$REATTN_BATCH_PROGRESS_INTERVAL`` seconds (default 10).
 """
 
 from __future__ import annotations
@@ -12,14 +14,19 @@ import logging
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Hashable
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from reattn_batch.workers.environment import EnvironmentSettings
 
 log = logging.getLogger(__name__)
+
+# Ended blocks remembered to ignore their late crop events: far more than end in the few
+# seconds an event can lag (a run keeps two tasks per worker thread in flight).
+_ENDED_KEPT = 4096
 
 
 def progress_interval() -> float:
@@ -48,7 +55,10 @@ class RunProgress:
         self.last_log = self.start
         self.live = sys.stderr.isatty()
         self._progress: Progress | None = None
-        self._crops: dict[Hashable, tuple[int, int]] = {}  # running block -> (done, of)
+        # running block -> (crops done, crops, native pixels)
+        self._crops: dict[Hashable, tuple[int, int, int]] = {}
+        # the blocks that ended last: a crop event of theirs arriving late is ignored
+        self._ended: OrderedDict[Hashable, None] = OrderedDict()
         self._lock = threading.Lock()
 
     def __enter__(self) -> RunProgress:
@@ -58,19 +68,19 @@ class RunProgress:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"),
-                TimeRemainingColumn(),
+                TextColumn("{task.fields[eta]}"),
                 console=Console(stderr=True),
             )
             self._progress.start()
             self._task = self._progress.add_task(
-                "blocks", total=self.total, completed=self.done, rate=""
+                "blocks", total=self.total, completed=self.done, rate="", eta=""
             )
             self._crop_task = self._progress.add_task(
-                "crops in running blocks", total=None, completed=0, rate="", visible=False
+                "crops in running blocks", total=None, completed=0, rate="", eta="", visible=False
             )
             if self.scenes is not None:
                 self._scene_task = self._progress.add_task(
-                    "scenes", total=self.scenes, completed=0, rate=""
+                    "scenes", total=self.scenes, completed=0, rate="", eta=""
                 )
         return self
 
@@ -78,10 +88,20 @@ class RunProgress:
         if self._progress is not None:
             self._progress.stop()
 
+    def _running(self) -> tuple[float, float]:
+        """(blocks, native pixels) done inside the running blocks, each block counted by
+        the share of its crops done."""
+        with self._lock:
+            values = list(self._crops.values())
+        shares = [(done / of if of else 0.0, pixels) for done, of, pixels in values]
+        return sum(s for s, _ in shares), sum(s * p for s, p in shares)
+
     @property
     def megapixels_per_second(self) -> float:
+        """Native megapixels done per second since the start: finished blocks' pixels and
+        the running blocks' share (see the module's docstring)."""
         elapsed = max(time.monotonic() - self.start, 1e-9)
-        return self.pixels / 1e6 / elapsed
+        return (self.pixels + self._running()[1]) / 1e6 / elapsed
 
     def add_scene(self, blocks: int, done: int) -> None:
         """A scene of ``blocks`` blocks, ``done`` of them finished before, is opened."""
@@ -97,9 +117,13 @@ class RunProgress:
             self.total -= max(blocks, 0)
 
     def forget(self, block: Hashable) -> None:
-        """Block ``block`` ended (done or not): its crop counts are dropped."""
+        """Block ``block`` ended (done or not): its crop counts are dropped, and crop
+        events of it that arrive later are ignored."""
         with self._lock:
             self._crops.pop(block, None)
+            self._ended[block] = None
+            if len(self._ended) > _ENDED_KEPT:
+                self._ended.popitem(last=False)
 
     def scene_done(self, failed: bool = False, opened: bool = True) -> None:
         """A scene ended (all its blocks done, or ``failed``); ``opened``: it was opened
@@ -124,38 +148,46 @@ class RunProgress:
         return self.total + unopened * self.total / self.scenes_opened
 
     def eta_seconds(self) -> float | None:
-        finished = self.done - self.start_done
-        if finished == 0:
+        """Seconds left at the pace so far, in blocks done (running ones by their share of
+        crops done) per second; None before any work is done."""
+        running = self._running()[0]
+        finished = self.done - self.start_done + running
+        if finished <= 0:
             return None
         per_block = (time.monotonic() - self.start) / finished
-        return per_block * max(self.expected_blocks() - self.done, 0.0)
+        return per_block * max(self.expected_blocks() - self.done - running, 0.0)
 
-    def crops(self, block: Hashable, done: int, of: int) -> None:
-        """A running block reports ``done`` of its ``of`` crops (any thread)."""
+    def crops(self, block: Hashable, done: int, of: int, pixels: int) -> None:
+        """Running block ``block`` (``pixels`` native pixels) reports ``done`` of its ``of``
+        crops (any thread)."""
         with self._lock:
-            self._crops[block] = (done, of)
+            if block not in self._ended:
+                self._crops[block] = (done, of, pixels)
 
     def crop_counts(self) -> tuple[int, int, int]:
         """(crops done, crops, blocks) over the running blocks that reported."""
         with self._lock:
             values = list(self._crops.values())
-        return sum(d for d, _ in values), sum(n for _, n in values), len(values)
+        return sum(v[0] for v in values), sum(v[1] for v in values), len(values)
 
     def advance(self, pixels: int, block: Hashable | None = None) -> None:
         """Block ``block`` finished with ``pixels`` native pixels."""
+        if block is not None:
+            self.forget(block)
         self.done += 1
         self.pixels += pixels
-        if block is not None:
-            with self._lock:
-                self._crops.pop(block, None)
         self.tick(force=self.done == self.total and self.scenes is None)
 
     def tick(self, force: bool = False) -> None:
         """Refresh the display; a log line when ``interval`` has passed (or ``force``)."""
         rate = f"{self.megapixels_per_second:.3g} MP/s"
+        eta = self.eta_seconds()
+        eta_text = "ETA -" if eta is None else f"ETA {eta:.0f}s"
         crops_done, crops, running = self.crop_counts()
         if self._progress is not None:
-            self._progress.update(self._task, total=self.total, completed=self.done, rate=rate)
+            self._progress.update(
+                self._task, total=self.total, completed=self.done, rate=rate, eta=eta_text
+            )
             if self.scenes is not None:
                 self._progress.update(self._scene_task, completed=self.scenes_done)
             self._progress.update(
@@ -166,7 +198,6 @@ class RunProgress:
         if not force and now - self.last_log < self.interval:
             return
         self.last_log = now
-        eta = self.eta_seconds()
         inside = (
             f", crops {crops_done}/{crops} in {running} running block{'s' * (running != 1)}"
             if running
@@ -179,7 +210,4 @@ class RunProgress:
             if self.scenes is not None
             else ""
         )
-        log.info(
-            "%sblocks %d/%d%s, %s, ETA %s",
-            scenes, self.done, self.total, inside, rate, "-" if eta is None else f"{eta:.0f}s",
-        )  # fmt: skip
+        log.info("%sblocks %d/%d%s, %s, %s", scenes, self.done, self.total, inside, rate, eta_text)

@@ -24,15 +24,32 @@ class SceneRequest:
     resume: bool = False
 
 
-def default_out(scene: str, asset: str | None = None) -> Path:
-    """<scene stem>.labels.zarr in the working directory; a STAC Item's: <item id>.labels.zarr."""
-    from reattn_batch.scene.uri import resolve_scene
+#: The end of every default store name.
+STORE_SUFFIX = ".labels.zarr"
 
-    _, item = resolve_scene(scene, asset)
-    if item is not None:
-        return Path.cwd() / f"{item.item_id}.labels.zarr"
+
+def default_out(scene: str) -> Path:
+    """<scene stem>.labels.zarr in the working directory; a STAC Item's: <item id>.labels.zarr,
+    the id made one safe path component (``scene/stac_item.py``: ``store_stem``). Reads a
+    STAC Item (its id), not its asset."""
+    from reattn_batch.scene.stac_item import is_stac_item, item_location, read_item
+
+    if is_stac_item(scene):
+        return Path.cwd() / item_store_name(read_item(item_location(scene)).id)
+    return Path.cwd() / scene_store_name(scene)
+
+
+def item_store_name(item_id: str) -> str:
+    """A STAC Item's store name: its id as one safe path component, + STORE_SUFFIX."""
+    from reattn_batch.scene.stac_item import store_stem
+
+    return store_stem(item_id) + STORE_SUFFIX
+
+
+def scene_store_name(scene: str) -> str:
+    """<scene stem>.labels.zarr: the last part of the path or URL without its suffix."""
     name = scene.rstrip("/").rsplit("/", 1)[-1]
     stem = name.split("?", 1)[0]
     for suffix in (".zarr", ".tiff", ".tif", ".vrt", ".jp2"):
         stem = stem.removesuffix(suffix)
-    return Path.cwd() / f"{stem or 'scene'}.labels.zarr"
+    return f"{stem or 'scene'}{STORE_SUFFIX}"

@@ -3,7 +3,8 @@ and final block grid, the store created (or reopened for ``resume``), the blocks
 compute, and what its finished blocks did. ``run`` opens one; a regional job opens many,
 whose blocks share one submission window (blocks/submit.py).
 
-    open_scene_work   guard, store, todo        (the driver, before the scene's blocks)
+    open_scene_work   guard, store, todo        (the driver, before the scene's blocks,
+                                                 holding the store's lock: store/lock.py)
     SceneWork.add     a finished block           (its record; the counters)
     SceneWork.finish  store complete, summary    (after its last block)
 """
@@ -36,6 +37,7 @@ from reattn_batch.run.request import SceneRequest
 from reattn_batch.run.summary import RunSummary, finish
 from reattn_batch.settings import AUTO_BLOCK
 from reattn_batch.store.create import looks_like_zarr
+from reattn_batch.store.lock import FileLock, lock_path
 from reattn_batch.store.records import RunRecords
 
 log = logging.getLogger(__name__)
@@ -126,12 +128,17 @@ def open_scene_work(
     fingerprint: str,
     info: ClusterInfo,
     precision: Callable[[], str],
+    lock: FileLock,
 ) -> SceneWork:
     """Guard the block size against the workers' memory, then create the store (or reopen
     it for ``request.resume``); nothing is written when the guard refuses. ``precision``
-    gives the precision the workers run in (asked after the guard)."""
+    gives the precision the workers run in (asked after the guard). ``lock``: the store's
+    lock (``store.lock_store(request.out)``), taken by the caller before and held until
+    the scene ends, so that no other run reads or writes the store meanwhile."""
     scene = layout.scene
     out = str(Path(request.out).absolute())  # workers may run elsewhere
+    if not (lock.held and lock.path == lock_path(out)):
+        raise ValueError(f"open_scene_work needs the lock of {out} held, got {lock!r}")
     memory = {
         "queries": len(request.classes.queries),
         "batch": guard_batch_size(request.model, len(request.classes.queries), info.gpu_resources),

@@ -4,6 +4,7 @@ The spine, top-down, each step in its own module:
 
     plan      open the scene (metadata only) and lay out the grids     run/plan.py
     identify  weight identities and the run fingerprint                 run/fingerprint.py
+    lock      one run per store: a second is refused at once            store/lock.py
     connect   an embedded LocalCluster or an existing scheduler         run/cluster.py
     guard     refuse a block size whose task would not fit a worker     run/guard.py
     store     create the store, or reopen it for --resume               run/scene_work.py
@@ -18,7 +19,7 @@ connection, and the blocks of all its scenes through one window.
 
 Plan and identify are cheap and fail fast; the store is created only once the cluster is
 reachable and the guard has passed, so bad input or an unreachable scheduler leave
-nothing behind.
+nothing behind (the store's lock file, taken before, is removed as the run ends).
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ def run_scene(
     def on_scene(work: SceneWork, summary: RunSummary | None, error: UserError | None) -> None:
         ended.append((summary, error))
 
-    with connecting as (client, info):
+    # one run per store: a second is refused here, before it starts a cluster or reads the
+    # store; held until this run ends, however it ends
+    with store.lock_store(request.out) as lock, connecting as (client, info):
         log.info("Dask dashboard: %s", info.dashboard)
         work = open_scene_work(
             request,
@@ -81,6 +84,7 @@ def run_scene(
             fingerprint=fingerprint,
             info=info,
             precision=lambda: worker_precision(client, info, request.model),
+            lock=lock,
         )
         with RunProgress(0) as progress:
             compute_scenes(

@@ -5,18 +5,25 @@ exported Item links back (``derived_from``).
 The asset read is ``--asset NAME`` (job specs: ``run.asset``) when given, else the one
 keyed ``visual`` (or ``rgb``), else the one whose roles include ``visual``; an Item with
 none of these is refused in one line naming ``--asset`` and the Item's asset keys.
+
+An Item read over http(s) is untrusted (issue 19): it is read within the bounds of
+``scene/stac_io.py``, and its asset href must pass ``scene/href_policy.py`` (relative
+hrefs are joined on the Item's own URL). A local Item file is the user's own and may name
+local files. The id names a store only as one safe path component (:func:`store_stem`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import re
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-from reattn_batch.workers.errors import InputError
+from reattn_batch.scene.href_policy import check_href, is_url
+from reattn_batch.workers.errors import InputError, UserError
 
 #: Asset keys read by default, in order (case-insensitive); then an asset with role "visual".
 DEFAULT_ASSET_KEYS = ("visual", "rgb")
@@ -61,15 +68,44 @@ def item_location(uri: str) -> str:
     return str(Path(uri).expanduser().absolute())
 
 
+#: A STAC Item id used as a store name as it is; any other id is made one (store_stem).
+SAFE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
+#: Characters of an unsafe id kept in its store name, before the hash suffix.
+UNSAFE_ID_KEPT = 100
+
+
+def store_stem(item_id: str) -> str:
+    """One safe path component from a STAC Item id (which comes from a catalogue, so is
+    untrusted): the id itself when it matches :data:`SAFE_ID` without ``..``; otherwise
+    its letters, digits, ``_`` and ``-`` (runs of anything else as one ``_``, at most
+    UNSAFE_ID_KEPT characters) and ``-`` with 12 hex digits of the id's sha256, so the
+    name is deterministic, never holds a separator, ``..``, NUL or a leading dot, and two
+    ids do not share it (``../../x`` -> ``x-`` + 12 hex digits)."""
+    text = str(item_id)
+    if SAFE_ID.fullmatch(text) and ".." not in text:
+        return text
+    kept = re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_-")[:UNSAFE_ID_KEPT]
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{kept or 'item'}-{digest}"
+
+
 @functools.lru_cache(maxsize=256)
 def read_item(href: str):
-    """The ``pystac.Item`` at ``href`` (cached per process); UserError if it is not one."""
+    """The ``pystac.Item`` at ``href`` (cached per process), read within the bounds of
+    ``scene/stac_io.py``; UserError if it cannot be read or is not an Item."""
     import pystac
 
-    if "://" not in href and not Path(href).is_file():
+    from reattn_batch.scene.stac_io import BoundedStacIO
+
+    remote = is_url(href)
+    if not remote and "://" in href:
+        raise InputError(f"{href}: a STAC Item is read from a local file or an http(s) URL")
+    if not remote and not Path(href).is_file():
         raise InputError(f"{href}: no such STAC Item file; pass the Item's JSON path or URL")
     try:
-        obj = pystac.read_file(href)
+        obj = pystac.read_file(href, stac_io=BoundedStacIO(local=not remote))
+    except UserError:
+        raise
     except Exception as exc:  # unreadable, not JSON, not STAC: one line
         text = " ".join(str(exc).split())[:200]
         raise InputError(
@@ -106,15 +142,19 @@ def choose_asset(item, asset: str | None, href: str) -> str:
 
 
 def resolve_item(uri: str, asset: str | None = None) -> StacScene:
-    """The Item at ``uri`` and the asset to read from it."""
+    """The Item at ``uri`` and the asset to read from it: an Item read over http(s) may
+    name only what ``scene/href_policy.py`` allows (relative hrefs on its own URL)."""
     href = item_location(uri)
     item = read_item(href)
     key = choose_asset(item, asset, href)
-    asset_href = item.assets[key].get_absolute_href() or item.assets[key].href
-    if asset_href.startswith("file://"):  # a local file named as a URL (STAC APIs do)
-        asset_href = url2pathname(urlparse(asset_href).path)
-    elif "://" not in asset_href and not Path(asset_href).is_absolute():
-        asset_href = str((Path(href).parent / asset_href).absolute())
+    if is_url(href):
+        asset_href = check_href(item.assets[key].href, href)
+    else:  # the user's own file: local paths too
+        asset_href = item.assets[key].get_absolute_href() or item.assets[key].href
+        if asset_href.startswith("file://"):  # a local file named as a URL (STAC APIs do)
+            asset_href = url2pathname(urlparse(asset_href).path)
+        elif "://" not in asset_href and not Path(asset_href).is_absolute():
+            asset_href = str((Path(href).parent / asset_href).absolute())
     return StacScene(
         item_href=href,
         item_id=item.id,

@@ -8,7 +8,8 @@ described in ``layout.py``.
     create.py    create_store: every array and attribute, no label data
     arrays.py    write_block (from any number of processes), open_labels
     records.py   per-block completion records
-    resume.py    prepare: create, or reopen for --resume
+    resume.py    prepare: create, or reopen for --resume (checked against the run's layout)
+    lock.py      one writer per store (and per job output root): the lock file primitive
     reader.py    LabelStore: a store opened for outputs; the read commands' door
     target.py    check_out: what a run may find at its output path
 """
@@ -26,6 +27,7 @@ from reattn_batch.store.layout import (
     NODATA,
     StoreLayout,
 )
+from reattn_batch.store.lock import LockHeld, lock_store, store_is_busy
 from reattn_batch.store.palette import class_palette
 from reattn_batch.store.reader import (
     LabelStore,
@@ -52,12 +54,14 @@ __all__ = [
     "LABELS",
     "NODATA",
     "LabelStore",
+    "LockHeld",
     "StoreLayout",
     "block_grid",
     "class_palette",
     "create_store",
     "done_blocks",
     "jsonable",
+    "lock_store",
     "mark_block_done",
     "mark_block_started",
     "open_labels",
@@ -66,6 +70,7 @@ __all__ = [
     "prepare",
     "read_attrs",
     "started_blocks",
+    "store_is_busy",
     "update_attrs",
     "warn_unfinished",
     "write_block",

@@ -6,15 +6,28 @@ only when it is a store reattn-batch made (its marker: the group attribute
 ``software: reattn-batch`` with a ``store_layout_version``, and its record arrays) or an
 empty folder: never another Zarr, never a
 folder of other files, never the input scene (see :func:`check_not_input`).
+
+The final step never deletes what it did not check (:func:`_place`). Without
+``overwrite`` it only renames, with :func:`rename_noreplace`: a path that appeared while the
+store was being built (another process) is left as it is and the call fails. With
+``overwrite`` the path is checked again just before, the old store moved aside (renamed to a
+temporary sibling, and checked again there), the new one renamed in, and only then the old
+one deleted; if the new one cannot be renamed in, the old one is put back. (Two runs into
+one store are kept apart before this by the store's lock, store/lock.py.)
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
+import functools
 import json
+import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +58,8 @@ from reattn_batch.store.palette import label_attrs
 from reattn_batch.store.records import RECORD_CHUNK
 from reattn_batch.workers.classes import MAX_CLASSES
 from reattn_batch.workers.errors import StoreError
+
+log = logging.getLogger(__name__)
 
 #: The marker every store of reattn-batch carries: the group attribute ``software`` with
 #: this value (and ``store_layout_version``), written by :func:`_build` itself. (No extra
@@ -97,6 +112,7 @@ def create_store(
     overwrite: bool = False,
     background_index: int | None = 0,
     blocks: tuple[int, int] = (1, 1),
+    _before_rename: Callable[[Path], None] | None = None,
 ) -> None:
     """Create the label store at ``path`` with all metadata and no label data.
 
@@ -105,10 +121,14 @@ def create_store(
         must be JSON-serialisable (numpy scalars/arrays and tuples are converted). Keys the
         store sets itself (georeferencing, ``class_names``) take precedence.
     overwrite: replace an existing store at ``path``; without it an existing path is a
-        UserError. Only a Zarr store or an empty folder is ever removed.
+        UserError. Only a store reattn-batch made or an empty folder is ever removed, and
+        only once the new store is in its place.
     class_names: the final class list; label c means class_names[c] (at most 255 classes).
     background_index: the class drawn grey in the colour map (None: no background class).
     blocks: the block grid (rows, cols); ``block_done`` records each block's completion.
+    _before_rename: a test seam, called with the built temporary store just before it is
+        renamed to ``path`` (after an old store was moved aside), to act as a concurrent
+        process would.
     """
     path = Path(path)
     validate_layout(layout)
@@ -127,16 +147,7 @@ def create_store(
                 f"{path} already exists; pass overwrite=True to replace it "
                 "or resume=True to finish it"
             )
-        if not looks_like_zarr(path):
-            what = (
-                "a Zarr store reattn-batch did not make"
-                if path.is_dir() and any((path / n).exists() for n in ZARR_MARKERS)
-                else "not a Zarr store"
-            )
-            raise StoreError(
-                f"{path} exists and is {what}, so overwrite=True will not delete it; "
-                "choose another output path"
-            )
+        _check_replaceable(path)
 
     parent = path.absolute().parent
     try:
@@ -155,12 +166,7 @@ def create_store(
     tmp = parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         _build(tmp, layout, user_attrs, class_names, background_index, blocks)
-        if path.exists() or path.is_symlink():
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        os.rename(tmp, path)
+        _place(tmp, path, overwrite, _before_rename)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise StoreError(
@@ -171,6 +177,139 @@ def create_store(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     forget_arrays(path)
+
+
+def _check_replaceable(path: Path) -> None:
+    """Refuse (one line) to replace ``path`` unless it is our store or an empty folder."""
+    if not looks_like_zarr(path):
+        what = (
+            "a Zarr store reattn-batch did not make"
+            if path.is_dir() and any((path / n).exists() for n in ZARR_MARKERS)
+            else "not a Zarr store"
+        )
+        raise StoreError(
+            f"{path} exists and is {what}, so overwrite=True will not delete it; "
+            "choose another output path"
+        )
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+@functools.cache
+def _renameat2() -> Callable[..., int] | None:
+    """libc's ``renameat2`` (Linux, glibc >= 2.28), or None."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    function.restype = ctypes.c_int
+    return function
+
+
+def rename_noreplace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Rename the folder ``src`` to ``dst``, atomically, only if nothing is at ``dst``:
+    ``FileExistsError`` (or ``OSError`` ENOTEMPTY) otherwise, never a replacement.
+
+    ``os.rename`` onto an existing empty folder replaces it, and checking first races
+    with other processes. So: Linux's ``renameat2(RENAME_NOREPLACE)``; where the kernel,
+    libc or file system lacks it, ``dst`` is claimed with ``mkdir`` (atomic: it fails if
+    anything is there) and ``src`` renamed onto that empty claim. A rename replaces an
+    empty folder only, never a file, a link or a folder with something in it, so even if
+    another process swaps the claim, nothing of its is lost: the rename fails instead.
+    """
+    function = _renameat2()
+    if function is not None:
+        if (
+            function(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+            == 0
+        ):
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise OSError(code, os.strerror(code), os.fspath(dst))
+    rename_claiming(src, dst)
+
+
+def rename_claiming(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """:func:`rename_noreplace` without ``renameat2``: claim ``dst`` with ``mkdir``, then
+    rename the folder ``src`` onto that empty claim."""
+    os.mkdir(dst)  # the claim: FileExistsError if anything is there
+    try:
+        os.rename(src, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.rmdir(dst)  # our claim, if it is still an empty folder
+        raise
+
+
+def _appeared(exc: OSError) -> bool:
+    return exc.errno in (errno.EEXIST, errno.ENOTEMPTY)
+
+
+def _place(
+    tmp: Path, path: Path, overwrite: bool, before_rename: Callable[[Path], None] | None
+) -> None:
+    """Rename the built store ``tmp`` to ``path``, deleting nothing unchecked.
+
+    Without ``overwrite``: a rename that replaces nothing (a path that appeared meanwhile
+    fails the call, left as it is). With it, an existing ``path`` that is (still) our
+    store or an empty folder is moved aside first, the new store renamed in, and then the
+    old one deleted; if the new one cannot be renamed in, the old one is put back."""
+    aside = _move_aside(path) if overwrite and (path.exists() or path.is_symlink()) else None
+    try:
+        if before_rename is not None:
+            before_rename(tmp)
+        rename_noreplace(tmp, path)
+    except BaseException as exc:  # Ctrl-C included: the old store goes back first
+        if aside is not None:
+            _put_back(aside, path, exc if isinstance(exc, OSError) else None)
+        if isinstance(exc, OSError) and _appeared(exc):
+            raise StoreError(
+                f"{path} appeared while this store was being created (by another run?) and is "
+                "left as it is; pass another out=path, or try again once that run has ended"
+            ) from None
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+        if aside.exists():
+            log.warning("could not delete all of the replaced store, left at %s", aside)
+
+
+def _move_aside(path: Path) -> Path | None:
+    """Rename the store at ``path`` to a temporary sibling, once it is checked (again)
+    to be our store or an empty folder; None if it is gone meanwhile."""
+    _check_replaceable(path)
+    aside = path.absolute().parent / f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        rename_noreplace(path, aside)
+    except FileNotFoundError:
+        return None
+    if not looks_like_zarr(aside):  # something else took its place between check and move
+        _put_back(aside, path, None)
+        _check_replaceable(path)  # says what it is
+        raise StoreError(f"{path} changed while it was being replaced; choose another output path")
+    return aside
+
+
+def _put_back(aside: Path, path: Path, cause: OSError | None) -> None:
+    """Rename the moved-aside store back to ``path``; a one-line error if it cannot be."""
+    try:
+        rename_noreplace(aside, path)
+    except OSError as exc:
+        why = f" ({cause.strerror or cause})" if cause is not None else ""
+        raise StoreError(
+            f"the new store could not be renamed to {path}{why}, and the old one cannot be "
+            f"put back ({exc.strerror or exc}): it is kept at {aside}; move it back by hand"
+        ) from None
 
 
 def _build(

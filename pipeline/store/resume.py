@@ -7,9 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import zarr
+
 from reattn_batch.store.attrs import checked_attrs, read_attrs
 from reattn_batch.store.create import ZARR_MARKERS, create_store
-from reattn_batch.store.layout import StoreLayout
+from reattn_batch.store.layout import BLOCK_DONE, BLOCK_STARTED, CONFIDENCE, LABELS, StoreLayout
 from reattn_batch.store.records import done_blocks
 from reattn_batch.workers.errors import StoreError
 
@@ -31,7 +33,9 @@ def prepare(
 
     A resumed store must have been written by the same run (same ``run_fingerprint``);
     and the same ``worker_keys`` attributes (decided by the workers, e.g. the precision);
-    otherwise a UserError names the ``run_keys`` attributes that differ.
+    otherwise a UserError names the ``run_keys`` attributes that differ. Its arrays must
+    be the ones this run would create (:func:`check_layout`), so that its completion
+    records mean the blocks this run computes. Checked before anything is computed.
     """
     path = Path(path)
     if resume and path.is_dir() and any((path / name).exists() for name in ZARR_MARKERS):
@@ -45,6 +49,7 @@ def prepare(
                 f"({', '.join(differ)} differ); "
                 "pass the same settings, or overwrite=True to start again"
             )
+        check_layout(path, layout, blocks, old, new)
         return done_blocks(path)
     create_store(
         path,
@@ -56,3 +61,57 @@ def prepare(
         blocks=blocks,
     )
     return set()
+
+
+def _grid(shape: Sequence[int]) -> str:
+    return "x".join(str(n) for n in shape)
+
+
+def _array(path: Path, name: str) -> zarr.Array | None:
+    """The store's array ``name`` (metadata only), or None when missing or unreadable."""
+    try:
+        return zarr.open_array(str(path / name), mode="r", zarr_format=2)
+    except Exception:  # noqa: BLE001 - any array zarr cannot open does not match
+        return None
+
+
+def check_layout(
+    path: Path,
+    layout: StoreLayout,
+    blocks: tuple[int, int],
+    old: dict[str, Any],
+    new: dict[str, Any],
+) -> None:
+    """Refuse (one line naming what differs) to resume a store whose arrays are not those
+    this run would create: record arrays of the block grid ``blocks`` (rows, cols),
+    ``labels`` (and ``confidence``, when present or asked for) of the layout's shape and
+    chunks, and the recorded ``block_size`` attribute (``old``) equal to this run's
+    (``new``). A record of another grid would mark other blocks done than it says."""
+    differ: list[str] = []
+    for name in (BLOCK_DONE, BLOCK_STARTED):
+        array = _array(path, name)
+        if array is None:
+            differ.append(f"{name} is missing or unreadable")
+        elif tuple(array.shape) != tuple(blocks):
+            differ.append(
+                f"{name} records a {_grid(array.shape)} block grid, this run's is {_grid(blocks)}"
+            )
+    shape, chunks = (layout.height, layout.width), (layout.chunk, layout.chunk)
+    for name, wanted in ((LABELS, True), (CONFIDENCE, layout.with_confidence)):
+        array = _array(path, name)
+        if array is None:
+            if wanted or (path / name).exists():
+                differ.append(f"{name} is missing or unreadable")
+            continue
+        if tuple(array.shape) != shape:
+            differ.append(f"{name} is {_grid(array.shape)} px, the scene {_grid(shape)}")
+        if tuple(array.chunks) != chunks:
+            differ.append(f"{name} has chunks of {_grid(array.chunks)} px, not {_grid(chunks)}")
+    recorded, now = old.get("block_size"), new.get("block_size")
+    if recorded is not None and now is not None and recorded != now:
+        differ.append(f"its block size is {recorded!r} px, this run's {now!r}")
+    if differ:
+        raise StoreError(
+            f"resume=True {path}: the store does not fit this run ({'; '.join(differ)}), so "
+            "its completion records cannot be trusted; pass overwrite=True to start again"
+        )

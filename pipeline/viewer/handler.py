@@ -1,4 +1,4 @@
-"""The viewer's HTTP request handler: routes, the Host check and the response headers.
+"""The viewer's HTTP request handler: routes, the access checks and the response headers.
 
 Routes (GET and HEAD only; other methods get 405, unknown paths 404)::
 
@@ -9,11 +9,14 @@ Routes (GET and HEAD only; other methods get 405, unknown paths 404)::
     /tiles/labels/<z>/<x>/<y>.png       labels coloured; ?classes=0,2 draws only those
     /tiles/scene/<z>/<x>/<y>.png        the scene's imagery
 
-No part of a request path reaches the file system (static files are looked up by exact
-name in memory); tiles and answers come from the one ``StoreView`` the handler is bound
-to. With ``check_host`` (a loopback address) the ``Host`` header must name the loopback
-too (DNS-rebinding guard). Every response says ``nosniff`` and the page's Content
-Security Policy.
+When the server is bound off the loopback every route is under ``/t/<token>/``
+(``access.py``), and the page asks for everything relative to its own URL. No part of a
+request path reaches the file system (static files are looked up by exact name in
+memory); tiles and answers come from the one ``StoreView`` the handler is bound to. A
+request whose ``Host`` is not allowed or whose token is missing gets 403; a request the
+handler does not read to its end (a body, a method other than GET or HEAD) gets its answer
+and then the connection is closed, so no body is read as the next request. Every response
+says ``nosniff``, ``no-referrer`` and the page's Content Security Policy.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from reattn_batch.viewer.access import Access
+from reattn_batch.viewer.limits import ConnectionSlots
 from reattn_batch.viewer.static_files import STATIC
 from reattn_batch.viewer.store_view import StoreView
 from reattn_batch.viewer.tile_grid import valid_tile
@@ -37,11 +42,27 @@ log = logging.getLogger("reattn_batch")
 #: reported in the browser's console).
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+    "form-action 'none'"
 )
 
 _TILE = re.compile(r"/tiles/(labels|scene)/(\d{1,2})/(\d{1,8})/(\d{1,8})\.png")
-_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+_refused_names: set[str] = set()
+
+
+def _refused_host(header: str | None) -> None:
+    """Log a refused Host once per name (at most 20 names, so a flood cannot fill the log)."""
+    name = header or ""
+    if name in _refused_names or len(_refused_names) >= 20:
+        return
+    _refused_names.add(name)
+    log.warning(
+        "viewer: refused a request for Host %r (not the loopback, the bound address or an "
+        "allowed host name)",
+        header,
+    )
 
 
 def _visible(query: dict[str, list[str]], n: int) -> set[int] | None:
@@ -59,54 +80,97 @@ def _visible(query: dict[str, list[str]], n: int) -> set[int] | None:
     return out
 
 
-def make_handler(viewer: StoreView, check_host: bool) -> type[BaseHTTPRequestHandler]:
-    """A request handler class bound to ``viewer``."""
+def make_handler(
+    viewer: StoreView, access: Access, slots: ConnectionSlots, request_timeout: float
+) -> type[BaseHTTPRequestHandler]:
+    """A request handler class bound to ``viewer``: it answers the requests ``access``
+    allows, tells ``slots`` when its connection waits for a request and when it answers
+    one, and closes a connection whose read or write stalls for ``request_timeout`` s."""
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "reattn-batch-view"
         sys_version = ""
         protocol_version = "HTTP/1.1"
 
+        timeout = request_timeout  # the socket's (StreamRequestHandler.setup)
+
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             log.debug("%s %s", self.address_string(), format % args)
 
-        def _send(self, status: int, body: bytes, ctype: str, cache: str = "no-store") -> None:
+        def parse_request(self) -> bool:
+            ok = super().parse_request()
+            slots.answering(self.connection)  # a whole request head came: keep the slot
+            return ok
+
+        def handle_one_request(self) -> None:
+            super().handle_one_request()
+            slots.waiting(self.connection)
+
+        def _unread_body(self) -> bool:
+            """Whether the request announced a body (never read: the handler serves GET)."""
+            length = self.headers.get("Content-Length", "0").strip()
+            return length != "0" or "Transfer-Encoding" in self.headers
+
+        def _send(
+            self,
+            status: int,
+            body: bytes,
+            ctype: str,
+            cache: str = "no-store",
+            close: bool = False,
+            extra: dict[str, str] | None = None,
+        ) -> None:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", cache)
             self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Referrer-Policy", "no-referrer")
             self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+            for key, value in (extra or {}).items():
+                self.send_header(key, value)
+            if close or self._unread_body():
+                self.send_header("Connection", "close")  # sets self.close_connection
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
 
-        def _error(self, status: HTTPStatus, text: str | None = None) -> None:
+        def _error(
+            self,
+            status: HTTPStatus,
+            text: str | None = None,
+            close: bool = False,
+            extra: dict[str, str] | None = None,
+        ) -> None:
             body = f"{status.value} {text or status.phrase}\n".encode()
-            self._send(status, body, "text/plain; charset=utf-8")
+            self._send(status, body, "text/plain; charset=utf-8", close=close, extra=extra)
 
         def _json(self, value: Any) -> None:
             body = json.dumps(value, allow_nan=False).encode()
             self._send(HTTPStatus.OK, body, "application/json")
 
-        def _host_ok(self) -> bool:
-            host = self.headers.get("Host", "")
-            name = urlsplit(f"//{host}").hostname or ""
-            return name in _LOOPBACK_NAMES
-
         def do_HEAD(self) -> None:  # noqa: N802
             self.do_GET()
 
         def do_GET(self) -> None:  # noqa: N802
-            if check_host and not self._host_ok():
-                self._error(HTTPStatus.FORBIDDEN, "Forbidden (Host is not the loopback)")
+            if not access.host_allowed(self.headers.get("Host")):
+                _refused_host(self.headers.get("Host"))
+                self._error(HTTPStatus.FORBIDDEN, "Forbidden (Host is not allowed)", close=True)
                 return
             parts = urlsplit(self.path)
-            path, query = parts.path, parse_qs(parts.query, keep_blank_values=True)
+            path = access.route_path(parts.path)
+            if path is None:
+                text = "Forbidden (open the URL the viewer printed, with its token)"
+                self._error(HTTPStatus.FORBIDDEN, text, close=True)
+                return
+            if path == "":  # the token without the slash after it
+                self._error(HTTPStatus.MOVED_PERMANENTLY, extra={"Location": access.base})
+                return
+            query = parse_qs(parts.query, keep_blank_values=True)
             try:
                 self._route(path, query)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                self.close_connection = True
             except Exception:
                 log.warning("viewer: %s failed", path, exc_info=True)
                 self._error(HTTPStatus.INTERNAL_SERVER_ERROR)
@@ -160,7 +224,8 @@ def make_handler(viewer: StoreView, check_host: bool) -> type[BaseHTTPRequestHan
             self._send(HTTPStatus.OK, body, "image/png", "no-cache")
 
         def _not_allowed(self) -> None:
-            self._error(HTTPStatus.METHOD_NOT_ALLOWED)
+            extra = {"Allow": "GET, HEAD"}
+            self._error(HTTPStatus.METHOD_NOT_ALLOWED, close=True, extra=extra)
 
         do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed  # noqa: N815
 

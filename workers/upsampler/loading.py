@@ -32,7 +32,7 @@ def _read_upsampler_state(path: Path, label: str) -> dict[str, Tensor]:
         raise ModelError(f"{label} {path} does not exist; {fix}")
     try:
         ckpt = load_tensors_only(path)
-    except Exception as e:  # torch.load raises many types on a corrupt or foreign file
+    except Exception as e:  # the reader raises many types on a corrupt or foreign file
         raise ModelError(
             f"{label} {path} is not a readable checkpoint ({one_line(e)}); {fix}"
         ) from e

@@ -1,4 +1,5 @@
-/* reattn-batch view: the page. Everything comes from this server (/api, /tiles). */
+/* reattn-batch view: the page. Everything comes from this server (api/, tiles/), asked for
+   relative to the page's own URL (which carries the token when the server needs one). */
 "use strict";
 
 (function () {
@@ -14,7 +15,7 @@
   function labelsUrl() {
     const all = state.info.classes.length === state.visible.size;
     const classes = Array.from(state.visible).sort((a, b) => a - b).join(",");
-    return "/tiles/labels/{z}/{x}/{y}.png" + (all ? "" : "?classes=" + classes);
+    return "tiles/labels/{z}/{x}/{y}.png" + (all ? "" : "?classes=" + classes);
   }
 
   function showRun(info) {
@@ -101,7 +102,7 @@
       bounds: bounds, minZoom: info.min_zoom, maxZoom: info.max_zoom, tileSize: 256, keepBuffer: 1,
     };
     if (info.imagery) {
-      state.imagery = L.tileLayer("/tiles/scene/{z}/{x}/{y}.png", common).addTo(map);
+      state.imagery = L.tileLayer("tiles/scene/{z}/{x}/{y}.png", common).addTo(map);
     }
     const opacity = document.getElementById("opacity");
     state.labels = L.tileLayer(labelsUrl(), Object.assign({}, common, {
@@ -120,7 +121,7 @@
   let marker = null;
   async function showPixel(map, latlng) {
     const box = document.getElementById("pixel");
-    const r = await fetch("/api/pixel?lon=" + latlng.lng + "&lat=" + latlng.lat);
+    const r = await fetch("api/pixel?lon=" + latlng.lng + "&lat=" + latlng.lat);
     const p = await r.json();
     let text;
     if (!p.inside) {
@@ -137,8 +138,10 @@
     box.textContent = text;
     box.dataset.label = p.inside ? String(p.label) : "";
     if (marker) marker.remove();
+    // A DOM node, not a string: Leaflet would parse a string as HTML, and class names
+    // come from the store.
     marker = L.circleMarker(latlng, { radius: 5, color: "#000", weight: 2, fillOpacity: 0 })
-      .addTo(map).bindPopup(text).openPopup();
+      .addTo(map).bindPopup(el("span", { "class": "pixel-popup" }, text)).openPopup();
   }
 
   /** True once no tile of any layer is loading (used by tests and screenshots). */
@@ -149,7 +152,7 @@
 
   window.viewer = { state: state, idle: idle, ready: false };
 
-  fetch("/api/info")
+  fetch("api/info")
     .then((r) => r.json())
     .then((info) => {
       state.info = info;

@@ -1,0 +1,423 @@
+"""Untrusted catalogues (issue 19, items 2, 3 and the job-spec part of 5).
+
+A STAC document read over the network names only http(s), s3 and gs assets on public
+hosts or its own origin; every STAC read has timeouts and a size cap; a search ends at
+max_items and at a repeated ``next`` link; an Item id names a store only as one safe path
+component; one bad Item fails only its scene; a job spec has no YAML aliases and a bounded
+``intersects``. Real HTTP servers on loopback (tests/stac_helpers.py), real files, the
+tiny random model where a scene is mapped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+
+import cli_helpers as h
+import numpy as np
+import pytest
+from stac_helpers import Server, StacApi, landing_page, make_item, reply, write_tif
+
+from reattn_batch import store
+from reattn_batch.cli import main
+from reattn_batch.regional.catalogue import DEFAULT_MAX_ITEMS
+from reattn_batch.regional.spec import MAX_INTERSECTS_VERTICES, RegionalJob
+from reattn_batch.scene.href_policy import check_href
+from reattn_batch.scene.stac_io import MAX_DOCUMENT_BYTES
+from reattn_batch.workers.errors import InputError
+
+TINY = ["--clip-weights", "random", "--set", "clip_model=ViT-T-16-test", "--upsampler", "bilinear"]
+RUN = ["--classes", "building,water", *TINY, "--block-size", "512", "--workers", "1"]
+ALLOW = "REATTN_BATCH_ALLOW_PRIVATE_HREFS"
+JOB_TAIL = (
+    "classes: building,water\n"
+    + h.TINY_MODEL_YAML
+    + "run:\n  block_size: 512\noutput_root: labels\n"
+    + "cluster:\n  local: {workers: 1, threads_per_worker: 1}\n"
+)
+
+
+@pytest.fixture(autouse=True)
+def no_opt_in(monkeypatch):
+    """The operator's opt-in is off unless a test sets it."""
+    monkeypatch.delenv(ALLOW, raising=False)
+    monkeypatch.delenv("REATTN_BATCH_STAC_TIMEOUT", raising=False)
+
+
+def fails(capsys, *args) -> str:
+    """`reattn-batch ARGS` exits 2 with one line on stderr; that line."""
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def job(*args) -> int:
+    try:
+        main(["job", *(str(a) for a in args)])
+    except SystemExit as exc:
+        return int(exc.code)
+    return 0
+
+
+def served_item(server: Server, route: str, data: dict) -> str:
+    server.routes[route] = lambda handler, query: reply(handler, data)
+    return server.url + route
+
+
+def labels_of(path: Path) -> np.ndarray:
+    return np.asarray(store.open_labels(path)[:])
+
+
+# ----------------------------------------------------------------------------- item 2
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "href",
+    [
+        "file:///etc/passwd",
+        "/etc/passwd",
+        "/vsicurl/{url}/data/secret.tif",
+        "http://169.254.169.254/latest/meta-data/scene.tif",
+        "http://10.0.0.1/scene.tif",
+    ],
+)
+def test_a_remote_item_may_not_name_local_files_raw_vsi_paths_or_private_hosts(
+    tmp_path, capsys, href
+):
+    secret = write_tif(tmp_path / "secret.tif", 356000.0, 1)
+    server = Server()
+    try:
+        server.file(secret)
+        item = make_item("bad", secret).to_dict(include_self_link=False)
+        item["assets"]["visual"]["href"] = href.format(url=server.url)
+        url = served_item(server, "/items/bad.json", item)
+        out = tmp_path / "out.labels.zarr"
+        err = fails(capsys, "run", url, *RUN, "--out", out)
+    finally:
+        server.close()
+    shown = href.format(url=server.url)
+    assert f"asset href {shown!r} named by {url} is refused" in err, err
+    assert ALLOW in err  # the fix an operator may choose
+    assert "/data/secret.tif" not in server.requests and not out.exists()
+
+
+def test_the_href_rules(monkeypatch):
+    """Which hrefs a remote document at a loopback URL may name, and the opt-in."""
+    doc = "http://127.0.0.1:8000/collections/c/items/a"
+    allowed = {
+        "x.tif": "http://127.0.0.1:8000/collections/c/items/x.tif",  # its own origin
+        "../../../data/x.tif": "http://127.0.0.1:8000/data/x.tif",
+        "HTTP://8.8.8.8/x.tif": "http://8.8.8.8/x.tif",  # a public address
+        "s3://sentinel-cogs/a/b.tif": "s3://sentinel-cogs/a/b.tif",
+        "gs://gcp-public-data/x.tif": "gs://gcp-public-data/x.tif",
+    }
+    for href, url in allowed.items():
+        assert check_href(href, doc) == url
+    refused = {
+        "http://127.0.0.1:8001/x.tif": "loopback",  # another origin on loopback
+        "http://localhost:8000/x.tif": "loopback",
+        "http://[::1]/x.tif": "loopback",
+        "http://[::ffff:10.1.2.3]/x.tif": "private",
+        "http://2130706433/x.tif": "loopback",  # 127.0.0.1 written as a number
+        "//192.168.1.1/x.tif": "private",
+        "http://0.0.0.0/x.tif": "unspecified",
+        "http://224.0.0.1/x.tif": "multicast",
+        "http://100.64.0.1/x.tif": "non-public",
+        "ftp://8.8.8.8/x.tif": "scheme ftp:",
+        "zarr:///data/x.zarr": "scheme zarr:",
+        "C:\\data\\x.tif": "scheme c:",
+        "\\\\server\\share\\x.tif": "a local path",
+        "s3://Not_A_Bucket!/x.tif": "not a s3://BUCKET/KEY URL",
+        "gs://bucket-only": "not a gs://BUCKET/KEY URL",
+    }
+    for href, why in refused.items():
+        with pytest.raises(InputError, match=re.escape(why)):
+            check_href(href, doc)
+    monkeypatch.setenv(ALLOW, "1")  # the operator's choice: private hosts, never local files
+    assert check_href("http://10.0.0.1/x.tif", doc) == "http://10.0.0.1/x.tif"
+    for href in ("file:///etc/passwd", "/etc/passwd", "/vsis3/bucket/x.tif"):
+        with pytest.raises(InputError, match="refused"):
+            check_href(href, doc)
+
+
+def test_a_private_host_needs_the_operators_opt_in_and_an_item_id_cannot_escape(
+    tmp_path, capsys, monkeypatch
+):
+    tif = write_tif(tmp_path / "scene.tif", 356000.0, 2)
+    items, data = Server(), Server()  # two origins, both on loopback
+    work = tmp_path / "a" / "b" / "work"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    try:
+        item = make_item("../../x", tif).to_dict(include_self_link=False)
+        item["assets"]["visual"]["href"] = data.file(tif)
+        url = served_item(items, "/items/x.json", item)
+        err = fails(capsys, "run", url, *RUN)
+        assert "refused (host 127.0.0.1 is a loopback address)" in err, err
+        assert data.requests == []
+        monkeypatch.setenv(ALLOW, "1")
+        main(["run", url, *RUN])
+    finally:
+        items.close()
+        data.close()
+    (out,) = work.iterdir()  # the id is one safe path component, inside the working folder
+    assert re.fullmatch(r"x-[0-9a-f]{12}\.labels\.zarr", out.name), out.name
+    assert list(tmp_path.rglob("*.labels.zarr")) == [out]
+    assert store.read_attrs(out)["scene"] == f"/vsicurl/{data.url}/data/{tif.name}"
+    assert labels_of(out).shape == (64, 64)
+
+
+def test_a_redirect_is_checked_as_an_href_of_the_server_that_sends_it(tmp_path, capsys):
+    tif = write_tif(tmp_path / "scene.tif", 356000.0, 6)
+    public, private = Server(), Server()  # the redirect leads to another loopback origin
+    target = served_item(private, "/items/x.json", make_item("x", tif).to_dict())
+
+    def redirect(handler, query) -> None:
+        handler.send_response(302)
+        handler.send_header("Location", target)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    public.routes["/items/x.json"] = redirect
+    try:
+        err = fails(capsys, "run", f"{public.url}/items/x.json", *RUN, "--out", tmp_path / "o")
+    finally:
+        public.close()
+        private.close()
+    assert f"redirect {target!r} named by {public.url}/items/x.json is refused" in err, err
+    assert private.requests == []
+
+
+@pytest.mark.timeout(60)
+def test_a_stalled_stac_server_fails_within_the_timeout(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("REATTN_BATCH_STAC_TIMEOUT", "1")
+    server = Server()
+
+    def stall(handler, query) -> None:  # headers, then nothing
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", "1000")
+        handler.end_headers()
+        handler.wfile.flush()
+        server.released.wait(60)
+
+    server.routes["/items/slow.json"] = stall
+    start = time.monotonic()
+    try:
+        err = fails(capsys, "run", f"{server.url}/items/slow.json", *RUN, "--out", tmp_path / "o")
+    finally:
+        server.close()
+    assert time.monotonic() - start < 20
+    assert "sent nothing for 1 s (REATTN_BATCH_STAC_TIMEOUT)" in err, err
+
+
+def test_an_endless_stac_document_is_cut_at_the_cap(tmp_path, capsys):
+    sent: list[int] = []
+    block = b" " * 2**20  # JSON whitespace: a parser reads on and on
+
+    def endless(handler, query) -> None:  # no Content-Length: the body ends at close
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.end_headers()
+        total = 0
+        try:
+            for _ in range(3 * MAX_DOCUMENT_BYTES // len(block)):
+                handler.wfile.write(block)
+                total += len(block)
+        except OSError:  # the reader hung up
+            pass
+        sent.append(total)
+
+    server = Server({"/items/huge.json": endless})
+    try:
+        err = fails(capsys, "run", f"{server.url}/items/huge.json", *RUN, "--out", tmp_path / "o")
+        h.wait_for(lambda: sent, 30, "the server to finish")
+    finally:
+        server.close()
+    assert f"more than {MAX_DOCUMENT_BYTES // 2**20} MiB" in err, err
+    assert sent[0] < 2 * MAX_DOCUMENT_BYTES  # the reader stopped at the cap
+
+
+def api_server(search) -> Server:
+    """A STAC API whose /search is ``search(server, handler, query)``."""
+    server = Server()
+    server.routes.update({
+        "/": lambda handler, query: reply(handler, landing_page(server.url)),
+        "/conformance": lambda handler, query: reply(handler, {"conformsTo": []}),
+        "/search": lambda handler, query: search(server, handler, query),
+    })  # fmt: skip
+    return server
+
+
+def feature(server: Server, item_id: str) -> dict:
+    return {
+        "type": "Feature", "stac_version": "1.0.0", "id": item_id, "geometry": None,
+        "properties": {"datetime": "2024-06-01T00:00:00Z"}, "assets": {},
+        "links": [{"rel": "self", "href": f"{server.url}/items/{item_id}.json"}],
+    }  # fmt: skip
+
+
+def search_spec(tmp_path: Path, url: str) -> Path:
+    spec = tmp_path / "job.yaml"
+    spec.write_text(f"name: t\nscenes:\n  stac_search:\n    url: {url}\n{JOB_TAIL}")
+    return spec
+
+
+@pytest.mark.timeout(60)
+def test_a_search_whose_next_link_names_itself_ends(tmp_path, caplog):
+    def search(server, handler, query) -> None:
+        next_page = {"rel": "next", "href": f"{server.url}/search?page=same"}
+        page = [feature(server, "a"), feature(server, "b")]
+        reply(handler, {"type": "FeatureCollection", "features": page, "links": [next_page]})
+
+    server = api_server(search)
+    start = time.monotonic()
+    try:
+        with caplog.at_level(logging.WARNING):
+            scenes = RegionalJob.load(search_spec(tmp_path, server.url)).scenes
+    finally:
+        server.close()
+    assert scenes == (f"{server.url}/items/a.json", f"{server.url}/items/b.json")
+    assert server.requests.count("/search") <= 3 and time.monotonic() - start < 30
+    assert "names itself (or an earlier page) as `next`" in caplog.text
+
+
+@pytest.mark.timeout(120)
+def test_a_search_ends_at_the_default_max_items(tmp_path, caplog):
+    per_page, pages = 500, 30  # the API holds 15,000 Items
+
+    def search(server, handler, query) -> None:
+        page = int(query.get("page", 0))
+        count = per_page if page < pages else 0
+        features = [feature(server, f"p{page}-{i}") for i in range(count)]
+        links = [{"rel": "next", "href": f"{server.url}/search?page={page + 1}"}]
+        reply(handler, {"type": "FeatureCollection", "features": features, "links": links})
+
+    assert per_page * pages > DEFAULT_MAX_ITEMS
+    server = api_server(search)
+    try:
+        with caplog.at_level(logging.WARNING):
+            job_spec = RegionalJob.load(search_spec(tmp_path, server.url))
+    finally:
+        server.close()
+    assert len(job_spec.scenes) == DEFAULT_MAX_ITEMS
+    assert server.requests.count("/search") == DEFAULT_MAX_ITEMS // per_page
+    assert f"stopped at {DEFAULT_MAX_ITEMS} Items (max_items)" in caplog.text
+
+
+@pytest.mark.timeout(60)
+def test_a_remote_static_catalog_is_walked_once_and_its_links_are_checked(tmp_path):
+    tif = write_tif(tmp_path / "c.tif", 356000.0, 3)
+    server = Server()
+    item = make_item("cat-0", tif).to_dict(include_self_link=False)
+    item["assets"]["visual"]["href"] = "../data/c.tif"
+    server.file(tif)
+
+    def catalog(name: str, links: list[tuple[str, str]]) -> dict:
+        return {
+            "type": "Catalog", "stac_version": "1.0.0", "id": name, "description": name,
+            "links": [{"rel": rel, "href": href} for rel, href in links],
+        }  # fmt: skip
+
+    root = catalog("root", [
+        ("child", "./catalog.json"),  # itself
+        ("child", "sub/catalog.json"),
+        ("item", "file:///etc/passwd"),
+        ("item", "http://10.0.0.1/items/x.json"),
+        ("item", "items/cat-0.json"),
+    ])  # fmt: skip
+    sub = catalog("sub", [("child", "../catalog.json")])  # back to the root
+    url = served_item(server, "/catalog.json", root)
+    served_item(server, "/sub/catalog.json", sub)
+    served_item(server, "/items/cat-0.json", item)
+    spec = tmp_path / "job.yaml"
+    spec.write_text(f"name: t\nscenes:\n  stac_catalog: {url}\n{JOB_TAIL}")
+    try:
+        loaded = RegionalJob.load(spec)
+    finally:
+        server.close()
+    good = f"{server.url}/items/cat-0.json"
+    assert set(loaded.scenes) == {"file:///etc/passwd", "http://10.0.0.1/items/x.json", good}
+    assert loaded.store_for(good).name == "cat-0.labels.zarr"
+    assert good not in loaded.problems
+    assert {loaded.store_for(s).parent for s in loaded.scenes} == {loaded.output_root}
+    assert "refused (a local file)" in loaded.problems["file:///etc/passwd"]
+    assert "private address" in loaded.problems["http://10.0.0.1/items/x.json"]
+    assert server.requests.count("/catalog.json") == 1  # the cycle is walked once
+    with pytest.raises(InputError, match="refused"):  # such a scene fails, unread
+        loaded.request("file:///etc/passwd")
+
+
+# ----------------------------------------------------------------------------- item 3
+
+
+def test_one_bad_item_fails_only_its_own_scene(tmp_path, capsys):
+    api = StacApi("aerial")
+    good = write_tif(tmp_path / "good.tif", 356000.0, 4)
+    other = write_tif(tmp_path / "other.tif", 356100.0, 5)
+    api.add(make_item("../../x", good), name="escaper")  # an id that would leave the root
+    api.add(make_item("bands-only", other, {"B04": "data"}))  # no visual asset
+    api.add(make_item("gone", other), gone=True)  # listed, but its self link answers 404
+    spec = search_spec(tmp_path, api.url)
+    try:
+        assert job("run", spec) == 1  # some scene failed; the job itself is fine
+    finally:
+        api.close()
+    root = tmp_path / "labels"
+    index = json.loads((root / "index.json").read_text())
+    got = {Path(e["store"]).name: e for e in index["scenes"]}
+    (done,) = [name for name, e in got.items() if e["status"] == "done"]
+    assert re.fullmatch(r"x-[0-9a-f]{12}\.labels\.zarr", done), done
+    assert got["bands-only.labels.zarr"]["status"] == "failed"
+    assert "no RGB/visual asset" in got["bands-only.labels.zarr"]["message"]
+    assert got["gone.labels.zarr"]["status"] == "failed"
+    assert "HTTP 404" in got["gone.labels.zarr"]["message"]
+    assert index["counts"] == {"done": 1, "resumed": 0, "skipped": 0, "failed": 2}
+    assert [p.parent for p in tmp_path.rglob("*.labels.zarr")] == [root]
+    # the good Item's relative asset href, joined on its own URL, was read from the API
+    assert store.read_attrs(root / done)["scene"] == f"/vsicurl/{api.url}/data/good.tif"
+    assert labels_of(root / done).shape == (64, 64)
+    err = capsys.readouterr().err
+    assert err.count("scene failed:") == 2
+
+
+# ----------------------------------------------------------------------------- item 5
+
+
+@pytest.mark.timeout(60)
+def test_a_job_spec_with_yaml_aliases_is_refused_at_once(tmp_path, capsys):
+    """A "billion laughs" spec: nine lines that stand for 10**9 strings."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    lines += ["name: bomb", "scenes: {list: [x.tif]}", "classes: building", "output_root: out"]
+    spec = tmp_path / "bomb.yaml"
+    spec.write_text("\n".join(lines) + "\n")
+    start = time.monotonic()
+    assert job("validate", spec) == 2
+    err = capsys.readouterr().err.strip()
+    assert time.monotonic() - start < 10
+    assert len(err.splitlines()) == 1, err
+    assert f"job spec {spec}: line 2: YAML aliases (*a0) are not allowed" in err, err
+
+
+def test_intersects_has_a_bounded_number_of_vertices(tmp_path, capsys):
+    angles = np.linspace(0, 2 * np.pi, MAX_INTERSECTS_VERTICES + 1, endpoint=False)
+    ring = [[7 + np.cos(a), 51 + np.sin(a)] for a in angles]
+    ring.append(ring[0])
+    geometry = json.dumps({"type": "Polygon", "coordinates": [ring]})
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        "name: t\nscenes:\n  stac_search:\n    url: http://127.0.0.1:9/\n"
+        f"    intersects: {geometry}\n{JOB_TAIL}"
+    )
+    assert job("validate", spec) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and len(err) < 600, err
+    assert "'scenes.stac_search.intersects'" in err and "vertices" in err, err
