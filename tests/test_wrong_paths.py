@@ -11,8 +11,9 @@ unfinished store, as a subprocess) and checks: a refusal is exactly one
 a command that reads an unfinished store works and warns once that it is unfinished; and
 in every cell the files given to the command are byte for byte as before.
 
-(A store being written by another run is not a column yet: see
-``pipeline/store/reader.py:open_for_reading``, the one door of the read commands.)
+A store being written by another run (its lock held, as a running `run` holds it) has
+tests of its own below: `info` and `view` read it with a warning that it is being written,
+`export` and `run` refuse it with one line.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import pytest
 import zarr
 
 from reattn_batch.cli import main
+from reattn_batch.store import lock_store
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -407,3 +409,71 @@ def test_view_of_an_unfinished_store_serves_it_and_warns(place):
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     warned = [t for t in result.stderr.splitlines() if "WARNING" in t]
     assert len(_unfinished_warnings(warned, place.unfinished)) == 1, result.stderr[-3000:]
+
+
+BEING_WRITTEN = {  # command on a store another run is writing -> its line, or None: a warning
+    "info": (lambda p, o: ["info", p.store], None),
+    "info --json": (lambda p, o: ["info", "--json", p.store], None),
+    "export --cog": (
+        lambda p, o: ["export", p.store, "--cog", o / "x.tif"],
+        "scene.labels.zarr is being written by another run now.*wait for that run to end",
+    ),
+    "export --stac": (
+        lambda p, o: ["export", p.store, "--stac", o],
+        "scene.labels.zarr is being written by another run now",
+    ),
+    "run --resume": (
+        lambda p, o: ["run", p.scene, *M, "--out", p.store, "--resume"],
+        "scene.labels.zarr is in use by another run",
+    ),
+    "run --overwrite": (
+        lambda p, o: ["run", p.scene, *M, "--out", p.store, "--overwrite"],
+        "scene.labels.zarr is in use by another run",
+    ),
+}
+
+
+def _being_written_warnings(texts: list[str], store: Path) -> list[str]:
+    return [t for t in texts if str(store) in t and "being written by another run now" in t]
+
+
+@pytest.mark.parametrize("name", list(BEING_WRITTEN))
+def test_a_store_being_written_is_read_with_a_warning_or_refused(
+    name, place, tmp_path, capsys, caplog
+):
+    argv, says = BEING_WRITTEN[name]
+    out = tmp_path / "out"
+    out.mkdir()
+    with lock_store(place.store):  # what a running `run` holds
+        before = h.tree_digest(place.root)
+        status, err, warnings = _main(argv(place, out), capsys, caplog)
+        assert h.tree_digest(place.root) == before, f"{name}: the command changed its inputs"
+    assert not any("Traceback" in line for line in err), "\n".join(err)
+    errors = [line for line in err if line.startswith(h.ERROR_PREFIX)]
+    if says is None:
+        assert status == 0 and not errors, "\n".join(err)
+        texts = [r.getMessage() for r in warnings]
+        assert len(_being_written_warnings(texts, place.store)) == 1, texts
+        return
+    assert status not in (0, None), f"{name}: exit status {status}"
+    assert len(errors) == 1, "\n".join(err)
+    assert re.search(says, errors[0]), errors[0]
+    assert not any(out.rglob("*")), f"{name}: wrote {sorted(out.rglob('*'))}"
+
+
+def test_view_of_a_store_being_written_serves_it_and_warns(place):
+    with lock_store(place.store):
+        proc = h.start("view", place.store, "--port", "0")
+        try:
+            deadline = time.monotonic() + 120
+            line = ""
+            while time.monotonic() < deadline and "http://" not in line:
+                line = proc.stdout.readline()
+                if not line and proc.poll() is not None:
+                    break
+            assert "http://127.0.0.1:" in line, proc.stderr.read()[-3000:]
+        finally:
+            result = h.finish(proc, timeout=30)
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    warned = [t for t in result.stderr.splitlines() if "WARNING" in t]
+    assert len(_being_written_warnings(warned, place.store)) == 1, result.stderr[-3000:]

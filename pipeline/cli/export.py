@@ -254,7 +254,7 @@ def export_command(store_path: Path, **options: Any) -> None:
             )
         seen[path.absolute()] = export.flag
         export.check(options)
-    ls = open_for_reading(store_path)
+    ls = open_for_reading(store_path, refuse_busy=True)
     # Refuse every existing output before writing any, so a refusal writes nothing.
     for export, path in wanted:
         export.prepare(ls, path, options, export.flag)

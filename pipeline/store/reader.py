@@ -5,7 +5,7 @@ attributes, labels array, class names, colours and grid (a GeoBox), checked once
 label store: missing, a file, another Zarr, damaged metadata). :func:`open_for_reading`
 is the one door of the commands that read a store (info, export, view), and
 :func:`warn_unfinished` what they say, once their checks have passed, about a store whose
-run has not finished.
+run has not finished or that another run is writing now (``export`` refuses that one).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from reattn_batch.grid.raster import OnGeobox, raster_geobox
 from reattn_batch.store.arrays import open_labels
 from reattn_batch.store.attrs import read_attrs
 from reattn_batch.store.layout import GRID_MAPPING, LABELS, NODATA
+from reattn_batch.store.lock import lock_path, store_is_busy
 from reattn_batch.store.palette import class_palette
 from reattn_batch.store.records import block_grid, done_blocks
 from reattn_batch.workers.errors import StoreError
@@ -105,19 +106,39 @@ def _damaged(root: Path, part: str, exc: BaseException) -> StoreError:
     )
 
 
-def open_for_reading(path: str | os.PathLike) -> LabelStore:
+def open_for_reading(path: str | os.PathLike, *, refuse_busy: bool = False) -> LabelStore:
     """Open a label store for a command that reads it (info, export, view): every such
-    command opens its store here once, before it checks or writes anything else, so a
-    check that they all need goes here (e.g. refusing a store another run is writing).
-    Once its own checks have passed, the command calls :func:`warn_unfinished`."""
-    return open_store(path)
+    command opens its store here once, before it checks or writes anything else. Once its
+    own checks have passed, the command calls :func:`warn_unfinished`.
+
+    refuse_busy: refuse (a StoreError, one line) a store that another run is writing now
+        (it holds the store's lock, store/lock.py): an export would copy a mix of blocks
+        from before and during that run. Commands that only look (info, view) read it with
+        :func:`warn_unfinished`'s warning instead.
+    """
+    ls = open_store(path)
+    if refuse_busy and store_is_busy(ls.path):
+        raise StoreError(
+            f"{ls.path} is being written by another run now (it holds {lock_path(ls.path)}); "
+            "wait for that run to end, then export it"
+        )
+    return ls
 
 
 def warn_unfinished(ls: LabelStore) -> None:
     """One WARNING if ``ls`` is unfinished (no ``complete`` attribute: its run was
-    interrupted, failed or is still going), naming how many blocks are done: a command
-    reads it as it is, and pixels of unwritten blocks read as 255 (nodata)."""
-    if not ls.attrs.get("complete"):
+    interrupted, failed or is still going), naming how many blocks are done and whether a
+    run is writing it now: a command reads it as it is, and pixels of unwritten blocks read
+    as 255 (nodata)."""
+    if store_is_busy(ls.path):
+        log.warning(
+            "%s is being written by another run now (%s): what is read may change, and "
+            "pixels of unwritten blocks read as %d (nodata)",
+            ls.path,
+            _progress_text(ls.path),
+            NODATA,
+        )
+    elif not ls.attrs.get("complete"):
         log.warning(
             "%s is unfinished (%s): pixels of unwritten blocks read as %d (nodata); "
             "resume its run to finish it",
