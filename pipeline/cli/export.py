@@ -26,12 +26,11 @@ log = logging.getLogger("reattn_batch")
 
 
 def refuse_existing(ls, path: Path, options: dict[str, Any], flag: str) -> None:
-    """The default ``Export.prepare``: a file outside the store, new unless --overwrite."""
-    from reattn_batch.outputs.files import check_output
+    """The default ``Export.prepare``: a file outside the store and its input scene, new
+    unless --overwrite."""
+    from reattn_batch.outputs.files import check_export
 
-    if path.absolute() == ls.path.absolute() or ls.path.absolute() in path.absolute().parents:
-        raise UserError(f"{flag} {path} is inside the store; pass a path outside it")
-    check_output(path, options["overwrite"], flag)
+    check_export(ls, path, options["overwrite"], flag)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,7 +230,7 @@ def export_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 def export_command(store_path: Path, **options: Any) -> None:
     """Export a label STORE: COG, quicklook, class polygons, STAC Item."""
-    from reattn_batch.store import open_store
+    from reattn_batch.store import open_for_reading, warn_unfinished
 
     wanted = [(e, options[e.key]) for e in EXPORTS if options[e.key] is not None]
     context = click.get_current_context()
@@ -255,12 +254,11 @@ def export_command(store_path: Path, **options: Any) -> None:
             )
         seen[path.absolute()] = export.flag
         export.check(options)
-    ls = open_store(store_path)
+    ls = open_for_reading(store_path, refuse_busy=True)
     # Refuse every existing output before writing any, so a refusal writes nothing.
     for export, path in wanted:
         export.prepare(ls, path, options, export.flag)
-    if not ls.attrs.get("complete"):
-        log.warning("%s is not complete: unwritten blocks are exported as nodata", ls.path)
+    warn_unfinished(ls)  # its unwritten pixels are exported as 255 (nodata)
     if ls.attrs.get("random_weights"):
         log.warning("%s was made with RANDOM CLIP weights: its labels mean nothing", ls.path)
     for export, path in wanted:

@@ -16,8 +16,11 @@ import click
 def info_command(store_path: Path, as_json: bool) -> None:
     """Classes, area per class, parameters, progress and fingerprint of a label STORE."""
     from reattn_batch.outputs.info import store_info
+    from reattn_batch.store import open_for_reading, warn_unfinished
 
-    info = store_info(store_path)
+    ls = open_for_reading(store_path)
+    warn_unfinished(ls)
+    info = store_info(ls.path)
     if as_json:
         click.echo(json.dumps(info, indent=2, allow_nan=False))
         return

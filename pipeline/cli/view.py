@@ -50,14 +50,17 @@ def view_command(
     open_browser: bool,
 ) -> None:
     """Look at a label STORE in a web browser: labels over the imagery, a legend with areas."""
+    from reattn_batch.store import open_for_reading, warn_unfinished
     from reattn_batch.viewer.access import host_name
     from reattn_batch.viewer.server import make_server, serve
     from reattn_batch.viewer.store_view import StoreView
 
     for name in allow_hosts:  # before reading the store
         host_name(name)
-    viewer = StoreView(store_path, scene)
+    ls = open_for_reading(store_path)
+    viewer = StoreView(ls.path, scene)
     server = make_server(viewer, host, port, allow_hosts=allow_hosts)
+    warn_unfinished(ls)
     if viewer.page_info["random_weights"]:
         log.warning("%s was made with RANDOM CLIP weights: its labels mean nothing", store_path)
     serve(server, open_browser, echo=lambda text: click.echo(text, nl=True))

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from affine import Affine
 
-from reattn_batch.outputs.files import TILE, check_output, temp_sibling, window_step, windows
+from reattn_batch.outputs.files import TILE, check_export, temp_sibling, window_step, windows
 from reattn_batch.store import NODATA, LabelStore, open_store
 from reattn_batch.workers.errors import InputError
 
@@ -80,7 +80,7 @@ def export_cog(
     if compress not in COMPRESSIONS:
         raise InputError(f"compression {compress!r}: choose deflate or zstd")
     ls = open_store(store_path)
-    out = check_output(out_path, overwrite, "COG")
+    out = check_export(ls, out_path, overwrite, "COG")
     georef: dict[str, Any] = {}
     if ls.crs_wkt is not None:
         georef["crs"] = CRS.from_wkt(ls.crs_wkt)

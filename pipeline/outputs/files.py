@@ -8,8 +8,12 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reattn_batch.workers.errors import StoreError
+
+if TYPE_CHECKING:
+    from reattn_batch.store import LabelStore
 
 TILE = 512  # COG tile edge
 WINDOW = 2048  # edge of the windows read from the store (a multiple of TILE)
@@ -28,6 +32,38 @@ def check_output(path: str | os.PathLike, overwrite: bool, what: str) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise StoreError(f"{what} {out}: the folder {parent} is not writable")
     return out
+
+
+def check_export(ls: LabelStore, path: str | os.PathLike, overwrite: bool, what: str) -> Path:
+    """An export's output path: not one of its inputs (:func:`refuse_inputs`), and new
+    unless ``overwrite`` (:func:`check_output`)."""
+    refuse_inputs(ls, path, what)
+    return check_output(path, overwrite, what)
+
+
+def refuse_inputs(ls: LabelStore, path: str | os.PathLike, what: str) -> None:
+    """Refuse (one line) an output path where writing would damage an input of the
+    export, ``overwrite`` or not: the store itself or a path inside it, and the local
+    input scene the store records (or a path inside it: a Zarr scene)."""
+    from reattn_batch.scene.uri import is_remote
+
+    out = Path(path).resolve()
+    store = ls.path.resolve()
+    if out == store or store in out.parents:
+        raise StoreError(f"{what} {path} is inside the store; pass a path outside it")
+    scene = ls.attrs.get("scene")
+    if isinstance(scene, str) and scene and not is_remote(scene):
+        source = Path(scene).resolve()
+        if out == source or source in out.parents or _same_file(out, source):
+            raise StoreError(f"{what} {path} is the store's input scene {scene}; pass another path")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two existing paths are one file (links, ``..``)."""
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def temp_sibling(out: Path, suffix: str) -> Path:

@@ -14,7 +14,7 @@ import numpy as np
 
 from reattn_batch.outputs.counts import class_counts
 from reattn_batch.outputs.decimate import decimate_mode
-from reattn_batch.outputs.files import check_output, temp_sibling
+from reattn_batch.outputs.files import check_export, temp_sibling
 from reattn_batch.store import NODATA, LabelStore, open_store
 from reattn_batch.workers.errors import InputError
 
@@ -69,7 +69,7 @@ def export_quicklook(
     from PIL import Image, ImageDraw, ImageFont
 
     ls = open_store(store_path)
-    out = check_output(out_png, overwrite, "quicklook")
+    out = check_export(ls, out_png, overwrite, "quicklook")
     out_h, out_w = quicklook_shape(ls.height, ls.width, max_size)
     labels, counts = decimate_mode(ls, out_h, out_w), class_counts(ls)
     rgb = colourise(labels, ls.colormap)

@@ -65,19 +65,28 @@ def check_dir(store_path: str | os.PathLike, out_dir: str | os.PathLike, overwri
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"stac={out_dir} is a file; pass a folder for the STAC Item")
+    from reattn_batch.outputs.files import refuse_inputs
     from reattn_batch.store import open_store
 
-    if open_store(store_path).crs_wkt is None:
+    ls = open_store(store_path)
+    if ls.crs_wkt is None:
         raise InputError(_NO_CRS.format(store=store_path))
     path = item_path(store_path, out_dir)
+    refuse_inputs(ls, path, "`stac`")
     if path.exists() and not overwrite:
         raise InputError(f"`stac`: {path} already exists; pass overwrite=True to replace it")
     return path
 
 
-def _class_name(name: str) -> str:
-    """A class name as the classification extension's ``name`` (letters, digits, - and _)."""
-    return re.sub(r"[^0-9A-Za-z_-]+", "_", name).strip("_") or "class"
+def _class_names(names: list[str]) -> list[str]:
+    """The classes' ``name`` of the classification extension: letters, digits, - and _
+    only, one per class. A name with nothing of those (建筑, дорога) or one already taken
+    becomes ``class_<value>``; the name as written is the ``title`` and ``description``."""
+    out: list[str] = []
+    for value, name in enumerate(names):
+        short = re.sub(r"[^0-9A-Za-z_-]+", "_", name).strip("_")
+        out.append(short if short and short not in out else f"class_{value}")
+    return out
 
 
 def _scene_datetime(attrs: dict[str, Any], store_path: Path) -> tuple[dt.datetime, str]:
@@ -112,12 +121,14 @@ def _classes(ls: Any) -> list[Any]:
     out = [
         Classification.create(
             value=c,
-            name=_class_name(name),
+            name=short,
             title=name,
             description=name,
             color_hint="{:02X}{:02X}{:02X}".format(*ls.colormap[c][:3]),
         )
-        for c, name in enumerate(ls.class_names)
+        for c, (name, short) in enumerate(
+            zip(ls.class_names, _class_names(ls.class_names), strict=True)
+        )
     ]
     out.append(
         Classification.create(

@@ -48,6 +48,7 @@ from reattn_batch.regional.index import (
     write_index,
     write_json,
 )
+from reattn_batch.regional.paths import check_summary
 from reattn_batch.regional.spec import RegionalJob
 from reattn_batch.run.bounded import window_for
 from reattn_batch.run.cluster import cluster_info, connect
@@ -314,13 +315,14 @@ def run_job(
     spec's ``cluster``."""
     started, start = now(), time.perf_counter()
     root = job.output_root
+    summary_path = Path(summary_path) if summary_path else root / SUMMARY_JSON
+    check_summary(summary_path, job.path, job.scenes)  # before anything is written
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(
             f"job spec {job.path}: 'output_root': cannot create {root} ({exc.strerror or exc})"
         ) from None
-    summary_path = Path(summary_path) if summary_path else root / SUMMARY_JSON
     with _job_lock(root):
         try:
             weights = describe_weights(job.model)  # once; a missing file fails the job

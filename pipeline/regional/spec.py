@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from reattn_batch.regional.catalogue import DEFAULT_MAX_ITEMS
+from reattn_batch.regional.paths import check_output_root
 from reattn_batch.run.request import (
     SceneRequest,
     default_out,
@@ -223,6 +224,10 @@ class RegionalJob:
         classes = spec.classes(raw, model.cfg.prob_thd)
         cluster = spec.cluster(raw.cluster)
         scenes, stores, problems = spec.scenes(raw.scenes, output_root)
+        try:
+            check_output_root(output_root, scenes)
+        except UserError as exc:
+            raise spec.error("output_root", str(exc)) from None
         return cls(
             path=path.absolute(),
             name=raw.name.strip() if raw.name and raw.name.strip() else path.stem,
@@ -391,11 +396,18 @@ class _Resolver:
             key = "scenes.glob"
             pattern = str(self.local(key, scenes.glob))
             root = output_root.resolve()
+            matches = sorted(glob.glob(pattern, recursive=True))
             uris = [
                 str(Path(p).absolute())
-                for p in sorted(glob.glob(pattern, recursive=True))
+                for p in matches
                 if root not in Path(p).resolve().parents  # never the job's own outputs
             ]
+            if matches and not uris:
+                raise self.error(
+                    key,
+                    f"{pattern!r} matched only files under output_root {root}, which the job "
+                    "skips as its own outputs; pass an output_root outside the scenes' folder",
+                )
             if not uris:
                 raise self.error(key, f"{pattern!r} matched no scenes; check the pattern")
         else:

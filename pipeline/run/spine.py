@@ -41,6 +41,7 @@ from reattn_batch.run.scene_work import SceneWork, open_scene_work
 from reattn_batch.run.stop import RunStopped, Stop
 from reattn_batch.run.summary import RunSummary
 from reattn_batch.scene.uri import is_remote
+from reattn_batch.store.target import check_out
 from reattn_batch.workers.errors import UserError
 from reattn_batch.workers.model_spec import describe_weights
 
@@ -50,13 +51,14 @@ log = logging.getLogger(__name__)
 def identify(request: SceneRequest, weights: dict | None = None) -> tuple[Plan, dict, str]:
     """Plan the scene and compute its run fingerprint: the plan, the weight identities
     (``weights``, else described here, after the plan) and the fingerprint; refuses an
-    ``out`` that is the scene itself. Cluster-free: bad input fails here, before anything
-    is written."""
+    ``out`` that is the scene itself or that no run can write (store/target.py).
+    Cluster-free: bad input fails here, before anything is written."""
     layout = plan(request)
     weights = describe_weights(request.model) if weights is None else weights
     fingerprint = run_fingerprint(request, layout, weights)
     if not is_remote(layout.scene.path):
         store.check_not_input(str(Path(request.out).absolute()), [layout.scene.path])
+    check_out(request.out)
     return layout, weights, fingerprint
 
 

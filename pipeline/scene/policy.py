@@ -89,6 +89,9 @@ def choose_bands(
 
 
 def pixel_size(uri: str, transform: Affine) -> float:
+    """The scene's GSD in CRS units (degrees for a geographic CRS): the mean side of a
+    pixel. A rotated or sheared grid is refused (:func:`check_north_up`)."""
+    check_north_up(uri, transform)
     xres = math.hypot(transform.a, transform.d)
     yres = math.hypot(transform.b, transform.e)
     if xres <= 0 or yres <= 0:
@@ -96,6 +99,18 @@ def pixel_size(uri: str, transform: Affine) -> float:
     if abs(xres - yres) > 0.01 * max(xres, yres):
         log.warning("%s: non-square pixels (%g x %g); using their mean as the GSD", uri, xres, yres)
     return (xres + yres) / 2
+
+
+def check_north_up(uri: str, transform: Affine) -> None:
+    """Refuse a rotated or sheared geotransform (b or d not 0): the label store describes
+    its grid by x/y pixel-centre coordinates, which GDAL and xarray read as an axis-aligned
+    grid, so its labels would be placed wrongly. (North-up and south-up grids are fine.)"""
+    if transform.b != 0 or transform.d != 0:
+        raise InputError(
+            f"{uri}: the geotransform is rotated or sheared {tuple(transform)[:6]}, which the "
+            "label store cannot describe; warp it to a north-up grid first, e.g. "
+            "`gdalwarp -t_srs EPSG:XXXX in.tif out.tif` (its own CRS), and map out.tif"
+        )
 
 
 def unique_bands(scene: SceneInfo) -> tuple[list[int], list[int]]:

@@ -10,7 +10,8 @@ described in ``layout.py``.
     records.py   per-block completion records
     resume.py    prepare: create, or reopen for --resume (checked against the run's layout)
     lock.py      one writer per store (and per job output root): the lock file primitive
-    reader.py    LabelStore: a store opened for outputs
+    reader.py    LabelStore: a store opened for outputs; the read commands' door
+    target.py    check_out: what a run may find at its output path
 """
 
 from reattn_batch.store.arrays import open_labels, write_block
@@ -28,7 +29,12 @@ from reattn_batch.store.layout import (
 )
 from reattn_batch.store.lock import LockHeld, lock_store, store_is_busy
 from reattn_batch.store.palette import class_palette
-from reattn_batch.store.reader import LabelStore, open_store
+from reattn_batch.store.reader import (
+    LabelStore,
+    open_for_reading,
+    open_store,
+    warn_unfinished,
+)
 from reattn_batch.store.records import (
     block_grid,
     done_blocks,
@@ -59,11 +65,13 @@ __all__ = [
     "mark_block_done",
     "mark_block_started",
     "open_labels",
+    "open_for_reading",
     "open_store",
     "prepare",
     "read_attrs",
     "started_blocks",
     "store_is_busy",
     "update_attrs",
+    "warn_unfinished",
     "write_block",
 ]

@@ -44,8 +44,15 @@ def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
     root = Path(path)
     if not (root / ".zgroup").exists():
         raise StoreError(f"{root} is not a label store (no .zgroup); check the path")
-    group = zarr.open_group(str(root), mode="r", zarr_format=2, use_consolidated=False)
-    return dict(group.attrs.asdict())
+    try:
+        group = zarr.open_group(str(root), mode="r", zarr_format=2, use_consolidated=False)
+        return dict(group.attrs.asdict())
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # not JSON, not a mapping...
+        why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise StoreError(
+            f"{root}: the store's attributes (.zattrs/.zgroup) are damaged ({why}); "
+            "map the scene into a new store"
+        ) from None
 
 
 def update_attrs(path: str | os.PathLike, **attrs: Any) -> None:

@@ -1,8 +1,16 @@
 """Reading a finished (or partial) label store for outputs: :class:`LabelStore` holds its
-attributes, labels array, class names, colours and grid (a GeoBox), checked once."""
+attributes, labels array, class names, colours and grid (a GeoBox), checked once.
+
+:func:`open_store` opens one (a StoreError, one line, for any path that is not a readable
+label store: missing, a file, another Zarr, damaged metadata). :func:`open_for_reading`
+is the one door of the commands that read a store (info, export, view), and
+:func:`warn_unfinished` what they say, once their checks have passed, about a store whose
+run has not finished or that another run is writing now (``export`` refuses that one).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +25,16 @@ from reattn_batch.grid.raster import OnGeobox, raster_geobox
 from reattn_batch.store.arrays import open_labels
 from reattn_batch.store.attrs import read_attrs
 from reattn_batch.store.layout import GRID_MAPPING, LABELS, NODATA
+from reattn_batch.store.lock import lock_path, store_is_busy
 from reattn_batch.store.palette import class_palette
+from reattn_batch.store.records import block_grid, done_blocks
 from reattn_batch.workers.errors import StoreError
+
+log = logging.getLogger("reattn_batch")
+
+#: What damaged store metadata raises while it is parsed (JSON, zarr's metadata models,
+#: numbers in the attributes) or read (I/O).
+_DAMAGED = (OSError, ValueError, TypeError, KeyError)
 
 
 @dataclass(frozen=True)
@@ -51,27 +67,96 @@ def open_store(path: str | os.PathLike) -> LabelStore:
             f"{root} is not a label store (not a Zarr format-2 group); "
             "pass the .zarr folder `reattn-batch run` wrote"
         )
-    attrs = read_attrs(root)
+    attrs = read_attrs(root)  # a StoreError if damaged
     names = attrs.get("class_names")
     if not isinstance(names, list) or not names or not (root / LABELS / ".zarray").is_file():
         raise StoreError(
             f"{root} is a Zarr group but not a reattn-batch label store "
             "(no 'labels' array or 'class_names' attribute)"
         )
-    labels = open_labels(root)
+    try:
+        labels = open_labels(root)
+    except _DAMAGED as exc:
+        raise _damaged(root, f"{LABELS}/.zarray", exc) from None
     if labels.ndim != 2 or labels.dtype != np.uint8:
         raise StoreError(
             f"{root}: 'labels' is {labels.dtype} {labels.shape}, not a 2-D uint8 label map; "
             "the store is damaged or not a reattn-batch store"
         )
+    try:
+        colormap = _colormap(labels, attrs, len(names))
+        geobox = raster_geobox(labels.shape, _transform(attrs), _crs_wkt(root, attrs))
+    except _DAMAGED as exc:
+        raise _damaged(root, "georeferencing or colour map", exc) from None
     return LabelStore(
         path=root,
         attrs=attrs,
         labels=labels,
         class_names=[str(n) for n in names],
-        colormap=_colormap(labels, attrs, len(names)),
-        geobox=raster_geobox(labels.shape, _transform(attrs), _crs_wkt(root, attrs)),
+        colormap=colormap,
+        geobox=geobox,
     )
+
+
+def _damaged(root: Path, part: str, exc: BaseException) -> StoreError:
+    why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return StoreError(
+        f"{root}: the label store's metadata is damaged ({part}: {why}); "
+        "map the scene into a new store"
+    )
+
+
+def open_for_reading(path: str | os.PathLike, *, refuse_busy: bool = False) -> LabelStore:
+    """Open a label store for a command that reads it (info, export, view): every such
+    command opens its store here once, before it checks or writes anything else. Once its
+    own checks have passed, the command calls :func:`warn_unfinished`.
+
+    refuse_busy: refuse (a StoreError, one line) a store that another run is writing now
+        (it holds the store's lock, store/lock.py): an export would copy a mix of blocks
+        from before and during that run. Commands that only look (info, view) read it with
+        :func:`warn_unfinished`'s warning instead.
+    """
+    ls = open_store(path)
+    if refuse_busy and store_is_busy(ls.path):
+        raise StoreError(
+            f"{ls.path} is being written by another run now (it holds {lock_path(ls.path)}); "
+            "wait for that run to end, then export it"
+        )
+    return ls
+
+
+def warn_unfinished(ls: LabelStore) -> None:
+    """One WARNING if ``ls`` is unfinished (no ``complete`` attribute: its run was
+    interrupted, failed or is still going), naming how many blocks are done and whether a
+    run is writing it now: a command reads it as it is, and pixels of unwritten blocks read
+    as 255 (nodata)."""
+    if store_is_busy(ls.path):
+        log.warning(
+            "%s is being written by another run now (%s): what is read may change, and "
+            "pixels of unwritten blocks read as %d (nodata)",
+            ls.path,
+            _progress_text(ls.path),
+            NODATA,
+        )
+    elif not ls.attrs.get("complete"):
+        log.warning(
+            "%s is unfinished (%s): pixels of unwritten blocks read as %d (nodata); "
+            "resume its run to finish it",
+            ls.path,
+            _progress_text(ls.path),
+            NODATA,
+        )
+
+
+def _progress_text(root: Path) -> str:
+    """ "3 of 6 blocks done" from the completion records ("no completion records" without)."""
+    try:
+        grid = block_grid(root)
+    except _DAMAGED:
+        return "its completion records are unreadable"
+    if grid is None:
+        return "no completion records"
+    return f"{len(done_blocks(root))} of {grid[0] * grid[1]} blocks done"
 
 
 def _colormap(labels: zarr.Array, attrs: dict[str, Any], n: int) -> dict[int, tuple]:

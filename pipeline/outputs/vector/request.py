@@ -67,7 +67,7 @@ def plan_vector(
     """Check everything about a polygon export before anything is written (UserError, one
     line, on bad input). ``classes``: comma-separated class names of the store (default:
     every class but the background)."""
-    from reattn_batch.outputs.files import check_output
+    from reattn_batch.outputs.files import check_export
     from reattn_batch.store import open_store
 
     out = Path(out)
@@ -83,9 +83,7 @@ def plan_vector(
         if not math.isfinite(value) or value < 0:
             raise InputError(f"{name} {value}: must be a number >= 0 (CRS units)")
     ls = open_store(store_path)
-    if ls.path.absolute() == out.absolute() or ls.path.absolute() in out.absolute().parents:
-        raise InputError(f"vector={out} is inside the store; pass a path outside it")
-    check_output(out, overwrite, "`vector`")
+    check_export(ls, out, overwrite, "`vector`")
     names = tuple(ls.class_names)
     background = (ls.attrs.get("classes") or {}).get("background_index", 0)
     if classes is None:
