@@ -311,3 +311,29 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
             raise AssertionError(f"the job ended before {what}: {proc.stderr.read()[-3000:]}")
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def job_status(*args: object) -> int:
+    """``reattn-batch job ARGS`` in this process (through ``main``, as the console script
+    runs it): its exit status."""
+    from reattn_batch.cli import main
+
+    try:
+        main(["job", *(str(a) for a in args)])
+    except SystemExit as exc:
+        return int(exc.code)
+    return 0
+
+
+def fails_with_one_line(capsys, *args: object) -> str:
+    """``reattn-batch ARGS`` in this process exits 2 with one line on stderr: that line."""
+    import pytest
+
+    from reattn_batch.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err

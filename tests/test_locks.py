@@ -77,15 +77,6 @@ def holding(code: str, path: Path):
         h.kill_group(proc)
 
 
-def _job(*args: object) -> int:
-    """``reattn-batch job ...`` in this process; its exit status."""
-    try:
-        main(["job", *(str(a) for a in args)])
-    except SystemExit as exc:
-        return int(exc.code)
-    return 0
-
-
 def _one_line(capsys) -> str:
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith(h.ERROR_PREFIX), err
@@ -169,7 +160,7 @@ def test_a_symlink_planted_as_the_job_lock_is_not_followed(tmp_path, capsys):
     (tmp_path / "labels").mkdir()
     (tmp_path / "labels" / JOB_LOCK).symlink_to(victim)
     capsys.readouterr()
-    assert _job("run", spec) == 2
+    assert h.job_status("run", spec) == 2
     line = _one_line(capsys)
     assert "symbolic link" in line and JOB_LOCK in line
     assert victim.read_text() == "precious\n"
@@ -183,7 +174,7 @@ def test_a_held_job_lock_names_its_holder_and_the_lock_file_is_private(tmp_path,
     with holding(HOLD_JOB, root) as holder:
         assert stat.S_IMODE((root / JOB_LOCK).stat().st_mode) == 0o600
         capsys.readouterr()
-        assert _job("run", spec) == 2
+        assert h.job_status("run", spec) == 2
         line = _one_line(capsys)
     assert "in use by another run" in line and f"pid {holder.pid} on " in line, line
     assert str(root / JOB_LOCK) in line
@@ -267,7 +258,7 @@ def test_a_job_scene_whose_store_another_run_holds_fails_alone(tmp_path):
     spec = _spec(tmp_path, {"a": 300, "b": 300})
     root = tmp_path / "labels"
     with holding(HOLD_STORE, root / "b.labels.zarr") as holder:
-        assert _job("run", spec) == 1
+        assert h.job_status("run", spec) == 1
         summary = json.loads((root / "summary.json").read_text())
         locks = sorted(p.name for p in root.iterdir() if p.name.endswith(".lock"))
     assert summary["counts"] == {"done": 1, "resumed": 0, "skipped": 0, "failed": 1}

@@ -21,7 +21,6 @@ from pyproj import Transformer
 from rasterio.windows import Window
 
 from reattn_batch import store
-from reattn_batch.cli import main
 from reattn_batch.regional import runner
 from reattn_batch.regional.spec import RegionalJob
 from reattn_batch.workers.errors import UserError
@@ -62,15 +61,6 @@ def _window(src: Path, out: Path, window: Window) -> tuple[float, float, float, 
     return min(lon), min(lat), max(lon), max(lat)
 
 
-def _job(*args: object) -> int:
-    """``reattn-batch job ...``; its exit status."""
-    try:
-        main(["job", *(str(a) for a in args)])
-    except SystemExit as exc:
-        return int(exc.code)
-    return 0
-
-
 def _by_name(entries: list[dict]) -> dict[str, dict]:
     return {Path(e["uri"]).name: e for e in entries}
 
@@ -95,7 +85,7 @@ def test_job_maps_skips_and_resumes_and_records_the_broken_scene(tmp_path, monke
     koeln, cogeo = labels / "koeln.labels.zarr", labels / "cogeo.labels.zarr"
 
     # 1. Everything new: two stores mapped, the broken scene failed, exit status 1.
-    assert _job("run", spec) == 1
+    assert h.job_status("run", spec) == 1
     summary = json.loads((labels / "summary.json").read_text())
     assert summary["counts"] == {"done": 2, "resumed": 0, "skipped": 0, "failed": 1}
     assert summary["exit_status"] == 1 and summary["spec"] == str(spec)
@@ -147,7 +137,7 @@ def test_job_maps_skips_and_resumes_and_records_the_broken_scene(tmp_path, monke
 
     with monkeypatch.context() as m:
         m.setattr(runner, "connect", no_cluster)
-        assert _job("run", spec, "--summary", tmp_path / "again.json") == 1
+        assert h.job_status("run", spec, "--summary", tmp_path / "again.json") == 1
     again = json.loads((tmp_path / "again.json").read_text())
     assert again["counts"] == {"done": 0, "resumed": 0, "skipped": 2, "failed": 1}
     assert _by_name(again["scenes"])["broken.tif"]["message"] == broken["message"]
@@ -158,7 +148,7 @@ def test_job_maps_skips_and_resumes_and_records_the_broken_scene(tmp_path, monke
     store.update_attrs(koeln, complete=False)
     chunk0, chunk1 = koeln / "labels" / "0" / "0", koeln / "labels" / "0" / "1"
     stamp0, stamp1 = chunk0.stat().st_mtime_ns, chunk1.stat().st_mtime_ns
-    assert _job("run", spec) == 1
+    assert h.job_status("run", spec) == 1
     third = json.loads((labels / "summary.json").read_text())
     assert third["counts"] == {"done": 0, "resumed": 1, "skipped": 1, "failed": 1}
     resumed = _by_name(third["scenes"])["koeln.tif"]
@@ -188,7 +178,7 @@ def test_a_bad_spec_exits_2_naming_the_key(tmp_path, capsys, edit, key):
     (tmp_path / "scenes" / "a.tif").write_bytes(b"")
     spec = tmp_path / "bad.yaml"
     spec.write_text(edit(SPEC))
-    assert _job("run", spec) == 2
+    assert h.job_status("run", spec) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("reattn-batch: error: job spec") and key in err
     assert len(err.splitlines()) == 1

@@ -29,18 +29,6 @@ def labels_of(path: Path) -> np.ndarray:
     return np.asarray(store.open_labels(path)[:])
 
 
-def fails(capsys, *args) -> str:
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    assert info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
-
-
-# ----------------------------------------------------------------------------- run SCENE
-
-
 @pytest.fixture(scope="module")
 def item_run(tmp_path_factory):
     """`run ITEM.json` (store name by default) and `export --stac` of its store."""
@@ -100,11 +88,15 @@ def test_an_item_without_a_usable_asset_is_one_line(tmp_path, capsys):
     path = save_item(
         make_item("bands", tif, {"B04": "data", "thumbnail": "thumbnail"}), tmp_path / "i.json"
     )
-    err = fails(capsys, "run", path, *RUN, "--out", tmp_path / "x.labels.zarr")
+    err = h.fails_with_one_line(capsys, "run", path, *RUN, "--out", tmp_path / "x.labels.zarr")
     assert "--asset" in err and "B04" in err and "thumbnail" in err
-    err = fails(capsys, "run", path, *RUN, "--asset", "B99", "--out", tmp_path / "x.labels.zarr")
+    err = h.fails_with_one_line(
+        capsys, "run", path, *RUN, "--asset", "B99", "--out", tmp_path / "x.labels.zarr"
+    )
     assert "B99" in err and "B04, thumbnail" in err
-    err = fails(capsys, "run", tif, *RUN, "--asset", "visual", "--out", tmp_path / "x.labels.zarr")
+    err = h.fails_with_one_line(
+        capsys, "run", tif, *RUN, "--asset", "visual", "--out", tmp_path / "x.labels.zarr"
+    )
     assert "STAC Item" in err
     assert not (tmp_path / "x.labels.zarr").exists()
 
@@ -135,14 +127,6 @@ cluster:
 )
 
 
-def job(*args) -> int:
-    try:
-        main(["job", *(str(a) for a in args)])
-    except SystemExit as exc:
-        return int(exc.code)
-    return 0
-
-
 def index(root: Path) -> tuple[dict[str, str], dict]:
     data = json.loads((root / "index.json").read_text())
     geo = json.loads((root / "index.geojson").read_text())
@@ -163,7 +147,7 @@ def test_a_job_from_a_stac_api_search_maps_only_new_items_on_a_rerun(api, tmp_pa
     api.add(make_item("cloudy", rasters[2], **{"eo:cloud_cover": 80.0}))  # filtered out
     spec = tmp_path / "job.yaml"
     spec.write_text(SEARCH_SPEC.format(url=api.url))
-    assert job("run", spec) == 0
+    assert h.job_status("run", spec) == 0
     root = tmp_path / "labels"
     statuses, geo = index(root)
     assert statuses == {"clear-a.labels.zarr": "done", "clear-b.labels.zarr": "done"}
@@ -179,7 +163,7 @@ def test_a_job_from_a_stac_api_search_maps_only_new_items_on_a_rerun(api, tmp_pa
     assert attrs["scene"] == f"/vsicurl/{api.url}/data/{rasters[0].name}"
 
     api.add(make_item("clear-c", rasters[3], **{"eo:cloud_cover": 1.0}))
-    assert job("run", spec) == 0
+    assert h.job_status("run", spec) == 0
     statuses, geo = index(root)
     assert statuses == {
         "clear-a.labels.zarr": "skipped",
@@ -204,7 +188,7 @@ def test_a_job_from_a_static_catalog(tmp_path):
     spec = tmp_path / "job.yaml"
     text = SEARCH_SPEC.format(url="x").split("classes:", 1)[1]
     spec.write_text("name: static\nscenes:\n  stac_catalog: catalog/catalog.json\nclasses:" + text)
-    assert job("run", spec) == 0
+    assert h.job_status("run", spec) == 0
     statuses, geo = index(tmp_path / "labels")
     assert statuses == {"cat-0.labels.zarr": "done", "cat-1.labels.zarr": "done"}
     attrs = store.read_attrs(tmp_path / "labels" / "cat-0.labels.zarr")
@@ -227,7 +211,7 @@ def test_bad_catalogue_keys_name_the_key(tmp_path, capsys, scenes, words):
     body = SEARCH_SPEC.format(url="x").split("classes:", 1)[1]
     spec = tmp_path / "job.yaml"
     spec.write_text(f"name: bad\nscenes:\n{scenes}\nclasses:{body}")
-    assert job("validate", spec) == 2
+    assert h.job_status("validate", spec) == 2
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1, err
 

@@ -47,24 +47,6 @@ def no_opt_in(monkeypatch):
     monkeypatch.delenv("REATTN_BATCH_STAC_TIMEOUT", raising=False)
 
 
-def fails(capsys, *args) -> str:
-    """`reattn-batch ARGS` exits 2 with one line on stderr; that line."""
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    assert info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
-
-
-def job(*args) -> int:
-    try:
-        main(["job", *(str(a) for a in args)])
-    except SystemExit as exc:
-        return int(exc.code)
-    return 0
-
-
 def served_item(server: Server, route: str, data: dict) -> str:
     server.routes[route] = lambda handler, query: reply(handler, data)
     return server.url + route
@@ -99,7 +81,7 @@ def test_a_remote_item_may_not_name_local_files_raw_vsi_paths_or_private_hosts(
         item["assets"]["visual"]["href"] = href.format(url=server.url)
         url = served_item(server, "/items/bad.json", item)
         out = tmp_path / "out.labels.zarr"
-        err = fails(capsys, "run", url, *RUN, "--out", out)
+        err = h.fails_with_one_line(capsys, "run", url, *RUN, "--out", out)
     finally:
         server.close()
     shown = href.format(url=server.url)
@@ -159,7 +141,7 @@ def test_a_private_host_needs_the_operators_opt_in_and_an_item_id_cannot_escape(
         item = make_item("../../x", tif).to_dict(include_self_link=False)
         item["assets"]["visual"]["href"] = data.file(tif)
         url = served_item(items, "/items/x.json", item)
-        err = fails(capsys, "run", url, *RUN)
+        err = h.fails_with_one_line(capsys, "run", url, *RUN)
         assert "refused (host 127.0.0.1 is a loopback address)" in err, err
         assert data.requests == []
         monkeypatch.setenv(ALLOW, "1")
@@ -187,7 +169,9 @@ def test_a_redirect_is_checked_as_an_href_of_the_server_that_sends_it(tmp_path, 
 
     public.routes["/items/x.json"] = redirect
     try:
-        err = fails(capsys, "run", f"{public.url}/items/x.json", *RUN, "--out", tmp_path / "o")
+        err = h.fails_with_one_line(
+            capsys, "run", f"{public.url}/items/x.json", *RUN, "--out", tmp_path / "o"
+        )
     finally:
         public.close()
         private.close()
@@ -211,7 +195,9 @@ def test_a_stalled_stac_server_fails_within_the_timeout(tmp_path, capsys, monkey
     server.routes["/items/slow.json"] = stall
     start = time.monotonic()
     try:
-        err = fails(capsys, "run", f"{server.url}/items/slow.json", *RUN, "--out", tmp_path / "o")
+        err = h.fails_with_one_line(
+            capsys, "run", f"{server.url}/items/slow.json", *RUN, "--out", tmp_path / "o"
+        )
     finally:
         server.close()
     assert time.monotonic() - start < 20
@@ -237,7 +223,9 @@ def test_an_endless_stac_document_is_cut_at_the_cap(tmp_path, capsys):
 
     server = Server({"/items/huge.json": endless})
     try:
-        err = fails(capsys, "run", f"{server.url}/items/huge.json", *RUN, "--out", tmp_path / "o")
+        err = h.fails_with_one_line(
+            capsys, "run", f"{server.url}/items/huge.json", *RUN, "--out", tmp_path / "o"
+        )
         h.wait_for(lambda: sent, 30, "the server to finish")
     finally:
         server.close()
@@ -367,7 +355,7 @@ def test_one_bad_item_fails_only_its_own_scene(tmp_path, capsys):
     api.add(make_item("gone", other), gone=True)  # listed, but its self link answers 404
     spec = search_spec(tmp_path, api.url)
     try:
-        assert job("run", spec) == 1  # some scene failed; the job itself is fine
+        assert h.job_status("run", spec) == 1  # some scene failed; the job itself is fine
     finally:
         api.close()
     root = tmp_path / "labels"
@@ -400,7 +388,7 @@ def test_a_job_spec_with_yaml_aliases_is_refused_at_once(tmp_path, capsys):
     spec = tmp_path / "bomb.yaml"
     spec.write_text("\n".join(lines) + "\n")
     start = time.monotonic()
-    assert job("validate", spec) == 2
+    assert h.job_status("validate", spec) == 2
     err = capsys.readouterr().err.strip()
     assert time.monotonic() - start < 10
     assert len(err.splitlines()) == 1, err
@@ -417,7 +405,7 @@ def test_intersects_has_a_bounded_number_of_vertices(tmp_path, capsys):
         "name: t\nscenes:\n  stac_search:\n    url: http://127.0.0.1:9/\n"
         f"    intersects: {geometry}\n{JOB_TAIL}"
     )
-    assert job("validate", spec) == 2
+    assert h.job_status("validate", spec) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and len(err) < 600, err
     assert "'scenes.stac_search.intersects'" in err and "vertices" in err, err

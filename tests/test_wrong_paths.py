@@ -390,11 +390,10 @@ def test_a_command_on_a_wrong_path_is_one_line_or_a_warning_and_touches_nothing(
     assert not any(out.rglob("*")), f"{name}: wrote {sorted(out.rglob('*'))}"
 
 
-def test_view_of_an_unfinished_store_serves_it_and_warns(place):
-    """The one cell that serves (the others refuse or end): a subprocess, stopped once
-    its URL is printed."""
-    before = h.tree_digest(place.root)
-    proc = h.start("view", place.unfinished, "--port", "0")
+def _view_warnings(store: Path) -> list[str]:
+    """`view STORE` as a subprocess, stopped once its URL is printed: its WARNING lines.
+    (`view` serves until stopped, unlike the matrix's commands.)"""
+    proc = h.start("view", store, "--port", "0")
     try:
         deadline = time.monotonic() + 120
         line = ""
@@ -405,10 +404,15 @@ def test_view_of_an_unfinished_store_serves_it_and_warns(place):
         assert "http://127.0.0.1:" in line, proc.stderr.read()[-3000:]
     finally:
         result = h.finish(proc, timeout=30)
-    assert h.tree_digest(place.root) == before
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    warned = [t for t in result.stderr.splitlines() if "WARNING" in t]
-    assert len(_unfinished_warnings(warned, place.unfinished)) == 1, result.stderr[-3000:]
+    return [t for t in result.stderr.splitlines() if "WARNING" in t]
+
+
+def test_view_of_an_unfinished_store_serves_it_and_warns(place):
+    before = h.tree_digest(place.root)
+    warned = _view_warnings(place.unfinished)
+    assert h.tree_digest(place.root) == before
+    assert len(_unfinished_warnings(warned, place.unfinished)) == 1, warned
 
 
 BEING_WRITTEN = {  # command on a store another run is writing -> its line, or None: a warning
@@ -463,17 +467,5 @@ def test_a_store_being_written_is_read_with_a_warning_or_refused(
 
 def test_view_of_a_store_being_written_serves_it_and_warns(place):
     with lock_store(place.store):
-        proc = h.start("view", place.store, "--port", "0")
-        try:
-            deadline = time.monotonic() + 120
-            line = ""
-            while time.monotonic() < deadline and "http://" not in line:
-                line = proc.stdout.readline()
-                if not line and proc.poll() is not None:
-                    break
-            assert "http://127.0.0.1:" in line, proc.stderr.read()[-3000:]
-        finally:
-            result = h.finish(proc, timeout=30)
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    warned = [t for t in result.stderr.splitlines() if "WARNING" in t]
-    assert len(_being_written_warnings(warned, place.store)) == 1, result.stderr[-3000:]
+        warned = _view_warnings(place.store)
+    assert len(_being_written_warnings(warned, place.store)) == 1, warned
