@@ -260,7 +260,7 @@ def tls_folder(scheduler_file: Path) -> Path:
 
 
 def throwaway_certificates(args: argparse.Namespace, folder: Path) -> None:
-    """Make a CA and one certificate/key of this launch in ``folder`` (mode 0700, with
+    """Make a CA and one certificate/key of this launch in ``folder`` (claimed, mode 0700, with
     deploy/tls/make-certs.sh) and use them as ``--tls-*``."""
     try:
         made = subprocess.run(["bash", str(MAKE_CERTS), "--quiet", str(folder)],
@@ -582,11 +582,13 @@ def launch(args: argparse.Namespace, signals: StopSignals) -> int:
                   "port can run code on the workers", file=sys.stderr, flush=True)  # fmt: skip
         elif not args.tls_ca_file:
             folder = tls_folder(scheduler_file)
-            if folder.exists():  # not ours: left alone
+            try:  # the claim: atomic, so two launchers never share (or remove) one folder
+                folder.mkdir(mode=0o700)
+            except FileExistsError:  # not ours: left alone
                 raise LaunchError(
                     f"{folder} exists (a launcher with the same scheduler file is running, "
                     "or one was killed): remove it or choose another --scheduler-file"
-                )
+                ) from None
             certificates = folder
             throwaway_certificates(args, folder)
         cluster = build_cluster(args, refusals)

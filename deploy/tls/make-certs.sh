@@ -8,12 +8,13 @@
 #   deploy/tls/make-certs.sh DIR                               # cluster `reattn-batch`
 #   deploy/tls/make-certs.sh --name reattn-region --days 30 DIR
 #
-# DIR (created; mode 0700) gets ca.crt, tls.crt and tls.key (mode 0600). The CA's own key
-# is never written to DIR: it is thrown away once tls.crt is signed, so no other
-# certificate can ever be signed by this CA, and only holders of tls.key can join. To
-# rotate, make a new set and replace the files (or the Secret). Existing files are never
-# overwritten. The last lines printed are the `kubectl create secret` command for the
-# Secret the Kubernetes manifests mount (NAME-tls) and the `dask` options for the files;
+# DIR (created with mode 0700 if missing) gets ca.crt, tls.crt and tls.key (mode 0600).
+# The CA's own key is never written to DIR: it is thrown away once tls.crt is signed, so
+# no other certificate can ever be signed by this CA, and only holders of tls.key can
+# join. To rotate, make a new set and replace the files (or the Secret). Existing files
+# are never overwritten, not even by one that appears while the set is made. The last
+# lines printed are the `kubectl create secret` command for the Secret the Kubernetes
+# manifests mount (NAME-tls) and the `dask` options for the files;
 # --quiet prints nothing. Needs the `openssl` command (1.1.1 or newer).
 set -euo pipefail
 
@@ -46,12 +47,14 @@ done
 command -v openssl >/dev/null || die "openssl not found: install it (e.g. apt-get install openssl)"
 
 umask 077  # every file and folder made below is private to this user
-mkdir -p -- "$dir" || die "cannot create $dir"
+if [ ! -e "$dir" ]; then
+    mkdir -p -- "$dir" || die "cannot create $dir"
+    chmod 0700 "$dir"  # a folder of our own; an existing one keeps its mode (the key is 0600)
+fi
 dir="$(cd -- "$dir" && pwd)"
 for f in ca.crt tls.crt tls.key; do
     [ ! -e "$dir/$f" ] || die "$dir/$f exists: give a new or empty DIR (nothing was overwritten)"
 done
-chmod 0700 "$dir"
 work="$(mktemp -d "$dir/.make-certs.XXXXXX")"
 trap 'rm -rf -- "$work"' EXIT
 
@@ -92,7 +95,16 @@ ssl verify -CAfile "$work/ca.crt" -purpose sslclient "$work/tls.crt"
 
 chmod 0644 "$work/ca.crt" "$work/tls.crt"
 chmod 0600 "$work/tls.key"
-mv -- "$work/ca.crt" "$work/tls.crt" "$work/tls.key" "$dir/"   # ca.key goes with $work
+# into DIR with `ln`, which fails rather than replace a file that appeared since the check
+# above (another make-certs.sh, say); ca.key goes with $work
+placed=()
+for f in ca.crt tls.crt tls.key; do
+    if ! ln -- "$work/$f" "$dir/$f" 2>/dev/null; then
+        [ "${#placed[@]}" -eq 0 ] || rm -f -- "${placed[@]}"
+        die "$dir/$f appeared meanwhile: give a new or empty DIR (nothing was overwritten)"
+    fi
+    placed+=("$dir/$f")
+done
 
 [ -n "$quiet" ] && exit 0
 cat <<MSG
