@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+from reattn_batch.names import name_characters
 from reattn_batch.scene.href_policy import check_href, is_url
 from reattn_batch.workers.errors import InputError, UserError
 
@@ -84,7 +85,7 @@ def store_stem(item_id: str) -> str:
     text = str(item_id)
     if SAFE_ID.fullmatch(text) and ".." not in text:
         return text
-    kept = re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_-")[:UNSAFE_ID_KEPT]
+    kept = name_characters(text).strip("_-")[:UNSAFE_ID_KEPT]
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
     return f"{kept or 'item'}-{digest}"
 
