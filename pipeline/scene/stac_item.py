@@ -57,7 +57,7 @@ def is_stac_item(uri: str) -> bool:
     API's ``/collections/{c}/items/{id}`` URL."""
     text = str(uri)
     name = text.split("?", 1)[0].rstrip("/")
-    if text.startswith(("http://", "https://")):
+    if is_url(text):
         return name.lower().endswith(ITEM_SUFFIX) or bool(API_ITEM.search(name))
     return "://" not in text and name.lower().endswith(ITEM_SUFFIX)
 
