@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -19,7 +20,15 @@ from pathlib import Path
 import cli_helpers as h
 import numpy as np
 import pytest
-from stac_helpers import Server, StacApi, landing_page, make_item, reply, write_tif
+from stac_helpers import (
+    Server,
+    StacApi,
+    landing_page,
+    make_item,
+    reply,
+    save_item,
+    write_tif,
+)
 
 from reattn_batch import store
 from reattn_batch.cli import main
@@ -64,7 +73,6 @@ def labels_of(path: Path) -> np.ndarray:
     "href",
     [
         "file:///etc/passwd",
-        "/etc/passwd",
         "/vsicurl/{url}/data/secret.tif",
         "http://169.254.169.254/latest/meta-data/scene.tif",
         "http://10.0.0.1/scene.tif",
@@ -96,6 +104,7 @@ def test_the_href_rules(monkeypatch):
     allowed = {
         "x.tif": "http://127.0.0.1:8000/collections/c/items/x.tif",  # its own origin
         "../../../data/x.tif": "http://127.0.0.1:8000/data/x.tif",
+        "/data/x.tif": "http://127.0.0.1:8000/data/x.tif",  # a path on its own origin
         "HTTP://8.8.8.8/x.tif": "http://8.8.8.8/x.tif",  # a public address
         "s3://sentinel-cogs/a/b.tif": "s3://sentinel-cogs/a/b.tif",
         "gs://gcp-public-data/x.tif": "gs://gcp-public-data/x.tif",
@@ -124,9 +133,10 @@ def test_the_href_rules(monkeypatch):
             check_href(href, doc)
     monkeypatch.setenv(ALLOW, "1")  # the operator's choice: private hosts, never local files
     assert check_href("http://10.0.0.1/x.tif", doc) == "http://10.0.0.1/x.tif"
-    for href in ("file:///etc/passwd", "/etc/passwd", "/vsis3/bucket/x.tif"):
+    for href in ("file:///etc/passwd", "/vsis3/bucket/x.tif"):
         with pytest.raises(InputError, match="refused"):
             check_href(href, doc)
+    assert check_href("/etc/passwd", doc) == "http://127.0.0.1:8000/etc/passwd"  # a URL
 
 
 def test_a_private_host_needs_the_operators_opt_in_and_an_item_id_cannot_escape(
@@ -296,7 +306,8 @@ def test_a_search_ends_at_the_default_max_items(tmp_path, caplog):
     finally:
         server.close()
     assert len(job_spec.scenes) == DEFAULT_MAX_ITEMS
-    assert server.requests.count("/search") == DEFAULT_MAX_ITEMS // per_page
+    # one page more than the Items kept: the one that shows the API holds more
+    assert server.requests.count("/search") == DEFAULT_MAX_ITEMS // per_page + 1
     assert f"stopped at {DEFAULT_MAX_ITEMS} Items (max_items)" in caplog.text
 
 
@@ -409,3 +420,273 @@ def test_intersects_has_a_bounded_number_of_vertices(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and len(err) < 600, err
     assert "'scenes.stac_search.intersects'" in err and "vertices" in err, err
+
+
+# ----------------------------------------------------------------------------- item 2: what
+# a remote Item's asset may be, where its hrefs lead, what a connection may reach
+
+
+def redirect_to(location: str):
+    def route(handler, query) -> None:
+        handler.send_response(302)
+        handler.send_header("Location", location)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    return route
+
+
+def catalog_doc(name: str, links: list[tuple[str, str]]) -> dict:
+    return {
+        "type": "Catalog", "stac_version": "1.0.0", "id": name, "description": name,
+        "links": [{"rel": rel, "href": href} for rel, href in links],
+    }  # fmt: skip
+
+
+@pytest.mark.timeout(120)
+def test_a_remote_vrt_asset_is_refused_and_its_sources_are_never_opened(
+    tmp_path, capsys, monkeypatch
+):
+    """Private hosts allowed by the operator, so only the driver rule is at stake: a VRT
+    whose bands come from a local GeoTIFF and from another host is never opened as one."""
+    monkeypatch.setenv(ALLOW, "1")
+    secret = write_tif(tmp_path / "secret.tif", 356000.0, 1)
+    item = make_item("x", secret).to_dict(include_self_link=False)
+    item["assets"]["visual"]["href"] = "../data/x.vrt"
+    os.utime(secret, (0, secret.stat().st_mtime))  # a read from now on moves atime (relatime)
+    server, other = Server(), Server()
+    try:
+        other_url = other.file(write_tif(tmp_path / "other.tif", 356000.0, 2))
+        sources = [str(secret), str(secret), f"/vsicurl/{other_url}"]
+        bands = "".join(
+            f'<VRTRasterBand dataType="Byte" band="{i}"><SimpleSource><SourceFilename '
+            f'relativeToVRT="0">{src}</SourceFilename><SourceBand>1</SourceBand>'
+            "</SimpleSource></VRTRasterBand>"
+            for i, src in enumerate(sources, 1)
+        )
+        vrt = tmp_path / "served" / "x.vrt"
+        vrt.parent.mkdir()
+        vrt.write_text(f'<VRTDataset rasterXSize="64" rasterYSize="64">{bands}</VRTDataset>')
+        server.file(vrt)
+        url = served_item(server, "/items/x.json", item)
+        out = tmp_path / "out.labels.zarr"
+        err = h.fails_with_one_line(capsys, "run", url, *RUN, "--out", out)
+    finally:
+        server.close()
+        other.close()
+    assert f"error: {server.url}/data/x.vrt: not opened as a GeoTIFF/COG" in err, err
+    assert "never as a VRT" in err, err
+    assert secret.stat().st_atime == 0  # the local source was never read
+    assert other.requests == [] and not out.exists()
+
+
+def test_the_api_reader_reads_a_relative_href_from_the_api_not_a_local_file(tmp_path, monkeypatch):
+    from reattn_batch.regional.catalogue import _api_io
+
+    server = Server()
+    served_item(server, "/api/local.json", {"read": "from the API"})
+    (tmp_path / "local.json").write_text('{"read": "from the local file"}')
+    monkeypatch.chdir(tmp_path)
+    try:
+        io = _api_io(f"{server.url}/api/")
+        assert json.loads(io.read_text("local.json")) == {"read": "from the API"}
+        with pytest.raises(InputError, match="refused"):
+            io.read_text(f"file://{tmp_path / 'local.json'}")
+    finally:
+        server.close()
+    assert server.requests == ["/api/local.json"]
+
+
+def test_a_host_found_public_is_refused_when_its_connection_reaches_a_private_address(
+    monkeypatch,
+):
+    """DNS rebinding: the name answers a public address to the check, loopback to the
+    connection. Without DNS control here, the check's answer is stubbed (``_addresses``);
+    the connection is real (localhost -> 127.0.0.1), and it sends nothing."""
+    from collections import OrderedDict
+
+    from reattn_batch.scene import href_policy
+    from reattn_batch.scene.href_policy import DOCUMENT_SCHEMES
+    from reattn_batch.scene.stac_io import fetch
+
+    monkeypatch.setattr(href_policy, "_NAMED", OrderedDict(), raising=False)
+    monkeypatch.setattr(href_policy, "_PUBLIC", type(href_policy._PUBLIC)())
+    monkeypatch.setattr(href_policy, "_addresses", lambda host, port: ["93.184.215.14"])
+    server = Server()
+    served_item(server, "/items/x.json", {"id": "x"})
+    try:
+        port = server.url.rsplit(":", 1)[1]
+        named = f"http://localhost:{port}/items/x.json"
+        doc = "https://catalogue.example/catalog.json"
+        assert check_href(named, doc, what="item link", schemes=DOCUMENT_SCHEMES) == named
+        with pytest.raises(InputError, match=r"reached 127\.0\.0\.1, a loopback address"):
+            fetch(named)
+        assert server.requests == []  # refused before a byte was sent
+        # the address the user names is theirs: read; and the operator may allow all
+        assert json.loads(fetch(f"{server.url}/items/x.json")[0]) == {"id": "x"}
+        monkeypatch.setenv(ALLOW, "1")
+        assert json.loads(fetch(named)[0]) == {"id": "x"}
+    finally:
+        server.close()
+
+
+@pytest.mark.timeout(120)
+def test_root_relative_hrefs_of_a_remote_document_are_paths_on_its_own_origin(tmp_path):
+    from reattn_batch.regional.catalogue import catalog_items
+    from reattn_batch.scene import open_scene
+
+    tif = write_tif(tmp_path / "scene.tif", 356000.0, 7)
+    server = Server()
+    server.file(tif)
+    item = make_item("x", tif).to_dict(include_self_link=False)
+    item["assets"]["visual"]["href"] = "/data/scene.tif"  # on the Item's host, not this disk
+    url = served_item(server, "/collections/c/items/x", item)
+    served_item(server, "/catalog.json", catalog_doc("root", [("item", "/collections/c/items/x")]))
+    local_item = tmp_path / "local.json"  # the user's own Item: an absolute path is local
+    save_item(make_item("y", tif), local_item)
+    try:
+        scene = open_scene(url)
+        (listed,) = catalog_items(f"{server.url}/catalog.json")
+    finally:
+        server.close()
+    assert scene.path == f"/vsicurl/{server.url}/data/scene.tif"
+    assert listed.href == url and listed.problem is None
+    assert open_scene(str(local_item)).path == str(tif.absolute())
+
+
+@pytest.mark.timeout(120)
+def test_relative_hrefs_are_joined_on_the_url_that_answered_after_redirects(tmp_path):
+    from reattn_batch.regional.catalogue import catalog_items
+    from reattn_batch.scene import open_scene
+
+    tif = write_tif(tmp_path / "scene.tif", 356000.0, 8)
+    server = Server()
+    server.file(tif, "/new/data/scene.tif")
+    item = make_item("x", tif).to_dict(include_self_link=False)
+    item["assets"]["visual"]["href"] = "../data/scene.tif"
+    served_item(server, "/new/items/x.json", item)
+    served_item(server, "/new/catalog.json", catalog_doc("root", [("item", "items/a.json")]))
+    server.routes["/old/items/x.json"] = redirect_to(f"{server.url}/new/items/x.json")
+    server.routes["/old/catalog.json"] = redirect_to("/new/catalog.json")  # a relative one
+    try:
+        scene = open_scene(f"{server.url}/old/items/x.json")
+        (listed,) = catalog_items(f"{server.url}/old/catalog.json")
+    finally:
+        server.close()
+    assert scene.path == f"/vsicurl/{server.url}/new/data/scene.tif"
+    assert listed.href == f"{server.url}/new/items/a.json"
+
+
+@pytest.mark.timeout(120)
+def test_an_upper_case_scheme_is_a_url_for_items_and_rasters(tmp_path):
+    from reattn_batch.scene import open_scene
+
+    tif = write_tif(tmp_path / "scene.tif", 356000.0, 9)
+    server = Server()
+    url = server.file(tif)
+    item = make_item("x", tif).to_dict(include_self_link=False)
+    item["assets"]["visual"]["href"] = "../data/scene.tif"
+    served_item(server, "/items/x.json", item)
+    upper = server.url.replace("http://", "HTTP://")
+    try:
+        from_item = open_scene(f"{upper}/items/x.json")
+        direct = open_scene(upper + url[len(server.url) :])
+    finally:
+        server.close()
+    assert from_item.stac_item == f"{upper}/items/x.json"
+    assert from_item.path == direct.path == f"/vsicurl/{url}"
+
+
+# ----------------------------------------------------------------------------- listings
+
+
+@pytest.mark.timeout(60)
+def test_a_static_catalog_is_listed_without_reading_its_items(tmp_path):
+    """Only the catalog is read (so every cron run lists all of it quickly); its Items'
+    stores are named by their file names, told apart by a hash where two share one."""
+    server = Server()
+    links = [("item", "S2A_1/S2A_1.json"), ("item", "a/item.json"), ("item", "b/item.json")]
+    url = served_item(server, "/catalog.json", catalog_doc("root", links))
+    spec = tmp_path / "job.yaml"
+    spec.write_text(f"name: t\nscenes:\n  stac_catalog: {url}\n{JOB_TAIL}")
+    try:
+        loaded = RegionalJob.load(spec)
+    finally:
+        server.close()
+    assert server.requests == ["/catalog.json"]
+    with pytest.raises(KeyError):  # not a scene of the job: nothing is read to name it
+        loaded.store_for(f"{server.url}/other.json")
+    names = [loaded.store_for(s).name for s in loaded.scenes]
+    assert names[0] == "S2A_1.labels.zarr"
+    assert all(re.fullmatch(r"item-[0-9a-f]{12}\.labels\.zarr", n) for n in names[1:])
+    assert len(set(names)) == 3 and not loaded.problems
+
+
+def collection_feature(server: Server, item_id: str, collection: str) -> dict:
+    return {
+        **feature(server, item_id), "collection": collection,
+        "links": [{"rel": "self", "href": f"{server.url}/{collection}/{item_id}.json"}],
+    }  # fmt: skip
+
+
+@pytest.mark.timeout(60)
+def test_items_of_two_collections_that_share_an_id_are_both_listed(tmp_path):
+    def search(server, handler, query) -> None:
+        features = [
+            collection_feature(server, "x", "c1"),
+            collection_feature(server, "x", "c2"),
+            collection_feature(server, "y", "c1"),
+            collection_feature(server, "y", "c1"),  # the same Item twice: listed once
+        ]
+        reply(handler, {"type": "FeatureCollection", "features": features, "links": []})
+
+    server = api_server(search)
+    try:
+        loaded = RegionalJob.load(search_spec(tmp_path, server.url))
+    finally:
+        server.close()
+    stores = {s.removeprefix(server.url): loaded.store_for(s).name for s in loaded.scenes}
+    assert stores == {
+        "/c1/x.json": "c1__x.labels.zarr",
+        "/c2/x.json": "c2__x.labels.zarr",
+        "/c1/y.json": "y.labels.zarr",
+    }
+
+
+@pytest.mark.timeout(120)
+def test_a_listing_warns_only_when_the_catalogue_holds_more_than_its_cap(tmp_path, caplog):
+    from reattn_batch.regional.catalogue import catalog_items
+
+    count = {"n": 3}
+
+    def search(server, handler, query) -> None:
+        features = [feature(server, f"i{i}") for i in range(count["n"])]
+        reply(handler, {"type": "FeatureCollection", "features": features, "links": []})
+
+    api = api_server(search)
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        f"name: t\nscenes:\n  stac_search:\n    url: {api.url}\n    max_items: 3\n{JOB_TAIL}"
+    )
+    static = Server()
+    links = [("item", f"items/{i}.json") for i in range(DEFAULT_MAX_ITEMS)]
+    url = served_item(static, "/catalog.json", catalog_doc("root", links))
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert len(RegionalJob.load(spec).scenes) == 3  # exactly max_items: all
+            assert len(catalog_items(url)) == DEFAULT_MAX_ITEMS  # exactly the cap: all
+            assert "stopped" not in caplog.text, caplog.text
+            count["n"] = 4
+            links.append(("item", "items/one-more.json"))
+            served_item(static, "/catalog.json", catalog_doc("root", links))
+            assert len(RegionalJob.load(spec).scenes) == 3
+            assert len(catalog_items(url)) == DEFAULT_MAX_ITEMS
+    finally:
+        api.close()
+        static.close()
+    lines = [r.getMessage() for r in caplog.records]
+    search_line, static_line = [line for line in lines if "stopped" in line]
+    assert "stopped at 3 Items (max_items)" in search_line
+    assert "raise scenes.stac_search.max_items" in search_line
+    assert f"stopped at {DEFAULT_MAX_ITEMS} Items and catalogs" in static_line
+    assert "stac_search" not in static_line and "sub-catalogs" in static_line

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 from pathlib import Path
 from typing import Any
 
+from reattn_batch.names import name_characters
 from reattn_batch.store.layout import NODATA
 from reattn_batch.workers.errors import InputError
 
@@ -84,7 +84,7 @@ def _class_names(names: list[str]) -> list[str]:
     becomes ``class_<value>``; the name as written is the ``title`` and ``description``."""
     out: list[str] = []
     for value, name in enumerate(names):
-        short = re.sub(r"[^0-9A-Za-z_-]+", "_", name).strip("_")
+        short = name_characters(name).strip("_")
         out.append(short if short and short not in out else f"class_{value}")
     return out
 

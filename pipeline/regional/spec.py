@@ -8,8 +8,9 @@ file) are relative to the spec file's folder, so a job does not depend on the wo
 directory.
 
 Loading lists the scenes and names their stores; it reads no scene and resolves no STAC
-asset (a STAC Item of a ``list``, ``glob`` or ``url_file`` is read for its id only): a
-scene that cannot be read fails alone when the job maps it. The file is read without YAML
+asset (a STAC Item of a ``list``, ``glob`` or ``url_file`` is read for its id only; a
+static catalog's Items are not read, ``regional/catalogue.py``): a scene that cannot be
+read fails alone when the job maps it. The file is read without YAML
 aliases (``workers/config.py``: ``read_yaml``), and ``intersects`` has at most
 :data:`MAX_INTERSECTS_VERTICES` vertices.
 """
@@ -34,12 +35,7 @@ from pydantic import (
 
 from reattn_batch.regional.catalogue import DEFAULT_MAX_ITEMS
 from reattn_batch.regional.paths import check_output_root
-from reattn_batch.run.request import (
-    SceneRequest,
-    default_out,
-    item_store_name,
-    scene_store_name,
-)
+from reattn_batch.run.request import SceneRequest, item_store_name, scene_store_name
 from reattn_batch.settings import (
     CLIP_WEIGHT_NAMES,
     ClusterSettings,
@@ -243,8 +239,8 @@ class RegionalJob:
 
     def store_for(self, scene: str) -> Path:
         """``<output_root>/<scene stem>.labels.zarr`` (a STAC Item's: ``<item id>``, made
-        one safe path component)."""
-        return self.output_root / (self.stores.get(scene) or default_out(scene).name)
+        one safe path component): the name ``stores`` holds for each of the job's scenes."""
+        return self.output_root / self.stores[scene]
 
     def request(self, scene: str, resume: bool = False) -> SceneRequest:
         """The scene's request; an InputError where the job knows the scene cannot be
@@ -373,7 +369,7 @@ class _Resolver:
         self, scenes: ScenesSection, output_root: Path
     ) -> tuple[tuple[str, ...], dict[str, str], dict[str, str]]:
         """(the scenes, each one's store name, the problems known of some)."""
-        from reattn_batch.regional.catalogue import catalog_items, search_items
+        from reattn_batch.regional.catalogue import catalog_items, search_items, store_texts
 
         listed = None
         if scenes.stac_search is not None:
@@ -422,11 +418,10 @@ class _Resolver:
             uris = [self.uri(t, folder) for t in texts if t and not t.startswith("#")]
         names: dict[str, str] = {}
         problems: dict[str, str] = {}
-        if listed is not None:  # named from the ids the catalogue listed
-            for item in listed:
-                names[item.href] = item_store_name(item.item_id)
-                if item.problem:
-                    problems[item.href] = item.problem
+        if listed is not None:  # named from what the catalogue listed
+            for href, text in store_texts(listed).items():
+                names[href] = item_store_name(text)
+            problems.update({item.href: item.problem for item in listed if item.problem})
         else:
             for uri in dict.fromkeys(uris):  # the same scene twice is mapped once
                 names[uri], problem = _store_name(uri)

@@ -1,4 +1,5 @@
-"""GeoTIFF/COG (anything GDAL opens) through rasterio: metadata and windowed reads."""
+"""GeoTIFF/COG (anything GDAL opens; an asset a remote STAC Item names: GeoTIFF/COG only)
+through rasterio: metadata and windowed reads."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ from reattn_batch.scene.uri import error_text, gdal_env, is_remote
 from reattn_batch.workers.errors import InputError
 
 
-def open_dataset(uri: str, path: str, bands: tuple[int, ...] | None) -> SceneInfo:
+def open_dataset(
+    uri: str, path: str, bands: tuple[int, ...] | None, driver: str | None = None
+) -> SceneInfo:
+    """The scene's metadata; ``driver``: the one GDAL driver it may be opened with (None:
+    any), kept in the SceneInfo for every later open."""
     import rasterio
     from rasterio.enums import MaskFlags
     from rasterio.errors import RasterioError
@@ -23,9 +28,15 @@ def open_dataset(uri: str, path: str, bands: tuple[int, ...] | None) -> SceneInf
     try:
         with gdal_env(path), warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            ds = rasterio.open(path)
+            ds = rasterio.open(path, driver=driver)
     except RasterioError as exc:
         text = error_text(exc)
+        if driver is not None:
+            raise InputError(
+                f"{uri}: not opened as a GeoTIFF/COG ({text}); an asset a remote STAC "
+                f"document names is read only with GDAL's {driver} driver, never as a VRT "
+                "or another format that names further files"
+            ) from None
         if is_remote(path):
             raise InputError(
                 f"{uri}: could not open it ({text}); check the URL and, for s3, credentials"
@@ -90,6 +101,7 @@ def open_dataset(uri: str, path: str, bands: tuple[int, ...] | None) -> SceneInf
             internal_mask=internal,
             tile=tuple(int(v) for v in ds.block_shapes[0]),
             tile_bands=count if ds.interleaving and ds.interleaving.name == "pixel" else 1,
+            driver=driver,
         )
 
 
@@ -99,7 +111,7 @@ def handle(scene: SceneInfo):
     def opener():
         with gdal_env(scene.path), warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            return rasterio.open(scene.path)
+            return rasterio.open(scene.path, driver=scene.driver)
 
     return cached(handle_key(scene), opener)
 

@@ -64,4 +64,4 @@ def close_cached_datasets() -> None:
 
 
 def handle_key(scene: SceneInfo) -> tuple:
-    return (scene.path, scene.identity, scene.variable)
+    return (scene.path, scene.identity, scene.variable, scene.driver)

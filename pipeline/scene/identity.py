@@ -28,6 +28,7 @@ import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
+from reattn_batch.scene.href_policy import is_url
 from reattn_batch.scene.uri import fsspec_options
 
 #: Bytes hashed at each end of a file.
@@ -109,7 +110,7 @@ def remote_identity(path: str, meta: str) -> str:
 
     found = validators(vsi_headers(path))
     url = path.removeprefix("/vsicurl/")
-    if not found and url.startswith(("http://", "https://")):
+    if not found and is_url(url):
         found = validators(http_headers(url))
     if found:
         return f"{path}|" + "|".join(f"{k}={v}" for k, v in sorted(found.items()))

@@ -40,6 +40,9 @@ class SceneInfo(OnGeobox):
     #: The STAC Item the scene came from (its href) and its datetime, when it came from one.
     stac_item: str | None = None
     scene_datetime: str | None = None
+    #: The one GDAL driver the scene may be opened with (an asset a remote STAC Item
+    #: names: ``scene/stac_item.py`` ASSET_DRIVER); None: any driver.
+    driver: str | None = None
 
     @property
     def is_zarr(self) -> bool:

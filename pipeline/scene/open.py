@@ -11,6 +11,7 @@ import numpy as np
 from reattn_batch.scene import gdal_backend, zarr_backend
 from reattn_batch.scene.info import SceneInfo
 from reattn_batch.scene.policy import STRETCH_PERCENTILES, STRETCH_SAMPLE_LONG_SIDE
+from reattn_batch.scene.stac_item import ASSET_DRIVER
 from reattn_batch.scene.uri import error_text, is_remote, resolve_scene, resolve_uri
 from reattn_batch.settings import SceneSettings, from_keywords
 from reattn_batch.workers.errors import InputError, UserError
@@ -36,8 +37,9 @@ def open_scene(
         raise InputError(f"{uri}: no such file or Zarr store; check the path")
     if kind == "zarr":
         scene = zarr_backend.open_dataset(uri, path, bands, variable)
-    else:
-        scene = gdal_backend.open_dataset(uri, path, bands)
+    else:  # an asset a remote Item names: GeoTIFF/COG only, never a file naming others
+        driver = ASSET_DRIVER if item is not None and item.remote else None
+        scene = gdal_backend.open_dataset(uri, path, bands, driver)
     if item is not None:
         scene.stac_item, scene.scene_datetime = item.item_href, item.datetime
         log.info("%s: STAC Item %s, asset %r", uri, item.item_id, item.asset_key)

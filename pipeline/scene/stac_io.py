@@ -9,6 +9,9 @@ costs a bounded time and memory.
   and abandoned at the cap; a larger ``Content-Length`` is refused before reading.
 - At most :data:`MAX_REDIRECTS` redirects, each target checked by the href policy
   (``scene/href_policy.py``) as an href the redirecting server names.
+- Each connection's peer address checked by the href policy (``check_peer``) before a
+  request is sent: a host a remote document named and the policy found public must have
+  connected to a public address (a direct connection; through a proxy the proxy resolves).
 - Local files only where the caller reads the user's own documents (``local=True``).
 
 Every failure is an InputError of one line naming the URL. :class:`BoundedStacIO` is
@@ -27,11 +30,13 @@ from urllib.request import url2pathname
 import requests
 from pystac.stac_io import DefaultStacIO
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
-from reattn_batch.scene.href_policy import DOCUMENT_SCHEMES, check_href, is_url
+from reattn_batch.scene.href_policy import DOCUMENT_SCHEMES, check_href, check_peer, is_url
 from reattn_batch.workers.errors import InputError, UserError
 
 #: The largest STAC document read (an Item, a catalog, a page of search results), bytes.
@@ -52,17 +57,65 @@ def stac_timeout() -> float:
     return EnvironmentSettings.from_env("stac_timeout").stac_timeout
 
 
+class _PeerCheckedHTTP(HTTPConnection):
+    """An http connection whose peer address the href policy checks once connected."""
+
+    policy_scheme = "http"
+
+    def _new_conn(self):  # urllib3's: the connected socket, before any byte is sent
+        sock = super()._new_conn()
+        try:
+            check_peer(self.policy_scheme, self.host, self.port, sock.getpeername()[0])
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+class _PeerCheckedHTTPS(_PeerCheckedHTTP, HTTPSConnection):
+    """The same for https (checked before the TLS handshake)."""
+
+    policy_scheme = "https"
+
+
+class _PeerCheckedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _PeerCheckedHTTP
+
+
+class _PeerCheckedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _PeerCheckedHTTPS
+
+
+class _PeerCheckedAdapter(HTTPAdapter):
+    """requests' adapter whose direct connections are :class:`_PeerCheckedHTTP` (its
+    proxy connections are urllib3's own: the peer is the operator's proxy)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _PeerCheckedHTTPPool,
+            "https": _PeerCheckedHTTPSPool,
+        }
+
+
 class CheckedSession(requests.Session):
     """A requests session that follows at most MAX_REDIRECTS redirects, each to a target
-    the href policy allows the redirecting server to name, and retries only failed
-    connections."""
+    the href policy allows the redirecting server to name, checks each connection's peer
+    address (``check_peer``), and retries only failed connections. ``url`` is the URL
+    of the last response it received (after its redirects)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.max_redirects = MAX_REDIRECTS
+        self.url: str | None = None
         retries = Retry(total=CONNECT_RETRIES, read=0, status=0, backoff_factor=0.5)
         for prefix in ("http://", "https://"):
-            self.mount(prefix, HTTPAdapter(max_retries=retries))
+            self.mount(prefix, _PeerCheckedAdapter(max_retries=retries))
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        response = super().send(request, **kwargs)
+        self.url = response.url  # each redirect is sent from within: the last is final
+        return response
 
     def get_redirect_target(self, resp: requests.Response) -> str | None:
         target = super().get_redirect_target(resp)
@@ -131,18 +184,28 @@ def _too_large(url: str) -> InputError:
     )
 
 
-def fetch(url: str) -> bytes:
-    """GET ``url`` (http or https) within the bounds."""
+def fetch(url: str) -> tuple[bytes, str]:
+    """GET ``url`` (http or https) within the bounds: (the body, the URL that answered,
+    after its redirects)."""
     with CheckedSession() as session:
         prepared = session.prepare_request(requests.Request("GET", url))
-        return send(session, prepared)
+        data = send(session, prepared)
+        return data, session.url or url
 
 
 def read_text(href: str, local: bool) -> str:
-    """The text of the STAC document at ``href``: an http(s) URL, or (``local``) a local
-    path or ``file://`` URL; InputError of one line otherwise."""
+    """The text of the STAC document at ``href`` (see :func:`read_document`)."""
+    return read_document(href, local)[0]
+
+
+def read_document(href: str, local: bool) -> tuple[str, str]:
+    """(the text of the STAC document at ``href``, the location its relative hrefs are
+    joined on): an http(s) URL (the URL that answered, after its redirects), or
+    (``local``) a local path or ``file://`` URL (``href``); InputError of one line
+    otherwise."""
+    base = href
     if is_url(href):
-        data = fetch(href)
+        data, base = fetch(href)
     else:
         parts = urlsplit(href)
         if parts.scheme not in ("", "file") or len(parts.scheme) == 1:  # 1: a drive letter
@@ -158,7 +221,7 @@ def read_text(href: str, local: bool) -> str:
         if len(data) > MAX_DOCUMENT_BYTES:
             raise _too_large(href)
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8"), base
     except UnicodeDecodeError:
         raise InputError(f"{href}: not UTF-8 text, so not a STAC document") from None
 
@@ -170,9 +233,12 @@ class BoundedStacIO(DefaultStacIO):
     def __init__(self, local: bool, headers: dict[str, str] | None = None) -> None:
         super().__init__(headers=headers)
         self.local = local
+        #: each href read -> where its relative hrefs are joined (read_document)
+        self.bases: dict[str, str] = {}
 
     def read_text_from_href(self, href: str) -> str:
-        return read_text(href, self.local)
+        text, self.bases[href] = read_document(href, self.local)
+        return text
 
     def write_text_to_href(self, href: str, txt: str, *args: Any, **kwargs: Any) -> None:
         raise InputError(f"{href}: STAC documents are read here, never written")

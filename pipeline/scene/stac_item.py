@@ -7,9 +7,11 @@ keyed ``visual`` (or ``rgb``), else the one whose roles include ``visual``; an I
 none of these is refused in one line naming ``--asset`` and the Item's asset keys.
 
 An Item read over http(s) is untrusted (issue 19): it is read within the bounds of
-``scene/stac_io.py``, and its asset href must pass ``scene/href_policy.py`` (relative
-hrefs are joined on the Item's own URL). A local Item file is the user's own and may name
-local files. The id names a store only as one safe path component (:func:`store_stem`).
+``scene/stac_io.py``, its asset href must pass ``scene/href_policy.py`` (relative hrefs
+are joined on the URL that answered, after redirects), and its asset is opened only as a
+GeoTIFF/COG (:data:`ASSET_DRIVER`), never as a VRT or another format that names further
+files. A local Item file is the user's own and may name local files. The id names a
+store only as one safe path component (:func:`store_stem`).
 """
 
 from __future__ import annotations
@@ -22,9 +24,14 @@ from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+from reattn_batch.names import name_characters
 from reattn_batch.scene.href_policy import check_href, is_url
 from reattn_batch.workers.errors import InputError, UserError
 
+#: The one GDAL driver an asset named by a remote Item is opened with (GeoTIFF/COG): a VRT
+#: and GDAL's other indirect formats name further files (local paths, /vsicurl/ URLs of
+#: any host) that GDAL would open unchecked; other formats are refused, not audited.
+ASSET_DRIVER = "GTiff"
 #: Asset keys read by default, in order (case-insensitive); then an asset with role "visual".
 DEFAULT_ASSET_KEYS = ("visual", "rgb")
 ITEM_SUFFIX = ".json"
@@ -46,6 +53,11 @@ class StacScene:
     asset_href: str
     datetime: str | None
 
+    @property
+    def remote(self) -> bool:
+        """The Item came over http(s): its asset is untrusted (see :data:`ASSET_DRIVER`)."""
+        return is_url(self.item_href)
+
 
 #: A STAC API's Item endpoint: .../collections/{collection}/items/{id}
 API_ITEM = re.compile(r"/collections/[^/]+/items/[^/?#]+/?$")
@@ -56,7 +68,7 @@ def is_stac_item(uri: str) -> bool:
     API's ``/collections/{c}/items/{id}`` URL."""
     text = str(uri)
     name = text.split("?", 1)[0].rstrip("/")
-    if text.startswith(("http://", "https://")):
+    if is_url(text):
         return name.lower().endswith(ITEM_SUFFIX) or bool(API_ITEM.search(name))
     return "://" not in text and name.lower().endswith(ITEM_SUFFIX)
 
@@ -84,15 +96,22 @@ def store_stem(item_id: str) -> str:
     text = str(item_id)
     if SAFE_ID.fullmatch(text) and ".." not in text:
         return text
-    kept = re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_-")[:UNSAFE_ID_KEPT]
+    kept = name_characters(text).strip("_-")[:UNSAFE_ID_KEPT]
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
     return f"{kept or 'item'}-{digest}"
 
 
-@functools.lru_cache(maxsize=256)
 def read_item(href: str):
     """The ``pystac.Item`` at ``href`` (cached per process), read within the bounds of
     ``scene/stac_io.py``; UserError if it cannot be read or is not an Item."""
+    return read_item_document(href)[0]
+
+
+@functools.lru_cache(maxsize=256)
+def read_item_document(href: str):
+    """(the ``pystac.Item`` at ``href``, where its relative hrefs are joined: the URL that
+    answered after the redirects of an http(s) ``href``, else ``href``), cached per
+    process; see :func:`read_item`."""
     import pystac
 
     from reattn_batch.scene.stac_io import BoundedStacIO
@@ -102,8 +121,9 @@ def read_item(href: str):
         raise InputError(f"{href}: a STAC Item is read from a local file or an http(s) URL")
     if not remote and not Path(href).is_file():
         raise InputError(f"{href}: no such STAC Item file; pass the Item's JSON path or URL")
+    stac_io = BoundedStacIO(local=not remote)
     try:
-        obj = pystac.read_file(href, stac_io=BoundedStacIO(local=not remote))
+        obj = pystac.read_file(href, stac_io=stac_io)
     except UserError:
         raise
     except Exception as exc:  # unreadable, not JSON, not STAC: one line
@@ -116,7 +136,7 @@ def read_item(href: str):
             f"{href} is a STAC {type(obj).__name__}, not an Item; pass one Item as SCENE "
             "(regional jobs take catalogs: scenes.stac_catalog)"
         )
-    return obj
+    return obj, stac_io.bases.get(href, href)
 
 
 def choose_asset(item, asset: str | None, href: str) -> str:
@@ -145,10 +165,10 @@ def resolve_item(uri: str, asset: str | None = None) -> StacScene:
     """The Item at ``uri`` and the asset to read from it: an Item read over http(s) may
     name only what ``scene/href_policy.py`` allows (relative hrefs on its own URL)."""
     href = item_location(uri)
-    item = read_item(href)
+    item, base = read_item_document(href)
     key = choose_asset(item, asset, href)
-    if is_url(href):
-        asset_href = check_href(item.assets[key].href, href)
+    if is_url(href):  # joined on the URL that answered (after redirects), then checked
+        asset_href = check_href(item.assets[key].href, base)
     else:  # the user's own file: local paths too
         asset_href = item.assets[key].get_absolute_href() or item.assets[key].href
         if asset_href.startswith("file://"):  # a local file named as a URL (STAC APIs do)

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from reattn_batch.scene.href_policy import is_url
 from reattn_batch.workers.environment import EnvironmentSettings
 from reattn_batch.workers.errors import InputError
 
@@ -62,15 +63,16 @@ def resolve_uri(uri: str) -> tuple[str, str]:
     if uri.startswith("zarr://"):
         rest = uri[len("zarr://") :]
         return "zarr", rest if "://" in rest else local_path(rest)
-    is_url = "://" in uri
+    has_scheme = "://" in uri
     if uri.rstrip("/").endswith(".zarr"):
-        return "zarr", uri if is_url else local_path(uri)
-    if uri.startswith(("http://", "https://")):
-        return "gdal", "/vsicurl/" + uri
+        return "zarr", uri if has_scheme else local_path(uri)
+    if is_url(uri):  # the scheme in lower case, as GDAL matches it
+        scheme = uri.split(":", 1)[0]
+        return "gdal", "/vsicurl/" + scheme.lower() + uri[len(scheme) :]
     for scheme, prefix in (("s3://", "/vsis3/"), ("gs://", "/vsigs/")):
         if uri.startswith(scheme):
             return "gdal", prefix + uri[len(scheme) :]
-    if uri.startswith("/vsi") or is_url:
+    if uri.startswith("/vsi") or has_scheme:
         return "gdal", uri
     path = local_path(uri)
     if Path(path).is_dir() and any((Path(path) / m).exists() for m in ZARR_MARKERS):
@@ -99,7 +101,7 @@ def fsspec_options(path: str) -> dict[str, Any]:
     timeouts, as GDAL's (connect, a whole request) and no data for
     $REATTN_BATCH_READ_TIMEOUT s (aiohttp's own default: 5 minutes in all). Other
     protocols keep their file system's own bounds (s3fs, gcsfs)."""
-    if not path.startswith(("http://", "https://")):
+    if not is_url(path):
         return {}
     try:
         import aiohttp
