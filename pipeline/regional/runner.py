@@ -77,6 +77,9 @@ SUMMARY_JSON = "summary.json"
 LOCK_FILE = ".reattn-batch-job.lock"
 #: Least seconds between two rewrites of the index while the job runs (each is O(scenes)).
 INDEX_INTERVAL = 5.0
+#: What a scene whose store another run (or an export) holds says to do: the job names
+#: its stores, so another path is no choice.
+SCENE_LOCK_FIX = "run the job again once it has ended (finished scenes are skipped)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,7 +241,7 @@ def _map_scenes(
         for triaged in computing:
             lock = None
             try:
-                lock = store.lock_store(triaged.entry.store)
+                lock = store.lock_store(triaged.entry.store, fix=SCENE_LOCK_FIX)
                 work = open_scene_work(
                     triaged.request,
                     triaged.layout,
