@@ -31,6 +31,7 @@ from pydantic import (
 
 from reattn_batch.store.layout import CHUNK
 from reattn_batch.workers.config import Method, Probability
+from reattn_batch.workers.describe import SHOWN_CHARS
 from reattn_batch.workers.errors import InputError
 from reattn_batch.workers.schema import Settings
 from reattn_batch.workers.upsampler import UPSAMPLER_KINDS
@@ -168,10 +169,6 @@ class ClusterSettings(Settings):
     threads_per_worker: StrictInt | None = Field(None, ge=1)
 
 
-#: The most characters of a bad value shown in a settings error.
-SHOWN_VALUE_CHARS = 200
-
-
 def settings_error(
     exc: ValidationError, name: Callable[[tuple], str], root: type[BaseModel] | None = None
 ) -> InputError:
@@ -186,8 +183,8 @@ def settings_error(
         msg = "is required"
     loc = tuple(part for part in first["loc"] if not isinstance(part, int))
     value = repr(first.get("input"))
-    if len(value) > SHOWN_VALUE_CHARS:  # a value from a file may be huge (a geometry)
-        value = value[: SHOWN_VALUE_CHARS - 3] + "..."
+    if len(value) > SHOWN_CHARS:  # a value from a file may be huge (a geometry)
+        value = value[: SHOWN_CHARS - 3] + "..."
     shown = "" if first["type"] in ("extra_forbidden", "missing") else f" (got {value})"
     return InputError(f"{name(loc)}: {msg}{shown}")
 

@@ -178,6 +178,25 @@ def test_malicious_pickle_is_refused_without_running(tmp_path: Path, via: str) -
     assert (tmp_path / "pwned").exists()
 
 
+def test_both_loaders_word_a_refused_global_alike(tmp_path: Path) -> None:
+    """The CLIP loader and the upsampler loader read weights through one checked reader;
+    their lines for a file that would run code were worded apart ("refuses to execute
+    code" / "is not a readable checkpoint"): now one mapping words both."""
+    from reattn_batch.workers.upsampler import load_upsampler
+
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"x": Payload(tmp_path / "pwned", "os.system")}}, path)
+    lines = []
+    for load in (read_clip_state_dict, lambda p: load_upsampler("jbu_one", p, feat_dim=64)):
+        with pytest.raises(UserError) as err:
+            load(path)
+        lines.append(str(err.value))
+    for line in lines:
+        assert "asks to run posix.system while loading" in line, line
+        assert "refuses to execute code from a checkpoint" in line and str(path) in line, line
+    assert not (tmp_path / "pwned").exists()
+
+
 class TypeTagged:
     """Pickles as ``torch.jit._pickle.restore_type_tag(value, type)``, the harmless identity
     TorchScript's own pickles wrap containers in."""

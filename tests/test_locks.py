@@ -19,6 +19,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -266,5 +267,94 @@ def test_a_job_scene_whose_store_another_run_holds_fails_alone(tmp_path):
     assert scenes["a"]["status"] == "done" and scenes["a"]["complete"] is True
     message = scenes["b"]["message"]
     assert "in use by another run" in message and f"pid {holder.pid} on " in message
+    # the job names its stores: its line says to run the job again, not to pass another out
+    assert "run the job again" in message and "out=" not in message, message
     assert not (root / "b.labels.zarr").exists()
     assert locks == [".b.labels.zarr.lock"]  # the holder's; the job's own are released
+
+
+# ----------------------------------------------------------------------------- links, readers
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, Path]:
+    """A scene and the store a real run made of it (tests change copies of it)."""
+    folder = tmp_path_factory.mktemp("finished")
+    scene = h.write_scene(folder / "scene.tif", 300, 260)
+    store = folder / "s.zarr"
+    h.ok(h.cli("run", scene, *h.CLASSES, *h.TINY, "--out", store))
+    return scene, store
+
+
+def test_a_run_through_a_link_to_a_store_another_run_holds_is_refused(tmp_path, finished):
+    """A store reached through a symbolic link had a lock of its own (named after the
+    link): ``run --resume --out LINK`` went on while another run held the store itself.
+    Now a run refuses a link at its ``--out`` (one line naming the link and its target),
+    and the link's lock is the store's."""
+    scene, made = finished
+    real = tmp_path / "real.zarr"
+    shutil.copytree(made, real)
+    link = tmp_path / "link.zarr"
+    link.symlink_to(real)
+    before = h.tree_digest(real)
+    with holding(HOLD_STORE, real) as holder:
+        result = h.cli("run", scene, *h.CLASSES, *h.TINY, "--out", link, "--resume")
+        line = h.one_clean_error(result)
+        with pytest.raises(lock.LockHeld, match=f"held by pid {holder.pid} on "):
+            lock.lock_store(link)
+        assert lock.store_is_busy(link)
+    assert "symbolic link" in line and str(link) in line and str(real) in line, line
+    assert h.tree_digest(real) == before  # the store the other run holds is untouched
+    assert lock.lock_path(link) == lock.lock_path(real)
+
+
+def _reader_opened(fifo: Path, opened: list[int]) -> bool:
+    """Whether a process has opened ``fifo`` for reading; if so, its write end is kept
+    open in ``opened`` (the reader waits for the bytes until they are written)."""
+    try:
+        opened.append(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # no reader yet
+            return False
+        raise
+    return True
+
+
+def test_a_run_is_refused_while_an_export_copies_the_store_and_goes_on_after(tmp_path, finished):
+    """``export`` checked once, at its start, that no run was writing the store: a run
+    starting during the copy made a mix. Now the export holds a shared lock on the store's
+    lock file while it copies, so a run starting then is refused with one line. Here the
+    export is held mid-copy by a real wait: one chunk of the store is a FIFO, which it
+    reads only once this test writes the chunk's bytes into it."""
+    scene, made = finished
+    store = tmp_path / "s.zarr"
+    shutil.copytree(made, store)
+    chunk = store / "labels" / "0" / "0"
+    data = chunk.read_bytes()
+    chunk.unlink()
+    os.mkfifo(chunk)
+    cog = tmp_path / "s.tif"
+    export = h.start("export", store, "--cog", cog)
+    opened: list[int] = []
+    try:
+        h.wait_for(lambda: _reader_opened(chunk, opened), 120, "the export to read", export)
+        refused = h.cli("run", scene, *h.CLASSES, *h.TINY, "--out", store, "--resume")
+        os.set_blocking(opened[0], True)
+        os.write(opened[0], data)  # the export reads the chunk and finishes
+        os.close(opened.pop())
+        exported = h.finish(export, timeout=120)
+    finally:
+        for fd in opened:
+            os.close(fd)
+        h.kill_group(export)
+    line = h.one_clean_error(refused)
+    assert "being read by another command" in line and f"pid {export.pid} on " in line, line
+    h.ok(exported)
+    chunk.unlink()
+    chunk.write_bytes(data)
+    import rasterio
+
+    with rasterio.open(cog) as src:
+        assert np.array_equal(src.read(1), h.labels(store))  # one whole copy
+    assert not lock.lock_path(store).exists()  # the export left no lock file
+    h.ok(h.cli("run", scene, *h.CLASSES, *h.TINY, "--out", store, "--resume"))

@@ -181,6 +181,96 @@ def test_sigterm_stops_a_job_with_one_line_and_a_rerun_finishes_it(scene, clean,
     assert np.array_equal(h.labels(store), clean)
 
 
+def _blocked_opening_a_fifo(pid: int, tid: int | None = None) -> bool:
+    """Whether thread ``tid`` (default: the main thread) of process ``pid`` waits in the
+    kernel for the other end of a FIFO it opens (Linux: its wchan)."""
+    try:
+        return Path(f"/proc/{pid}/task/{tid or pid}/wchan").read_text() == "wait_for_partner"
+    except OSError:
+        return False
+
+
+def test_sigterm_while_a_job_writes_its_summary_says_what_ended(scene, env, tmp_path):
+    """A SIGTERM after the job's scenes ended (writing the index or the summary) escaped
+    the job's own handling and printed "nothing was computed" (false: a scene was mapped)
+    with no summary. Now the line says how many scenes ended and that the summary was not
+    written, and running the job again writes it. The job is held in its summary write by
+    a real wait: its temporary summary file is a FIFO, which blocks until read."""
+    root = tmp_path / "labels"
+    root.mkdir()
+    spec = tmp_path / "job.yaml"
+    small = h.write_scene(tmp_path / "small.tif", 300, 260)
+    spec.write_text(JOB_SPEC.format(scene=small, root=root))
+    proc = h.start("job", "run", spec, extra_env=env)
+    try:
+        os.mkfifo(root / f".summary.json.tmp-{proc.pid}")  # what write_json opens (index.py)
+        h.wait_for(lambda: _blocked_opening_a_fifo(proc.pid), 300, "the summary write", proc)
+        os.killpg(proc.pid, signal.SIGTERM)
+        result = h.finish(proc, timeout=60)
+    finally:
+        h.kill_group(proc)
+    assert result.rc == 143 and not NOISE.search(result.stderr), result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("reattn-batch:")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("reattn-batch: stopped by SIGTERM: 1 of 1 scenes ended (see "), lines
+    assert "summary" in lines[0] and "not written" in lines[0], lines
+    (entry,) = json.loads((root / "index.json").read_text())["scenes"]
+    assert entry["status"] == "done" and not (root / "summary.json").exists()
+    h.ok(h.cli("job", "run", spec, extra_env=env))
+    (entry,) = json.loads((root / "summary.json").read_text())["scenes"]
+    assert entry["status"] == "skipped", entry
+
+
+def test_a_stopped_in_process_job_gives_the_callers_handlers_back(tmp_path, capsys):
+    """A program (a notebook, Airflow's PythonOperator, a test) that runs the command line
+    in its own process gets its SIGTERM/SIGINT handlers back after a run was stopped: they
+    were left ignored, so its Ctrl-C was lost for good. The job here has one scene that
+    fails at once (an empty file: no cluster), and is stopped by a real SIGTERM while it
+    writes its summary (a FIFO, as above)."""
+    from reattn_batch.cli import main
+
+    (tmp_path / "empty.tif").write_bytes(b"")
+    root = tmp_path / "labels"
+    root.mkdir()
+    spec = tmp_path / "job.yaml"
+    spec.write_text(JOB_SPEC.format(scene=tmp_path / "empty.tif", root=root))
+    fifo = root / f".summary.json.tmp-{os.getpid()}"
+    os.mkfifo(fifo)
+    caught: list[int] = []
+
+    def mine(signum, frame) -> None:
+        caught.append(signum)
+
+    def stop_when_blocked() -> None:
+        main_thread = threading.main_thread().native_id
+        deadline = time.monotonic() + 120
+        while not _blocked_opening_a_fifo(os.getpid(), main_thread):
+            if time.monotonic() > deadline:  # never blocked there: let it go on
+                os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+                return
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for each in before:
+            signal.signal(each, mine)
+        threading.Thread(target=stop_when_blocked, daemon=True).start()
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as info:
+            main(["job", "run", str(spec)])
+        after = {s: signal.getsignal(s) for s in before}
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: the caller's handler runs again
+        threading.Event().wait(0.2)
+    finally:
+        for each, handler in before.items():
+            signal.signal(each, handler)
+    assert info.value.code == 143
+    assert after == {signal.SIGTERM: mine, signal.SIGINT: mine} and caught == [signal.SIGINT]
+    err = [line for line in capsys.readouterr().err.splitlines() if "reattn-batch:" in line]
+    assert len(err) == 1 and err[0].startswith("reattn-batch: stopped by SIGTERM: 1 of 1 "), err
+
+
 def test_after_sigkill_records_are_never_ahead_of_the_data_and_resume_finishes_it(
     scene, clean, env, tmp_path
 ):
@@ -206,7 +296,7 @@ def test_after_sigkill_records_are_never_ahead_of_the_data_and_resume_finishes_i
 def test_stop_on_signals_raises_once_then_ignores_and_restores_the_handlers():
     """Real signals to this process: the first raises Stop (a BaseException, so no
     ``except Exception`` takes it for an error), a second during the clean-up is ignored;
-    without a signal the previous handlers come back."""
+    the previous handlers come back when the ``with`` ends, with or without a signal."""
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     with stop_on_signals():
         assert signal.getsignal(signal.SIGTERM) is not before[signal.SIGTERM]
@@ -226,9 +316,11 @@ def test_stop_on_signals_raises_once_then_ignores_and_restores_the_handlers():
                     threading.Event().wait(0.2)
                     cleaned = True
         finally:
-            for each, handler in before.items():  # this test process goes on
+            after = {s: signal.getsignal(s) for s in before}
+            for each, handler in before.items():  # this test process goes on, whatever
                 signal.signal(each, handler)
     assert info.value.signum == signal.SIGTERM and info.value.name == "SIGTERM" and cleaned
+    assert after == before  # after a stop too (they stayed ignored: Ctrl-C lost for good)
 
 
 def test_the_python_api_installs_no_signal_handler(tmp_path, env, monkeypatch):

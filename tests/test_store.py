@@ -281,7 +281,7 @@ def test_overwrite_refuses_to_delete_a_non_store(tmp_path):
     folder = tmp_path / "results"
     folder.mkdir()
     (folder / "precious.txt").write_text("keep me")
-    with pytest.raises(UserError, match="not a Zarr store"):
+    with pytest.raises(UserError, match="is a folder of other files"):
         _small(folder, 1, overwrite=True)
     assert (folder / "precious.txt").read_text() == "keep me"
 

@@ -469,3 +469,22 @@ def test_view_of_a_store_being_written_serves_it_and_warns(place):
     with lock_store(place.store):
         warned = _view_warnings(place.store)
     assert len(_being_written_warnings(warned, place.store)) == 1, warned
+
+
+@pytest.mark.parametrize("marker", [".zattrs", ".zmetadata"])
+def test_a_folder_of_zarr_metadata_alone_is_a_zarr_store_to_run_and_job(
+    marker, place, tmp_path, capsys
+):
+    """One list of the files that make a folder a Zarr store: a folder holding only
+    ``.zattrs`` (or ``.zmetadata``) was "a Zarr store" as a job's output root and "a
+    folder of other files" as `run --out`."""
+    folder = tmp_path / "attrs.zarr"
+    folder.mkdir()
+    (folder / marker).write_text("{}")
+    before = h.tree_digest(folder)
+    line = h.fails_with_one_line(capsys, "run", place.scene, *M, "--out", folder)
+    assert re.search(_not_a_store("attrs.zarr", "a Zarr store"), line), line
+    spec = place.spec(f"attrs{marker}", f"list: [{place.scene}]", folder)
+    line = h.fails_with_one_line(capsys, "job", "run", spec)
+    assert "attrs.zarr is a Zarr store" in line, line
+    assert h.tree_digest(folder) == before

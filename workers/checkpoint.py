@@ -328,16 +328,8 @@ def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 obj: Any = _read_torchscript(archive, root)
         else:
             obj = load_tensors_only(path)
-    except DisallowedGlobal as e:
-        raise ModelError(
-            f"{where}: the file asks to run {e} while loading and this program refuses to "
-            "execute code from a checkpoint; pass OpenAI's ViT-B-16.pt or a plain state dict "
-            "of tensors"
-        ) from None
-    except UnsafeCheckpoint as e:
-        raise ModelError(f"{where}: refused, {e}; the file is damaged or crafted: {_FIX}") from None
-    except Exception as e:  # untrusted bytes: any other failure means an unreadable file
-        raise _corrupt(where, e) from None
+    except Exception as e:  # untrusted bytes: any failure is a refused or unreadable file
+        raise not_loaded(where, e, _FIX) from None
 
     state = _unwrap(obj)
     if not isinstance(state, Mapping):
@@ -355,13 +347,25 @@ def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 _FIX = "pass OpenAI's ViT-B-16.pt or a state dict of CLIP ViT-B/16 tensors"
 
 
-def _corrupt(where: str, error: BaseException) -> UserError:
+def not_loaded(where: str, error: BaseException, fix: str) -> UserError:
+    """The one line of a weights file that failed to load with ``error`` (from
+    :func:`load_tensors_only` or the TorchScript reader), the same for every loader:
+    a global it would run (``DisallowedGlobal``), a crafted structure (``UnsafeCheckpoint``)
+    or any other failure (a corrupt or truncated file). ``where``: the file, as its
+    parameter names it (``clip_weights=PATH``); ``fix``: what to pass instead."""
+    if isinstance(error, DisallowedGlobal):
+        return ModelError(
+            f"{where}: the file asks to run {error} while loading and this program refuses "
+            f"to execute code from a checkpoint; {fix}"
+        )
+    if isinstance(error, UnsafeCheckpoint):
+        return ModelError(f"{where}: refused, {error}; the file is damaged or crafted: {fix}")
     detail = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
     detail = detail.split(". ")[0]
     detail = (detail[:120] + "...") if len(detail) > 120 else detail or type(error).__name__
     return ModelError(
         f"{where}: not a readable checkpoint, the file is corrupt or truncated ({detail}); "
-        "download it again or pass another file"
+        f"download it again, or {fix}"
     )
 
 

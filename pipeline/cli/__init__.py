@@ -25,7 +25,7 @@ from reattn_batch.cli.job import job_group
 from reattn_batch.cli.run import run_command
 from reattn_batch.cli.segment import segment_command
 from reattn_batch.cli.view import view_command
-from reattn_batch.run.stop import RunStopped, Stop
+from reattn_batch.run.stop import RunStopped, Stop, signals_ignored
 from reattn_batch.workers.errors import ReattnError
 
 #: Every command of `reattn-batch`, in --help order.
@@ -69,11 +69,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="reattn-batch", standalone_mode=False)
     except RunStopped as exc:
-        click.echo(f"reattn-batch: {as_flags(str(exc), cli)}", err=True)
-        _exit_promptly(exc.exit_status)
-    except Stop as stop:  # before the run began
-        click.echo(f"reattn-batch: stopped by {stop.name}; nothing was computed", err=True)
-        _exit_promptly(128 + stop.signum)
+        _stopped(as_flags(str(exc), cli), exc.exit_status)
+    except Stop as stop:  # outside run_scene/run_job, which turn a Stop into RunStopped
+        _stopped(
+            f"stopped by {stop.name} before the work began or after it ended; nothing was "
+            "left half done",
+            128 + stop.signum,
+        )
     except ReattnError as exc:
         if debug:
             raise
@@ -95,11 +97,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
 
 
-def _exit_promptly(status: int) -> None:
-    """Exit with ``status`` within a preemption's grace period: the interpreter's final
-    garbage collection over torch's, GDAL's and Dask's objects takes seconds on a loaded
-    machine, and everything of the run is closed and recorded by now."""
-    gc.freeze()
+def _stopped(line: str, status: int) -> None:
+    """Print a stopped command's one ``line`` and exit with ``status`` within a
+    preemption's grace period: the interpreter's final garbage collection over torch's,
+    GDAL's and Dask's objects takes seconds on a loaded machine, and everything of the run
+    is closed and recorded by now. A repeated signal cannot cut the line short (the stop
+    signals are ignored while it is printed; the caller's handlers are back as this
+    returns, for a program that runs the command line in its own process)."""
+    with signals_ignored():
+        click.echo(f"reattn-batch: {line}", err=True)
+        gc.freeze()
     sys.exit(status)
 
 

@@ -64,7 +64,7 @@ def write_cog(ls, path: Path, options: dict[str, Any]) -> str:
     from reattn_batch.outputs.cog import export_cog
 
     export_cog(
-        ls.path,
+        ls,
         path,
         overwrite=options["overwrite"],
         resampling=options["overview_resampling"],
@@ -76,9 +76,7 @@ def write_cog(ls, path: Path, options: dict[str, Any]) -> str:
 def write_quicklook(ls, path: Path, options: dict[str, Any]) -> str:
     from reattn_batch.outputs.quicklook import export_quicklook
 
-    width, height = export_quicklook(
-        ls.path, path, options["max_size"], overwrite=options["overwrite"]
-    )
+    width, height = export_quicklook(ls, path, options["max_size"], overwrite=options["overwrite"])
     return f"wrote {path} ({width} x {height})"
 
 
@@ -91,7 +89,7 @@ def _vector_request(ls, path: Path, options: dict[str, Any]):
     from reattn_batch.outputs.vector import plan_vector
 
     return plan_vector(
-        ls.path,
+        ls,
         path,
         classes=options["classes"],
         min_area=options["min_area"],
@@ -120,14 +118,14 @@ def write_vector(ls, path: Path, options: dict[str, Any]) -> str:
 def prepare_stac(ls, path: Path, options: dict[str, Any], flag: str) -> None:
     from reattn_batch.outputs.stac import check_dir
 
-    check_dir(ls.path, path, options["overwrite"])
+    check_dir(ls, path, options["overwrite"])
 
 
 def write_stac(ls, path: Path, options: dict[str, Any]) -> str:
     from reattn_batch.outputs.stac import write_item
 
     item = write_item(
-        ls.path, path, cog=options["cog"], vector=options["vector"], quicklook=options["quicklook"]
+        ls, path, cog=options["cog"], vector=options["vector"], quicklook=options["quicklook"]
     )
     return f"wrote {item}"
 
@@ -254,12 +252,13 @@ def export_command(store_path: Path, **options: Any) -> None:
             )
         seen[path.absolute()] = export.flag
         export.check(options)
-    ls = open_for_reading(store_path, refuse_busy=True)
-    # Refuse every existing output before writing any, so a refusal writes nothing.
-    for export, path in wanted:
-        export.prepare(ls, path, options, export.flag)
-    warn_unfinished(ls)  # its unwritten pixels are exported as 255 (nodata)
-    if ls.attrs.get("random_weights"):
-        log.warning("%s was made with RANDOM CLIP weights: its labels mean nothing", ls.path)
-    for export, path in wanted:
-        log.info("%s", export.write(ls, path, options))
+    # A run writing the store refuses the export; while it copies, a run starting is refused.
+    with open_for_reading(store_path, refuse_busy=True) as ls:
+        # Refuse every existing output before writing any, so a refusal writes nothing.
+        for export, path in wanted:
+            export.prepare(ls, path, options, export.flag)
+        warn_unfinished(ls)  # its unwritten pixels are exported as 255 (nodata)
+        if ls.attrs.get("random_weights"):
+            log.warning("%s was made with RANDOM CLIP weights: its labels mean nothing", ls.path)
+        for export, path in wanted:
+            log.info("%s", export.write(ls, path, options))

@@ -18,9 +18,9 @@ def info_command(store_path: Path, as_json: bool) -> None:
     from reattn_batch.outputs.info import store_info
     from reattn_batch.store import open_for_reading, warn_unfinished
 
-    ls = open_for_reading(store_path)
-    warn_unfinished(ls)
-    info = store_info(ls.path)
+    with open_for_reading(store_path) as ls:
+        warn_unfinished(ls)
+        info = store_info(ls)
     if as_json:
         click.echo(json.dumps(info, indent=2, allow_nan=False))
         return

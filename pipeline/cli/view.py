@@ -57,8 +57,8 @@ def view_command(
 
     for name in allow_hosts:  # before reading the store
         host_name(name)
-    ls = open_for_reading(store_path)
-    viewer = StoreView(ls.path, scene)
+    with open_for_reading(store_path) as ls:
+        viewer = StoreView(ls, scene)
     server = make_server(viewer, host, port, allow_hosts=allow_hosts)
     warn_unfinished(ls)
     if viewer.page_info["random_weights"]:

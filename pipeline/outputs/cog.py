@@ -18,7 +18,7 @@ import numpy as np
 from affine import Affine
 
 from reattn_batch.outputs.files import TILE, check_export, temp_sibling, window_step, windows
-from reattn_batch.store import NODATA, LabelStore, open_store
+from reattn_batch.store import NODATA, LabelStore, label_store
 from reattn_batch.workers.errors import InputError
 
 OVERVIEW_RESAMPLING = ("mode", "nearest")
@@ -53,7 +53,7 @@ def _cog_tags(ls: LabelStore, resampling: str) -> dict[str, str]:
 
 
 def export_cog(
-    store_path: str | os.PathLike,
+    store: LabelStore | str | os.PathLike,
     out_path: str | os.PathLike,
     overwrite: bool = False,
     *,
@@ -79,7 +79,7 @@ def export_cog(
         raise InputError(f"overview resampling {resampling!r}: choose mode or nearest")
     if compress not in COMPRESSIONS:
         raise InputError(f"compression {compress!r}: choose deflate or zstd")
-    ls = open_store(store_path)
+    ls = label_store(store)
     out = check_export(ls, out_path, overwrite, "COG")
     georef: dict[str, Any] = {}
     if ls.crs_wkt is not None:

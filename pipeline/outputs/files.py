@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from reattn_batch.paths import overlap
 from reattn_batch.workers.errors import StoreError
 
 if TYPE_CHECKING:
@@ -47,23 +48,12 @@ def refuse_inputs(ls: LabelStore, path: str | os.PathLike, what: str) -> None:
     input scene the store records (or a path inside it: a Zarr scene)."""
     from reattn_batch.scene.uri import is_remote
 
-    out = Path(path).resolve()
-    store = ls.path.resolve()
-    if out == store or store in out.parents:
+    if overlap(path, ls.path) in ("is", "lies inside"):
         raise StoreError(f"{what} {path} is inside the store; pass a path outside it")
     scene = ls.attrs.get("scene")
-    if isinstance(scene, str) and scene and not is_remote(scene):
-        source = Path(scene).resolve()
-        if out == source or source in out.parents or _same_file(out, source):
-            raise StoreError(f"{what} {path} is the store's input scene {scene}; pass another path")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether two existing paths are one file (links, ``..``)."""
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
+    local = isinstance(scene, str) and scene and not is_remote(scene)
+    if local and overlap(path, scene) in ("is", "lies inside"):
+        raise StoreError(f"{what} {path} is the store's input scene {scene}; pass another path")
 
 
 def temp_sibling(out: Path, suffix: str) -> Path:

@@ -13,7 +13,7 @@ from typing import Any
 
 from reattn_batch import store
 from reattn_batch.outputs.counts import class_counts
-from reattn_batch.store import NODATA, LabelStore, open_store
+from reattn_batch.store import NODATA, LabelStore, label_store
 
 # Hyperparameters shown in the human-readable `info` table (``--json`` has them all).
 KEY_HYPERPARAMETERS = (
@@ -55,13 +55,13 @@ def _software_version() -> str | None:
         return None
 
 
-def store_info(store_path: str | os.PathLike) -> dict[str, Any]:
+def store_info(label: LabelStore | str | os.PathLike) -> dict[str, Any]:
     """A JSON-ready summary of a label store: classes with pixel counts, hectares and
     percent of the valid pixels, nodata, parameters, weights, progress and fingerprint."""
     from pyproj import CRS as ProjCRS
     from rasterio.crs import CRS
 
-    ls = open_store(store_path)
+    ls = label_store(label)
     attrs = ls.attrs
     counts = class_counts(ls)
     n = len(ls.class_names)

@@ -15,7 +15,7 @@ import numpy as np
 from reattn_batch.outputs.counts import class_counts
 from reattn_batch.outputs.decimate import decimate_mode
 from reattn_batch.outputs.files import check_export, temp_sibling
-from reattn_batch.store import NODATA, LabelStore, open_store
+from reattn_batch.store import NODATA, LabelStore, label_store
 from reattn_batch.workers.errors import InputError
 
 NODATA_QUICKLOOK = (224, 224, 224)  # light grey: nodata / not yet written
@@ -54,7 +54,7 @@ def _legend_entries(
 
 
 def export_quicklook(
-    store_path: str | os.PathLike,
+    store: LabelStore | str | os.PathLike,
     out_png: str | os.PathLike,
     max_size: int = 1024,
     overwrite: bool = False,
@@ -68,7 +68,7 @@ def export_quicklook(
     """
     from PIL import Image, ImageDraw, ImageFont
 
-    ls = open_store(store_path)
+    ls = label_store(store)
     out = check_export(ls, out_png, overwrite, "quicklook")
     out_h, out_w = quicklook_shape(ls.height, ls.width, max_size)
     labels, counts = decimate_mode(ls, out_h, out_w), class_counts(ls)

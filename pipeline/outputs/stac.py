@@ -24,11 +24,14 @@ from __future__ import annotations
 import datetime as dt
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reattn_batch.names import name_characters
 from reattn_batch.store.layout import NODATA
 from reattn_batch.workers.errors import InputError
+
+if TYPE_CHECKING:
+    from reattn_batch.store import LabelStore
 
 #: Store attribute naming the STAC Item the scene came from (an href); becomes a
 #: ``derived_from`` link.
@@ -59,19 +62,21 @@ def item_path(store_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path
     return Path(out_dir) / f"{item_id(store_path)}.json"
 
 
-def check_dir(store_path: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool) -> Path:
+def check_dir(
+    store: LabelStore | str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool
+) -> Path:
     """The Item's path, refused (UserError) if it exists without ``overwrite`` or the folder
     is a file."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"stac={out_dir} is a file; pass a folder for the STAC Item")
     from reattn_batch.outputs.files import refuse_inputs
-    from reattn_batch.store import open_store
+    from reattn_batch.store import label_store
 
-    ls = open_store(store_path)
+    ls = label_store(store)
     if ls.crs_wkt is None:
-        raise InputError(_NO_CRS.format(store=store_path))
-    path = item_path(store_path, out_dir)
+        raise InputError(_NO_CRS.format(store=ls.path))
+    path = item_path(ls.path, out_dir)
     refuse_inputs(ls, path, "`stac`")
     if path.exists() and not overwrite:
         raise InputError(f"`stac`: {path} already exists; pass overwrite=True to replace it")
@@ -139,7 +144,7 @@ def _classes(ls: Any) -> list[Any]:
 
 
 def build_item(
-    store_path: str | os.PathLike,
+    store: LabelStore | str | os.PathLike,
     *,
     cog: str | os.PathLike | None = None,
     vector: str | os.PathLike | None = None,
@@ -155,9 +160,9 @@ def build_item(
     from rasterio.crs import CRS
 
     from reattn_batch.regional.index import footprint
-    from reattn_batch.store import open_store
+    from reattn_batch.store import label_store
 
-    ls = open_store(store_path)
+    ls = label_store(store)
     attrs = ls.attrs
     if ls.crs_wkt is None:
         raise InputError(_NO_CRS.format(store=ls.path))
@@ -249,7 +254,7 @@ def build_item(
 
 
 def write_item(
-    store_path: str | os.PathLike,
+    store: LabelStore | str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
     cog: str | os.PathLike | None = None,
@@ -257,8 +262,11 @@ def write_item(
     quicklook: str | os.PathLike | None = None,
 ) -> Path:
     """Write the store's Item to ``OUT_DIR/<id>.json`` (asset hrefs relative to it)."""
-    item = build_item(store_path, cog=cog, vector=vector, quicklook=quicklook)
-    path = item_path(store_path, out_dir).absolute()
+    from reattn_batch.store import label_store
+
+    ls = label_store(store)
+    item = build_item(ls, cog=cog, vector=vector, quicklook=quicklook)
+    path = item_path(ls.path, out_dir).absolute()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         item.set_self_href(str(path))

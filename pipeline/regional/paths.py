@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from reattn_batch.scene.uri import ZARR_MARKERS, is_remote, resolve_uri
+from reattn_batch.paths import holds_zarr, overlap
+from reattn_batch.scene.uri import is_remote, resolve_uri
 from reattn_batch.workers.errors import InputError
 
 
@@ -24,7 +25,7 @@ def local_scenes(scenes: Iterable[str]) -> list[Path]:
 def zarr_at_or_above(path: Path) -> Path | None:
     """``path`` or the nearest folder above it that holds Zarr metadata, or None."""
     for folder in (path, *path.parents):
-        if folder.is_dir() and any((folder / name).exists() for name in ZARR_MARKERS):
+        if holds_zarr(folder):
             return folder
     return None
 
@@ -37,7 +38,7 @@ def check_output_root(root: Path, scenes: Iterable[str]) -> None:
     if root.exists() and not root.is_dir():
         raise InputError(f"{root} is a file; pass a folder for the job's stores")
     for scene in local_scenes(scenes):
-        if root == scene or scene in root.parents:
+        if overlap(root, scene) in ("is", "lies inside"):
             raise InputError(
                 f"{root} is or lies inside the input scene {scene}; "
                 "pass a folder outside the scenes"
@@ -57,10 +58,10 @@ def check_summary(path: Path, spec: Path, scenes: Iterable[str]) -> None:
     target = Path(path).resolve()
     if target.is_dir():
         raise InputError(f"summary={path} is a folder; pass a file path for the JSON summary")
-    if target == Path(spec).resolve():
+    if overlap(target, spec) == "is":
         raise InputError(f"summary={path} is the job spec; pass another file for the summary")
     for scene in local_scenes(scenes):
-        if target == scene or scene in target.parents:
+        if overlap(target, scene) in ("is", "lies inside"):
             raise InputError(f"summary={path} is the input scene {scene}; pass another path")
     store = zarr_at_or_above(target.parent)
     if store is not None:

@@ -77,6 +77,9 @@ SUMMARY_JSON = "summary.json"
 LOCK_FILE = ".reattn-batch-job.lock"
 #: Least seconds between two rewrites of the index while the job runs (each is O(scenes)).
 INDEX_INTERVAL = 5.0
+#: What a scene whose store another run (or an export) holds says to do: the job names
+#: its stores, so another path is no choice.
+SCENE_LOCK_FIX = "run the job again once it has ended (finished scenes are skipped)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +124,7 @@ class _Ledger:
         self.least_interval = self.interval = interval
         self.started: dict[str, float] = {}  # store -> when the scene was first looked at
         self.ended = 0
+        self.written = False  # the index was written (its first write has begun)
         self.last_write = time.monotonic()
         self.progress: RunProgress | None = None
         self.lock = threading.RLock()  # scenes end in the read-ahead thread too
@@ -162,6 +166,7 @@ class _Ledger:
         20 times this one's duration (a 10,000-scene index: index time <= 5 %)."""
         with self.lock:
             start = time.monotonic()
+            self.written = True
             path = write_index(self.job, self.entries)
             self.last_write = time.monotonic()
         self.interval = max(self.least_interval, 20 * (self.last_write - start))
@@ -238,7 +243,7 @@ def _map_scenes(
         for triaged in computing:
             lock = None
             try:
-                lock = store.lock_store(triaged.entry.store)
+                lock = store.lock_store(triaged.entry.store, fix=SCENE_LOCK_FIX)
                 work = open_scene_work(
                     triaged.request,
                     triaged.layout,
@@ -312,7 +317,8 @@ def run_job(
 ) -> JobReport:
     """Map every scene of ``job``; write the index (as scenes end) and the summary.
     ``client``: a connected ``distributed.Client`` to run on (left open) instead of the
-    spec's ``cluster``."""
+    spec's ``cluster``. A :class:`Stop` (a signal, under ``stop_on_signals``) at any point
+    of the job becomes :class:`RunStopped`, once the index says which scenes ended."""
     started, start = now(), time.perf_counter()
     root = job.output_root
     summary_path = Path(summary_path) if summary_path else root / SUMMARY_JSON
@@ -323,47 +329,73 @@ def run_job(
         raise InputError(
             f"job spec {job.path}: 'output_root': cannot create {root} ({exc.strerror or exc})"
         ) from None
-    with _job_lock(root):
+    entries = [SceneEntry(uri=s, store=str(job.store_for(s))) for s in job.scenes]
+    ledger = _Ledger(job, entries, interval=INDEX_INTERVAL)
+    report: JobReport | None = None
+    try:
+        with _job_lock(root):
+            try:
+                weights = describe_weights(job.model)  # once; a missing file fails the job
+            except UserError as exc:
+                raise InputError(f"job spec {job.path}: 'model': {exc}") from None
+            index = ledger.write()
+            try:
+                with (
+                    RunProgress(0, scenes=len(entries)) as ledger.progress,
+                    contextlib.ExitStack() as stack,
+                ):
+                    _map_scenes(job, entries, weights, ledger, stack, client)
+            finally:
+                ledger.write()  # whatever stopped the job, the index says what ended
+            tally = counts(entries)
+            seconds = round(time.perf_counter() - start, 3)
+            summary = {
+                "job": job.name,
+                "spec": str(job.path),
+                "software": "reattn-batch",
+                "software_version": version("reattn-batch"),
+                "started": started,
+                "finished": now(),
+                "seconds": seconds,
+                "output_root": str(root),
+                "index": str(index),
+                "index_geojson": str(root / INDEX_GEOJSON),
+                "exit_status": 1 if tally["failed"] else 0,
+                "counts": tally,
+                "scenes": [e.record() for e in entries],
+            }
+            summary_path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(summary_path, summary)
+            report = JobReport(entries, tally, seconds, summary_path, index)
+        return report
+    except Stop as stop:  # tasks cancelled, records flushed, cluster closed: say so
+        raise _stopped(stop, ledger, summary_path, report is not None) from None
+
+
+def _stopped(stop: Stop, ledger: _Ledger, summary: Path, summarised: bool) -> RunStopped:
+    """The one line of a job ended by ``stop``, whenever it came: the index is written
+    again (the stop may have cut its last rewrite short; later signals are ignored now)
+    and the line names how many scenes ended and whether the ``summary`` was written
+    (``summarised``). A job that had not yet written its index (the stop came while it
+    took the lock or described the weights) ended no scene."""
+    entries = ledger.entries
+    ended = sum(entry.status != "pending" for entry in entries)
+    where = ""
+    if ledger.written and not summarised:
         try:
-            weights = describe_weights(job.model)  # once; a missing file fails the job
-        except UserError as exc:
-            raise InputError(f"job spec {job.path}: 'model': {exc}") from None
-        entries = [SceneEntry(uri=s, store=str(job.store_for(s))) for s in job.scenes]
-        ledger = _Ledger(job, entries, interval=INDEX_INTERVAL)
-        index = ledger.write()
-        try:
-            with (
-                RunProgress(0, scenes=len(entries)) as ledger.progress,
-                contextlib.ExitStack() as stack,
-            ):
-                _map_scenes(job, entries, weights, ledger, stack, client)
-        except Stop as stop:  # tasks cancelled, records flushed, cluster closed: say so
-            ended = sum(entry.status != "pending" for entry in entries)
-            raise RunStopped(
-                stop.signum,
-                f"stopped by {stop.name}: {ended} of {len(entries)} scenes ended (see {index}), "
-                "the finished blocks of the others are recorded in their stores; run the job "
-                "again to finish (it skips finished scenes and resumes partial ones)",
-            ) from None
-        finally:
-            ledger.write()  # whatever stopped the job, the index says what ended
-        tally = counts(entries)
-        seconds = round(time.perf_counter() - start, 3)
-        summary = {
-            "job": job.name,
-            "spec": str(job.path),
-            "software": "reattn-batch",
-            "software_version": version("reattn-batch"),
-            "started": started,
-            "finished": now(),
-            "seconds": seconds,
-            "output_root": str(root),
-            "index": str(index),
-            "index_geojson": str(root / INDEX_GEOJSON),
-            "exit_status": 1 if tally["failed"] else 0,
-            "counts": tally,
-            "scenes": [e.record() for e in entries],
-        }
-        summary_path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(summary_path, summary)
-    return JobReport(entries, tally, seconds, summary_path, index)
+            where = f" (see {ledger.write()})"
+        except OSError as exc:
+            where = f" (its index could not be written: {exc.strerror or exc})"
+    if summarised:
+        return RunStopped(
+            stop.signum,
+            f"stopped by {stop.name} as the job ended: {ended} of {len(entries)} scenes "
+            f"ended and its summary {summary} is written",
+        )
+    return RunStopped(
+        stop.signum,
+        f"stopped by {stop.name}: {ended} of {len(entries)} scenes ended{where}, the finished "
+        f"blocks of the others are recorded in their stores, and the summary {summary} was "
+        "not written; run the job again to finish (it skips finished scenes and resumes "
+        "partial ones)",
+    )

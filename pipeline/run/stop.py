@@ -11,10 +11,14 @@ like KeyboardInterrupt, so that no ``except Exception`` takes it for a failed bl
 run then raises :class:`RunStopped`, one line saying how far it got
 (``pipeline/run/spine.py``, ``pipeline/regional/runner.py``).
 
-Later signals are ignored, so a signal repeated during the clean-up (SLURM signals every
-process of a job; a second Ctrl-C) cannot cut it short into a traceback. A run killed
-outright (SIGKILL, no handler runs) loses at most the last second's records, never more
-than that: records are never ahead of the data (``pipeline/store/records.py``).
+Later signals are ignored while the ``with`` lasts, so a signal repeated during the
+clean-up (SLURM signals every process of a job; a second Ctrl-C) cannot cut it short into
+a traceback. When the ``with`` ends (the clean-up has run by then) the previous handlers
+come back, stopped or not: a program or notebook that runs the command line in its own
+process keeps its Ctrl-C. (The command line ignores the signals again, narrowly, while it
+prints its last line: :func:`signals_ignored`.) A run killed outright (SIGKILL, no handler
+runs) loses at most the last second's records, never more than that: records are never
+ahead of the data (``pipeline/store/records.py``).
 """
 
 from __future__ import annotations
@@ -60,9 +64,9 @@ class RunStopped(ReattnError):
 @contextlib.contextmanager
 def stop_on_signals(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Iterator[None]:
     """While active, the first of ``signals`` raises :class:`Stop` in the main thread and
-    the later ones are ignored, so that the clean-up is not cut short; after a stop they
-    stay ignored (the process is ending), otherwise the previous handlers come back at the
-    end. Does nothing outside the main thread (Python runs signal handlers only there)."""
+    the later ones are ignored, so that the clean-up is not cut short; the previous
+    handlers come back when the ``with`` ends, whether a signal came or not. Does nothing
+    outside the main thread (Python runs signal handlers only there)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -84,6 +88,21 @@ def stop_on_signals(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Itera
     try:
         yield
     finally:
-        if not stopped:
-            for each, handler in previous.items():
-                signal.signal(each, handler)
+        for each, handler in previous.items():
+            signal.signal(each, handler)
+
+
+@contextlib.contextmanager
+def signals_ignored(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Iterator[None]:
+    """Ignore ``signals`` while the ``with`` lasts (a stopped command's last line and exit
+    preparation), then restore the previous handlers. Does nothing outside the main
+    thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {each: signal.signal(each, signal.SIG_IGN) for each in signals}
+    try:
+        yield
+    finally:
+        for each, handler in previous.items():
+            signal.signal(each, handler)

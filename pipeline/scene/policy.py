@@ -92,8 +92,7 @@ def pixel_size(uri: str, transform: Affine) -> float:
     """The scene's GSD in CRS units (degrees for a geographic CRS): the mean side of a
     pixel. A rotated or sheared grid is refused (:func:`check_north_up`)."""
     check_north_up(uri, transform)
-    xres = math.hypot(transform.a, transform.d)
-    yres = math.hypot(transform.b, transform.e)
+    xres, yres = abs(transform.a), abs(transform.e)  # b = d = 0: the sides are a and e
     if xres <= 0 or yres <= 0:
         raise InputError(f"{uri}: degenerate geotransform {tuple(transform)[:6]}; fix the file")
     if abs(xres - yres) > 0.01 * max(xres, yres):

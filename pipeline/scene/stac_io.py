@@ -37,6 +37,7 @@ from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from reattn_batch.scene.href_policy import DOCUMENT_SCHEMES, check_href, check_peer, is_url
+from reattn_batch.workers.describe import one_line
 from reattn_batch.workers.errors import InputError, UserError
 
 #: The largest STAC document read (an Item, a catalog, a page of search results), bytes.
@@ -148,8 +149,7 @@ def send(session: requests.Session, prepared: requests.PreparedRequest) -> bytes
     except (requests.RequestException, Urllib3Error, OSError) as exc:
         if "timed out" in str(exc).lower():
             raise InputError(_silent(url, timeout)) from None
-        text = " ".join(str(exc).split())[:200]
-        raise InputError(f"{url}: cannot be read ({type(exc).__name__}: {text})") from None
+        raise InputError(f"{url}: cannot be read ({one_line(exc)})") from None
 
 
 def _silent(url: str, timeout: float) -> str:

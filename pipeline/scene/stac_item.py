@@ -26,6 +26,7 @@ from urllib.request import url2pathname
 
 from reattn_batch.names import name_characters
 from reattn_batch.scene.href_policy import check_href, is_url
+from reattn_batch.workers.describe import one_line
 from reattn_batch.workers.errors import InputError, UserError
 
 #: The one GDAL driver an asset named by a remote Item is opened with (GeoTIFF/COG): a VRT
@@ -127,10 +128,7 @@ def read_item_document(href: str):
     except UserError:
         raise
     except Exception as exc:  # unreadable, not JSON, not STAC: one line
-        text = " ".join(str(exc).split())[:200]
-        raise InputError(
-            f"{href}: cannot read a STAC Item ({type(exc).__name__}: {text})"
-        ) from None
+        raise InputError(f"{href}: cannot read a STAC Item ({one_line(exc)})") from None
     if not isinstance(obj, pystac.Item):
         raise InputError(
             f"{href} is a STAC {type(obj).__name__}, not an Item; pass one Item as SCENE "

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from reattn_batch.paths import holds_zarr
 from reattn_batch.scene.href_policy import is_url
 from reattn_batch.workers.environment import EnvironmentSettings
 from reattn_batch.workers.errors import InputError
@@ -33,9 +34,6 @@ REMOTE_GDAL_OPTIONS = {
     "GDAL_HTTP_TIMEOUT": "300",  # seconds for a whole request
     "GDAL_HTTP_LOW_SPEED_LIMIT": "1",
 }
-
-
-ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray", ".zmetadata", ".zattrs")
 
 
 def resolve_scene(uri: str, asset: str | None = None):
@@ -75,7 +73,7 @@ def resolve_uri(uri: str) -> tuple[str, str]:
     if uri.startswith("/vsi") or has_scheme:
         return "gdal", uri
     path = local_path(uri)
-    if Path(path).is_dir() and any((Path(path) / m).exists() for m in ZARR_MARKERS):
+    if holds_zarr(path):
         return "zarr", path
     return "gdal", path
 

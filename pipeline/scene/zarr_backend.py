@@ -11,11 +11,12 @@ import numpy as np
 from affine import Affine
 
 from reattn_batch.grid.raster import raster_geobox
+from reattn_batch.paths import ZARR_MARKERS
 from reattn_batch.scene.handles import cached, handle_key
 from reattn_batch.scene.identity import zarr_identity
 from reattn_batch.scene.info import SceneInfo
 from reattn_batch.scene.policy import choose_bands, pixel_size, unique_bands, valid_mask
-from reattn_batch.scene.uri import ZARR_MARKERS, error_text, fsspec_options
+from reattn_batch.scene.uri import error_text, fsspec_options
 from reattn_batch.workers.errors import InputError
 
 log = logging.getLogger("reattn_batch.scene")

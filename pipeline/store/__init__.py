@@ -5,11 +5,13 @@ described in ``layout.py``.
     georef.py    CF grid mapping (rioxarray), pixel centres, proj:/spatial: attrs
     palette.py   class colours, colour map and flag attributes
     attrs.py     JSON-clean group attributes, read and update
-    create.py    create_store: every array and attribute, no label data
+    create.py    create_store: every array and attribute, no label data; what is at a
+                 store path (found_at) and whether a run may use it (check_usable)
     arrays.py    write_block (from any number of processes), open_labels
     records.py   per-block completion records
     resume.py    prepare: create, or reopen for --resume (checked against the run's layout)
-    lock.py      one writer per store (and per job output root): the lock file primitive
+    lock.py      one writer per store (and per job output root): the lock file primitive;
+                 an export's shared lock
     reader.py    LabelStore: a store opened for outputs; the read commands' door
     target.py    check_out: what a run may find at its output path
 """
@@ -27,10 +29,11 @@ from reattn_batch.store.layout import (
     NODATA,
     StoreLayout,
 )
-from reattn_batch.store.lock import LockHeld, lock_store, store_is_busy
+from reattn_batch.store.lock import LockHeld, lock_store, share_store, store_is_busy
 from reattn_batch.store.palette import class_palette
 from reattn_batch.store.reader import (
     LabelStore,
+    label_store,
     open_for_reading,
     open_store,
     warn_unfinished,
@@ -61,6 +64,7 @@ __all__ = [
     "create_store",
     "done_blocks",
     "jsonable",
+    "label_store",
     "lock_store",
     "mark_block_done",
     "mark_block_started",
@@ -69,6 +73,7 @@ __all__ = [
     "open_store",
     "prepare",
     "read_attrs",
+    "share_store",
     "started_blocks",
     "store_is_busy",
     "update_attrs",

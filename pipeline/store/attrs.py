@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from reattn_batch.workers.describe import one_line
 from reattn_batch.workers.errors import StoreError
 
 
@@ -39,20 +40,18 @@ def checked_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
-    """The group attributes as a plain dict (read from .zattrs, not the consolidated copy)."""
-    root = Path(path)
-    if not (root / ".zgroup").exists():
-        raise StoreError(f"{root} is not a label store (no .zgroup); check the path")
-    try:
-        group = zarr.open_group(str(root), mode="r", zarr_format=2, use_consolidated=False)
-        return dict(group.attrs.asdict())
-    except (OSError, ValueError, TypeError, KeyError) as exc:  # not JSON, not a mapping...
-        why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise StoreError(
-            f"{root}: the store's attributes (.zattrs/.zgroup) are damaged ({why}); "
-            "map the scene into a new store"
-        ) from None
+#: What damaged store metadata raises while it is parsed (JSON, zarr's metadata models,
+#: numbers in the attributes) or read (I/O).
+DAMAGED = (OSError, ValueError, TypeError, KeyError)
+
+
+def damaged(root: Path, part: str, exc: BaseException) -> StoreError:
+    """The one line for a store whose metadata ``part`` (a file, or what was being read)
+    failed to parse or read with ``exc``."""
+    return StoreError(
+        f"{root}: the label store's metadata is damaged ({part}: {one_line(exc)}); "
+        "map the scene into a new store"
+    )
 
 
 def update_attrs(path: str | os.PathLike, **attrs: Any) -> None:
@@ -67,3 +66,15 @@ def update_attrs(path: str | os.PathLike, **attrs: Any) -> None:
     group = zarr.open_group(str(root), mode="r+", zarr_format=2, use_consolidated=False)
     group.update_attributes(new)  # one write of .zattrs (attrs.update writes once per key)
     zarr.consolidate_metadata(str(root))
+
+
+def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    """The group attributes as a plain dict (read from .zattrs, not the consolidated copy)."""
+    root = Path(path)
+    if not (root / ".zgroup").exists():
+        raise StoreError(f"{root} is not a label store (no .zgroup); check the path")
+    try:
+        group = zarr.open_group(str(root), mode="r", zarr_format=2, use_consolidated=False)
+        return dict(group.attrs.asdict())
+    except DAMAGED as exc:  # not JSON, not a mapping...
+        raise damaged(root, ".zattrs/.zgroup", exc) from None

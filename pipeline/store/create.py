@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import enum
 import errno
 import functools
 import json
@@ -33,6 +34,7 @@ from typing import Any
 
 import zarr
 
+from reattn_batch.paths import holds_zarr, overlap
 from reattn_batch.store.arrays import forget_arrays
 from reattn_batch.store.attrs import checked_attrs
 from reattn_batch.store.georef import (
@@ -65,7 +67,24 @@ log = logging.getLogger(__name__)
 #: this value (and ``store_layout_version``), written by :func:`_build` itself. (No extra
 #: file: zarr warns about files it does not know in a group.)
 SOFTWARE = "reattn-batch"
-ZARR_MARKERS = (".zgroup", ".zarray", "zarr.json")
+
+
+class Found(enum.Enum):
+    """What a run finds at its store path (:func:`found_at`); the value words it."""
+
+    NOTHING = "nothing"
+    LINK = "a symbolic link"
+    FILE = "a file"
+    EMPTY = "an empty folder"
+    OUR_STORE = "a label store of reattn-batch"
+    ZARR = "a Zarr store that is not a readable label store of reattn-batch"
+    FOLDER = "a folder of other files"
+
+    @property
+    def replaceable(self) -> bool:
+        """Whether ``overwrite`` may replace it (and ``resume`` finish or start in it): an
+        empty folder or a label store of reattn-batch, never anything else."""
+        return self in (Found.EMPTY, Found.OUR_STORE)
 
 
 def is_our_store(path: Path) -> bool:
@@ -83,20 +102,62 @@ def is_our_store(path: Path) -> bool:
     )
 
 
-def looks_like_zarr(path: Path) -> bool:
-    """True for a path ``--overwrite`` may replace: an empty folder or our own store."""
-    if path.is_dir() and not path.is_symlink():
-        return not any(path.iterdir()) or is_our_store(path)
-    return False
+def found_at(path: str | os.PathLike) -> Found:
+    """What is at ``path`` (a symbolic link is a link, whatever it points to)."""
+    path = Path(path)
+    if path.is_symlink():
+        return Found.LINK
+    if not path.exists():
+        return Found.NOTHING
+    if not path.is_dir():
+        return Found.FILE
+    if is_our_store(path):
+        return Found.OUR_STORE
+    if not any(path.iterdir()):
+        return Found.EMPTY
+    if holds_zarr(path):
+        return Found.ZARR
+    return Found.FOLDER
+
+
+def refuse_link(path: str | os.PathLike) -> None:
+    """Refuse (one line naming the link and its target) a store path that is a symbolic
+    link: a run neither writes, replaces nor resumes a store through a link (its checks of
+    what it replaces would be of the link; the store is named by its own path)."""
+    path = Path(path)
+    if path.is_symlink():
+        try:
+            target = str(path.resolve())
+        except (OSError, RuntimeError):  # a loop of links
+            target = os.readlink(path)
+        raise StoreError(
+            f"the output store {path} is a symbolic link to {target}; a run does not write "
+            f"a store through a link: pass out={target} (the store itself) or another path"
+        )
+
+
+def check_usable(path: str | os.PathLike, found: Found | None = None) -> Found:
+    """What is at ``path`` (``found``, else looked at), refused with one line unless a run
+    may use it: nothing, an empty folder or a label store of reattn-batch (which
+    ``overwrite`` replaces and ``resume`` finishes). No flag would make anything else
+    usable, so the line asks for another path."""
+    found = found_at(path) if found is None else found
+    if found is Found.LINK:
+        refuse_link(path)
+    if found is Found.NOTHING or found.replaceable:
+        return found
+    raise StoreError(
+        f"{path} exists and is {found.value}: overwrite=True replaces only a label store "
+        "reattn-batch made and resume=True finishes only one; move it away or pass "
+        "another out=path"
+    )
 
 
 def check_not_input(out: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
     """Refuse an output path that is, contains or lies inside a local input (the scene):
     writing or ``--overwrite`` there would destroy it. ``inputs``: local paths."""
-    target = Path(out).expanduser().resolve()
     for source in inputs:
-        src = Path(source).expanduser().resolve()
-        if target == src or src.is_relative_to(target) or target.is_relative_to(src):
+        if overlap(out, source) is not None:
             raise StoreError(
                 f"the output store {out} is, holds or lies inside the input {source}; "
                 "pass an out=path outside the input"
@@ -141,13 +202,14 @@ def create_store(
         )
     user_attrs = checked_attrs(attrs)
 
-    if path.exists() or path.is_symlink():
-        if not overwrite:
+    found = found_at(path)
+    if found is not Found.NOTHING:
+        if not overwrite and found is not Found.LINK:
             raise StoreError(
                 f"{path} already exists; pass overwrite=True to replace it "
                 "or resume=True to finish it"
             )
-        _check_replaceable(path)
+        check_usable(path, found)
 
     parent = path.absolute().parent
     try:
@@ -177,20 +239,6 @@ def create_store(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     forget_arrays(path)
-
-
-def _check_replaceable(path: Path) -> None:
-    """Refuse (one line) to replace ``path`` unless it is our store or an empty folder."""
-    if not looks_like_zarr(path):
-        what = (
-            "a Zarr store reattn-batch did not make"
-            if path.is_dir() and any((path / n).exists() for n in ZARR_MARKERS)
-            else "not a Zarr store"
-        )
-        raise StoreError(
-            f"{path} exists and is {what}, so overwrite=True will not delete it; "
-            "choose another output path"
-        )
 
 
 _AT_FDCWD = -100
@@ -264,7 +312,7 @@ def _place(
     fails the call, left as it is). With it, an existing ``path`` that is (still) our
     store or an empty folder is moved aside first, the new store renamed in, and then the
     old one deleted; if the new one cannot be renamed in, the old one is put back."""
-    aside = _move_aside(path) if overwrite and (path.exists() or path.is_symlink()) else None
+    aside = _move_aside(path) if overwrite and found_at(path) is not Found.NOTHING else None
     try:
         if before_rename is not None:
             before_rename(tmp)
@@ -287,15 +335,15 @@ def _place(
 def _move_aside(path: Path) -> Path | None:
     """Rename the store at ``path`` to a temporary sibling, once it is checked (again)
     to be our store or an empty folder; None if it is gone meanwhile."""
-    _check_replaceable(path)
+    check_usable(path)
     aside = path.absolute().parent / f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         rename_noreplace(path, aside)
     except FileNotFoundError:
         return None
-    if not looks_like_zarr(aside):  # something else took its place between check and move
+    if not found_at(aside).replaceable:  # something else took its place between check and move
         _put_back(aside, path, None)
-        _check_replaceable(path)  # says what it is
+        check_usable(path)  # says what it is
         raise StoreError(f"{path} changed while it was being replaced; choose another output path")
     return aside
 

@@ -84,6 +84,11 @@ class StoreLayout(OnGeobox):
 
 
 def validate_layout(layout: StoreLayout) -> None:
+    """Refuse a layout the store cannot describe: no pixels or chunk, a transform with
+    non-finite values, rotated or sheared (the scene's own check, :func:`check_north_up`)
+    or of zero pixel size."""
+    from reattn_batch.scene.policy import check_north_up  # scene imports settings -> store
+
     if layout.height <= 0 or layout.width <= 0:
         raise ValueError(f"store size must be positive, got {layout.height} x {layout.width}")
     if layout.chunk <= 0:
@@ -91,10 +96,6 @@ def validate_layout(layout: StoreLayout) -> None:
     t = layout.transform
     if not all(math.isfinite(v) for v in tuple(t)[:6]):
         raise StoreError(f"the scene's transform has non-finite values ({tuple(t)[:6]})")
-    if t.b != 0 or t.d != 0:
-        raise StoreError(
-            "the scene's geotransform is rotated or sheared, which the label store cannot "
-            "represent; warp it to a north-up grid first (gdalwarp)"
-        )
+    check_north_up("the store's grid", t)
     if t.a == 0 or t.e == 0:
         raise StoreError(f"the scene's transform has a zero pixel size ({tuple(t)[:6]})")

@@ -21,8 +21,16 @@ that another process holds it (:class:`LockHeld`); ``ENOLCK``, ``EOPNOTSUPP``, `
 supports ``flock`` through its lock service, NFSv4 or ``lockd``); anything else is an I/O
 error of its own. Each is a :class:`StoreError` of one line.
 
-Readers (``info``, ``export``, ``view``) may ask :func:`store_is_busy` whether a run is
-writing a store; they take no lock.
+A command that copies a store (``export``) holds a *shared* lock on the same file for as
+long as it reads (:func:`share`): a run writing the store refuses it, and a run starting
+meanwhile is refused (its exclusive lock cannot be taken). Several readers share it. A
+reader records itself as the holder (``a reader, pid ...``), and removes the file when it
+is done only if it can take the lock exclusively then (no one else holds it), as a run
+does. Commands that only look (``info``, ``view``) ask :func:`store_is_busy` and take
+no lock.
+
+A store's lock file is named after its real path, links resolved (:func:`lock_path`), so a
+store reached through a symbolic link has the one lock of the store it names.
 """
 
 from __future__ import annotations
@@ -51,6 +59,9 @@ _RETRY = 0.05  # seconds between two tries
 _REOPENS = 20  # times a lock file removed by its last holder meanwhile is opened again
 _HOLDER_BYTES = 256  # at most this much of a lock file is read back (it is untrusted)
 _FLAGS = os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+#: How a shared holder's line begins (a run's line is ``pid ... on HOST since ...``).
+READER = "a reader, "
 
 
 class LockHeld(StoreError):
@@ -71,14 +82,24 @@ def lock_failure(code: int | None) -> str | None:
     return None
 
 
-def refusal(exc: OSError, path: Path, what: str, fix: str, holder: str = "") -> StoreError:
+def refusal(
+    exc: OSError, path: Path, what: str, fix: str, holder: str = "", shared: bool = False
+) -> StoreError:
     """The one-line error for a ``flock`` of ``path`` that failed with ``exc``.
-    what: what the lock guards (``the output store X``); fix: what to do when held."""
+    what: what the lock guards (``the output store X``); fix: what to do when held;
+    holder: the holder's line; shared: the lock asked for was a reader's (so the holder is
+    a run writing)."""
     reason = exc.strerror or str(exc)
     kind = lock_failure(exc.errno)
     if kind == "held":
         by = f"held by {holder}" if holder else "its holder unknown"
-        return LockHeld(f"{what} is in use by another run ({by}; lock file {path}); {fix}")
+        if shared:
+            doing = "is being written by another run now"
+        elif holder.startswith(READER):
+            doing = "is being read by another command now"
+        else:
+            doing = "is in use by another run"
+        return LockHeld(f"{what} {doing} ({by}; lock file {path}); {fix}")
     if kind == "unsupported":
         return LockUnsupported(
             f"the file system of {path} does not support file locks (flock: {reason}), so "
@@ -89,10 +110,12 @@ def refusal(exc: OSError, path: Path, what: str, fix: str, holder: str = "") -> 
 
 
 class FileLock:
-    """A held lock (see :func:`hold`); :meth:`release` (or leaving ``with``) ends it."""
+    """A held lock (see :func:`hold`, :func:`share`); :meth:`release` (or leaving
+    ``with``) ends it."""
 
-    def __init__(self, path: Path, fd: int, made: list[Path]) -> None:
+    def __init__(self, path: Path, fd: int, made: list[Path], shared: bool = False) -> None:
         self.path = path
+        self.shared = shared
         self._fd: int | None = fd
         self._made = made  # folders created for the lock file, removed if left empty
 
@@ -101,13 +124,16 @@ class FileLock:
         return self._fd is not None
 
     def release(self) -> None:
-        """Remove the lock file (if it is still ours) and drop the lock; again: nothing."""
+        """Remove the lock file (if it is still ours: a shared holder only when it can take
+        it exclusively, so no other holder is left) and drop the lock; again: nothing."""
         fd, self._fd = self._fd, None
         if fd is None:
             return
         try:
-            if _same_file(fd, self.path):
-                os.unlink(self.path)  # while still locked: nobody can take this file now
+            if self.shared:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError: others hold it
+            if _still_named(fd, self.path):
+                os.unlink(self.path)  # while locked exclusively: nobody can take this file now
         except OSError:
             pass
         finally:
@@ -129,7 +155,8 @@ class FileLock:
 
 
 def hold(path: str | os.PathLike, *, what: str, fix: str, make_folder: bool = False) -> FileLock:
-    """Take the exclusive lock of the file ``path`` now, or raise a one-line StoreError.
+    """Take the exclusive lock of the file ``path`` now (waiting out a reader's instant,
+    :data:`HELD_PATIENCE`), or raise a one-line StoreError.
 
     what: what the lock guards, for the error lines (``the output store X``).
     fix: what to do when another run holds it (``wait for it to end, ...``).
@@ -147,24 +174,45 @@ def hold(path: str | os.PathLike, *, what: str, fix: str, make_folder: bool = Fa
         raise
 
 
-def _take(path: Path, what: str, fix: str) -> int:
-    """The fd of ``path`` with its exclusive ``flock`` held, its holder recorded."""
+def share(path: str | os.PathLike, *, what: str, fix: str) -> FileLock | None:
+    """Take a shared lock of the file ``path`` now (a reader's: other readers may hold it
+    too, a writer's :func:`hold` is refused meanwhile), or raise a one-line StoreError when
+    a writer holds it (:class:`LockHeld`). None where the lock file neither exists nor can
+    be created (a folder this user may not write: no run of this user writes there, and
+    no other user's run is writing now, for it would have made the file)."""
+    path = Path(path).absolute()
+    try:
+        fd = _take(path, what, fix, shared=True)
+    except _NoLockFile:
+        return None
+    return FileLock(path, fd, [], shared=True)
+
+
+class _NoLockFile(Exception):
+    """A reader cannot create the lock file, and there is none."""
+
+
+def _take(path: Path, what: str, fix: str, shared: bool = False) -> int:
+    """The fd of ``path`` with its exclusive (or ``shared``) ``flock`` held, its holder
+    recorded."""
     patience = time.monotonic() + HELD_PATIENCE
+    operation = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
     for _ in range(_REOPENS):
-        fd = _open(path, what)
+        fd, writable = _open(path, what, reader=shared)
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, operation)
             except OSError as exc:
                 if lock_failure(exc.errno) == "held" and time.monotonic() < patience:
                     os.close(fd)
                     time.sleep(_RETRY)
                     continue
-                raise refusal(exc, path, what, fix, _holder(fd)) from None
-            if not _same_file(fd, path):  # its last holder removed it meanwhile: again
+                raise refusal(exc, path, what, fix, _holder(fd), shared) from None
+            if not _still_named(fd, path):  # its last holder removed it meanwhile: again
                 os.close(fd)
                 continue
-            _record_holder(fd)
+            if writable:
+                _record_holder(fd, READER if shared else "")
             return fd
         except BaseException:
             with contextlib.suppress(OSError):
@@ -173,26 +221,22 @@ def _take(path: Path, what: str, fix: str) -> int:
     raise StoreError(f"cannot lock {path} for {what}: it keeps being replaced; check the folder")
 
 
-def _open(path: Path, what: str) -> int:
+def _open(path: Path, what: str, reader: bool = False) -> tuple[int, bool]:
     """Open (or create, mode 0600) the lock file without following a symbolic link; it
-    must be a regular file with one link."""
+    must be a regular file with one link. Returns the fd and whether it is writable: a
+    ``reader`` that may not create it opens an existing one read-only (flock needs no
+    more), and raises :class:`_NoLockFile` where there is none."""
     try:
-        fd = os.open(path, _FLAGS, 0o600)
+        fd, writable = os.open(path, _FLAGS, 0o600), True
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise StoreError(
-                f"the lock file {path} of {what} is a symbolic link; it is not followed: "
-                "remove the link and run again"
-            ) from None
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            raise StoreError(
-                f"cannot open the lock file {path} of {what} ({exc.strerror}): another user's "
-                "run holds it or left it; ask them, or remove it if no run is writing"
-            ) from None
-        raise StoreError(
-            f"cannot create the lock file {path} of {what} ({exc.strerror or exc}); "
-            "pass an output path in a writable folder"
-        ) from None
+        if not (reader and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)):
+            raise _open_error(exc, path, what) from None
+        try:
+            fd, writable = os.open(path, _READ_FLAGS), False
+        except FileNotFoundError:
+            raise _NoLockFile from None
+        except OSError as again:
+            raise _open_error(again, path, what) from None
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:  # 0: removed meanwhile
         os.close(fd)
@@ -200,10 +244,28 @@ def _open(path: Path, what: str) -> int:
             f"the lock file {path} of {what} is not a regular file of its own (a special "
             "file or a hard link); remove it and run again"
         )
-    return fd
+    return fd, writable
 
 
-def _same_file(fd: int, path: Path) -> bool:
+def _open_error(exc: OSError, path: Path, what: str) -> StoreError:
+    """The one line of a lock file that cannot be opened (or created)."""
+    if exc.errno == errno.ELOOP:
+        return StoreError(
+            f"the lock file {path} of {what} is a symbolic link; it is not followed: "
+            "remove the link and run again"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return StoreError(
+            f"cannot open the lock file {path} of {what} ({exc.strerror}): another user's "
+            "run holds it or left it; ask them, or remove it if no run is writing"
+        )
+    return StoreError(
+        f"cannot create the lock file {path} of {what} ({exc.strerror or exc}); "
+        "pass an output path in a writable folder"
+    )
+
+
+def _still_named(fd: int, path: Path) -> bool:
     """True while ``path`` still names the file open as ``fd`` (not removed, not replaced)."""
     try:
         here = os.lstat(path)
@@ -213,10 +275,11 @@ def _same_file(fd: int, path: Path) -> bool:
     return (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino)
 
 
-def _record_holder(fd: int) -> None:
-    """Write who holds the lock (one line) and make the file 0600 (a leftover may not be)."""
+def _record_holder(fd: int, kind: str = "") -> None:
+    """Write who holds the lock (one line, after ``kind``: :data:`READER` for a shared
+    holder) and make the file 0600 (a leftover may not be)."""
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    line = f"pid {os.getpid()} on {socket.gethostname()} since {started}\n".encode()
+    line = f"{kind}pid {os.getpid()} on {socket.gethostname()} since {started}\n".encode()
     with contextlib.suppress(OSError):
         os.fchmod(fd, 0o600)
     os.ftruncate(fd, 0)
@@ -262,20 +325,33 @@ def _make_folders(folder: Path, what: str) -> list[Path]:
 
 
 def lock_path(store: str | os.PathLike) -> Path:
-    """The lock file of the store at ``store``: ``.<name>.lock`` beside it."""
-    path = Path(store).absolute()
+    """The lock file of the store at ``store``: ``.<name>.lock`` beside the store it names,
+    symbolic links resolved (a link to a store and the store have one lock)."""
+    path = Path(store).expanduser().resolve()
     return path.parent / f".{path.name}.lock"
 
 
-def lock_store(store: str | os.PathLike) -> FileLock:
+#: What a run refused by another holder of its store's lock may do.
+RUN_FIX = "wait for it to end, or pass another out=path"
+
+
+def lock_store(store: str | os.PathLike, fix: str = RUN_FIX) -> FileLock:
     """Take the lock of the store at ``store`` for a run (before it reads, creates or
-    replaces the store), or raise :class:`LockHeld` naming the run that holds it. Hold it
-    until the run ends; release it then (or use ``with``)."""
-    return hold(
+    replaces the store), or raise :class:`LockHeld` naming the run (or reader) that holds
+    it and ``fix``, what to do then. Hold it until the run ends; release it then (or use
+    ``with``)."""
+    return hold(lock_path(store), what=f"the output store {store}", fix=fix, make_folder=True)
+
+
+def share_store(store: str | os.PathLike) -> FileLock | None:
+    """Take a shared lock of the store at ``store`` for a command that copies it (an
+    export), or raise :class:`LockHeld` where a run is writing it. While held, a run into
+    the store is refused. None where there is no lock file and this user cannot make one
+    (:func:`share`). Release it once the copy is made (or use ``with``)."""
+    return share(
         lock_path(store),
-        what=f"the output store {store}",
-        fix="wait for that run to end, or pass another out=path",
-        make_folder=True,
+        what=f"the label store {store}",
+        fix="wait for that run to end, then export it",
     )
 
 

@@ -3,15 +3,19 @@ attributes, labels array, class names, colours and grid (a GeoBox), checked once
 
 :func:`open_store` opens one (a StoreError, one line, for any path that is not a readable
 label store: missing, a file, another Zarr, damaged metadata). :func:`open_for_reading`
-is the one door of the commands that read a store (info, export, view), and
-:func:`warn_unfinished` what they say, once their checks have passed, about a store whose
-run has not finished or that another run is writing now (``export`` refuses that one).
+is the one door of the commands that read a store (info, export, view): each opens its
+store there once and passes the :class:`LabelStore` on (every output function takes one,
+or a path it opens with :func:`label_store`). :func:`warn_unfinished` is what they say,
+once their checks have passed, about a store whose run has not finished or that another
+run is writing now (``export`` refuses that one, and keeps runs out while it copies).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,18 +27,14 @@ from odc.geo.geobox import GeoBox
 
 from reattn_batch.grid.raster import OnGeobox, raster_geobox
 from reattn_batch.store.arrays import open_labels
-from reattn_batch.store.attrs import read_attrs
+from reattn_batch.store.attrs import DAMAGED, damaged, read_attrs
 from reattn_batch.store.layout import GRID_MAPPING, LABELS, NODATA
-from reattn_batch.store.lock import lock_path, store_is_busy
+from reattn_batch.store.lock import share_store, store_is_busy
 from reattn_batch.store.palette import class_palette
 from reattn_batch.store.records import block_grid, done_blocks
 from reattn_batch.workers.errors import StoreError
 
 log = logging.getLogger("reattn_batch")
-
-#: What damaged store metadata raises while it is parsed (JSON, zarr's metadata models,
-#: numbers in the attributes) or read (I/O).
-_DAMAGED = (OSError, ValueError, TypeError, KeyError)
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,8 @@ def open_store(path: str | os.PathLike) -> LabelStore:
         )
     try:
         labels = open_labels(root)
-    except _DAMAGED as exc:
-        raise _damaged(root, f"{LABELS}/.zarray", exc) from None
+    except DAMAGED as exc:
+        raise damaged(root, f"{LABELS}/.zarray", exc) from None
     if labels.ndim != 2 or labels.dtype != np.uint8:
         raise StoreError(
             f"{root}: 'labels' is {labels.dtype} {labels.shape}, not a 2-D uint8 label map; "
@@ -86,8 +86,8 @@ def open_store(path: str | os.PathLike) -> LabelStore:
     try:
         colormap = _colormap(labels, attrs, len(names))
         geobox = raster_geobox(labels.shape, _transform(attrs), _crs_wkt(root, attrs))
-    except _DAMAGED as exc:
-        raise _damaged(root, "georeferencing or colour map", exc) from None
+    except DAMAGED as exc:
+        raise damaged(root, "georeferencing or colour map", exc) from None
     return LabelStore(
         path=root,
         attrs=attrs,
@@ -98,31 +98,30 @@ def open_store(path: str | os.PathLike) -> LabelStore:
     )
 
 
-def _damaged(root: Path, part: str, exc: BaseException) -> StoreError:
-    why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-    return StoreError(
-        f"{root}: the label store's metadata is damaged ({part}: {why}); "
-        "map the scene into a new store"
-    )
+def label_store(store: LabelStore | str | os.PathLike) -> LabelStore:
+    """``store`` itself when it is an open :class:`LabelStore`, else the store at that path
+    opened (:func:`open_store`): what every output function takes."""
+    return store if isinstance(store, LabelStore) else open_store(store)
 
 
-def open_for_reading(path: str | os.PathLike, *, refuse_busy: bool = False) -> LabelStore:
-    """Open a label store for a command that reads it (info, export, view): every such
-    command opens its store here once, before it checks or writes anything else. Once its
-    own checks have passed, the command calls :func:`warn_unfinished`.
+@contextlib.contextmanager
+def open_for_reading(path: str | os.PathLike, *, refuse_busy: bool = False) -> Iterator[LabelStore]:
+    """Open a label store for a command that reads it (info, export, view), for the length
+    of the ``with``: every such command opens its store here once, before it checks or
+    writes anything else, and passes the :class:`LabelStore` on. Once its own checks have
+    passed, the command calls :func:`warn_unfinished`.
 
-    refuse_busy: refuse (a StoreError, one line) a store that another run is writing now
-        (it holds the store's lock, store/lock.py): an export would copy a mix of blocks
-        from before and during that run. Commands that only look (info, view) read it with
-        :func:`warn_unfinished`'s warning instead.
+    refuse_busy: for a command that copies the store (export): refuse (a StoreError, one
+        line) a store that another run is writing now (it holds the store's lock,
+        store/lock.py), and hold a shared lock on the store's lock file until the ``with``
+        ends, so that a run starting meanwhile is refused: the copy is never a mix of
+        blocks from before and during a run. Commands that only look (info, view) read a
+        store being written with :func:`warn_unfinished`'s warning instead.
     """
-    ls = open_store(path)
-    if refuse_busy and store_is_busy(ls.path):
-        raise StoreError(
-            f"{ls.path} is being written by another run now (it holds {lock_path(ls.path)}); "
-            "wait for that run to end, then export it"
-        )
-    return ls
+    # the lock before the store is read (a path that is no folder: open_store says what)
+    lock = share_store(path) if refuse_busy and Path(path).is_dir() else None
+    with lock or contextlib.nullcontext():
+        yield open_store(path)
 
 
 def warn_unfinished(ls: LabelStore) -> None:
@@ -152,7 +151,7 @@ def _progress_text(root: Path) -> str:
     """ "3 of 6 blocks done" from the completion records ("no completion records" without)."""
     try:
         grid = block_grid(root)
-    except _DAMAGED:
+    except DAMAGED:
         return "its completion records are unreadable"
     if grid is None:
         return "no completion records"

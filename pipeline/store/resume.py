@@ -9,8 +9,9 @@ from typing import Any
 
 import zarr
 
+from reattn_batch.paths import holds_zarr
 from reattn_batch.store.attrs import checked_attrs, read_attrs
-from reattn_batch.store.create import ZARR_MARKERS, create_store
+from reattn_batch.store.create import create_store, refuse_link
 from reattn_batch.store.layout import BLOCK_DONE, BLOCK_STARTED, CONFIDENCE, LABELS, StoreLayout
 from reattn_batch.store.records import done_blocks
 from reattn_batch.workers.errors import StoreError
@@ -35,10 +36,13 @@ def prepare(
     and the same ``worker_keys`` attributes (decided by the workers, e.g. the precision);
     otherwise a UserError names the ``run_keys`` attributes that differ. Its arrays must
     be the ones this run would create (:func:`check_layout`), so that its completion
-    records mean the blocks this run computes. Checked before anything is computed.
+    records mean the blocks this run computes. Checked before anything is computed. A
+    symbolic link at ``path`` is refused (:func:`~reattn_batch.store.create.refuse_link`),
+    as ``create_store`` and ``overwrite`` refuse it.
     """
     path = Path(path)
-    if resume and path.is_dir() and any((path / name).exists() for name in ZARR_MARKERS):
+    refuse_link(path)
+    if resume and holds_zarr(path):
         old, new = read_attrs(path), checked_attrs(attrs)
         if old.get("run_fingerprint") != new.get("run_fingerprint") or any(
             old.get(k) != new.get(k) for k in worker_keys

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from reattn_batch.outputs.info import number_text
-from reattn_batch.store import NODATA
+from reattn_batch.store import NODATA, LabelStore
 from reattn_batch.viewer.colours import colour_table
 from reattn_batch.viewer.label_tiles import LabelTiler
 from reattn_batch.viewer.png import empty_png, encode_png
@@ -29,15 +29,15 @@ log = logging.getLogger("reattn_batch")
 class StoreView:
     """What the server shows: one store, its scene, and the page's JSON (thread-safe)."""
 
-    def __init__(self, store_path: str | Path, scene: str | None = None) -> None:
-        """store_path: a label store written by `reattn-batch run`.
+    def __init__(self, store: LabelStore | str | Path, scene: str | None = None) -> None:
+        """store: a label store written by `reattn-batch run` (open, or its path).
         scene: the imagery to show under the labels (default: the store's recorded input).
         """
         from reattn_batch.outputs.info import store_info
-        from reattn_batch.store import CONFIDENCE, open_store
+        from reattn_batch.store import CONFIDENCE, label_store
         from reattn_batch.store.arrays import open_array
 
-        self.ls = open_store(store_path)
+        self.ls = label_store(store)
         if self.ls.crs_wkt is None:
             raise InputError(
                 f"{self.ls.path} has no CRS, so it cannot be placed on a map; "
@@ -45,7 +45,7 @@ class StoreView:
             )
         attrs = self.ls.attrs
         log.info("reading %s (class areas)", self.ls.path)
-        self.info = store_info(self.ls.path)  # the same numbers as `reattn-batch info`
+        self.info = store_info(self.ls)  # the same numbers as `reattn-batch info`
         self.labels = LabelTiler(self.ls)
         self.colormap = self.ls.colormap
         self.n_classes = len(self.ls.class_names)

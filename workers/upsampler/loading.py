@@ -7,8 +7,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from reattn_batch.workers.checkpoint import load_tensors_only
-from reattn_batch.workers.describe import one_line
+from reattn_batch.workers.checkpoint import load_tensors_only, not_loaded
 from reattn_batch.workers.errors import ModelError
 from reattn_batch.workers.upsampler.modules import MODULES, UPSAMPLER_KINDS
 from reattn_batch.workers.upsampler.weights import default_upsampler_weights
@@ -33,9 +32,7 @@ def _read_upsampler_state(path: Path, label: str) -> dict[str, Tensor]:
     try:
         ckpt = load_tensors_only(path)
     except Exception as e:  # the reader raises many types on a corrupt or foreign file
-        raise ModelError(
-            f"{label} {path} is not a readable checkpoint ({one_line(e)}); {fix}"
-        ) from e
+        raise not_loaded(f"{label} {path}", e, fix) from None
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise ModelError(f"{label} {path} holds no state dict; {fix}")

@@ -6,8 +6,12 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reattn_batch.workers.errors import InputError
+
+if TYPE_CHECKING:
+    from reattn_batch.store import LabelStore
 
 #: Output extension -> format; the extension of OUT picks it.
 FORMATS: dict[str, str] = {".gpkg": "GPKG", ".fgb": "FlatGeobuf", ".parquet": "GeoParquet"}
@@ -54,7 +58,7 @@ class VectorSummary:
 
 
 def plan_vector(
-    store_path: str | os.PathLike,
+    store: LabelStore | str | os.PathLike,
     out: str | os.PathLike,
     *,
     classes: str | None = None,
@@ -68,7 +72,7 @@ def plan_vector(
     line, on bad input). ``classes``: comma-separated class names of the store (default:
     every class but the background)."""
     from reattn_batch.outputs.files import check_export
-    from reattn_batch.store import open_store
+    from reattn_batch.store import label_store
 
     out = Path(out)
     fmt = FORMATS.get(out.suffix.lower())
@@ -82,7 +86,7 @@ def plan_vector(
     for name, value in (("`min_area`", min_area), ("`simplify`", simplify)):
         if not math.isfinite(value) or value < 0:
             raise InputError(f"{name} {value}: must be a number >= 0 (CRS units)")
-    ls = open_store(store_path)
+    ls = label_store(store)
     check_export(ls, out, overwrite, "`vector`")
     names = tuple(ls.class_names)
     background = (ls.attrs.get("classes") or {}).get("background_index", 0)
