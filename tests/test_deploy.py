@@ -128,6 +128,17 @@ def test_slurm_launcher_leaves_a_certificate_folder_it_did_not_make(launcher, ca
     assert (theirs / "ca.crt").read_text() == "someone else's"
 
 
+def test_slurm_launcher_makes_the_scheduler_files_folder_for_its_certificates(
+    launcher, capsys, tmp_path
+):
+    """A --scheduler-file in a folder that does not exist yet: the launcher makes it (the
+    certificates go beside the scheduler file), and removes its certificates at the end."""
+    folder = tmp_path / "not" / "yet"
+    script, _ = printed_job_script(launcher, capsys, folder / "s.json", *SLURM_ARGS)
+    assert "--tls-ca-file" in script and folder.is_dir()
+    assert not (folder / "s.tls").exists()
+
+
 def test_slurm_cpu_workers_get_the_job_cores_and_no_gpu(launcher, capsys, tmp_path):
     """`--gres none`: no GPU request or resource; torch gets the job's cores (not Dask's
     OMP_NUM_THREADS=1) and glibc's malloc trimming (not MALLOC_TRIM_THRESHOLD_=65536)."""

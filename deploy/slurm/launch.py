@@ -583,11 +583,17 @@ def launch(args: argparse.Namespace, signals: StopSignals) -> int:
         elif not args.tls_ca_file:
             folder = tls_folder(scheduler_file)
             try:  # the claim: atomic, so two launchers never share (or remove) one folder
+                folder.parent.mkdir(parents=True, exist_ok=True)
                 folder.mkdir(mode=0o700)
             except FileExistsError:  # not ours: left alone
                 raise LaunchError(
                     f"{folder} exists (a launcher with the same scheduler file is running, "
                     "or one was killed): remove it or choose another --scheduler-file"
+                ) from None
+            except OSError as exc:
+                raise LaunchError(
+                    f"cannot create {folder} for this launch's TLS certificates "
+                    f"({exc.strerror or exc}): choose a --scheduler-file in a writable folder"
                 ) from None
             certificates = folder
             throwaway_certificates(args, folder)

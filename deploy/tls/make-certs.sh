@@ -99,9 +99,11 @@ chmod 0600 "$work/tls.key"
 # above (another make-certs.sh, say); ca.key goes with $work
 placed=()
 for f in ca.crt tls.crt tls.key; do
-    if ! ln -- "$work/$f" "$dir/$f" 2>/dev/null; then
+    # -T: a folder that appeared at $dir/$f is an error too, never a place to link into
+    if ! out="$(ln -T -- "$work/$f" "$dir/$f" 2>&1)"; then
         [ "${#placed[@]}" -eq 0 ] || rm -f -- "${placed[@]}"
-        die "$dir/$f appeared meanwhile: give a new or empty DIR (nothing was overwritten)"
+        [ -e "$dir/$f" ] && die "$dir/$f appeared meanwhile: give a new or empty DIR (nothing was overwritten)"
+        die "cannot place $dir/$f ($(echo "$out" | tail -n 1))"
     fi
     placed+=("$dir/$f")
 done
