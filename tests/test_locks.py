@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import shutil
 import signal
@@ -117,6 +118,27 @@ def test_only_held_errnos_mean_held_and_no_flock_is_named_as_such(tmp_path):
     assert type(io) is StoreError and "in use" not in str(io)
     for error in (unsupported, held, io):
         assert "\n" not in str(error) and str(path) in str(error)
+
+
+def test_a_reader_on_a_file_system_without_flock_goes_on_and_leaves_no_lock_file(
+    tmp_path, monkeypatch, caplog
+):
+    """No file system here lacks flock, so flock answers as such a file system's kernel
+    does (ENOLCK) for the reader's shared lock: the export goes on (no run could lock
+    there either) with a warning, and leaves no lock file behind."""
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    store = tmp_path / "s.zarr"
+    store.mkdir()
+    monkeypatch.setattr(lock.fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING):
+        assert lock.share_store(store) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+    assert any("has no file locks" in r.getMessage() for r in caplog.records)
+    with pytest.raises(lock.LockUnsupported, match="does not support file locks"):
+        lock.lock_store(store)  # a run there is refused at its start
 
 
 def test_store_is_busy_while_a_process_holds_it_and_a_killed_holder_is_taken_over(tmp_path):

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import socket
 import stat
@@ -46,6 +47,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from reattn_batch.workers.errors import StoreError
+
+log = logging.getLogger(__name__)
 
 #: What a failed ``flock`` means, by errno.
 HELD_ERRNOS = frozenset({errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES})
@@ -179,11 +182,25 @@ def share(path: str | os.PathLike, *, what: str, fix: str) -> FileLock | None:
     too, a writer's :func:`hold` is refused meanwhile), or raise a one-line StoreError when
     a writer holds it (:class:`LockHeld`). None where the lock file neither exists nor can
     be created (a folder this user may not write: no run of this user writes there, and
-    no other user's run is writing now, for it would have made the file)."""
+    no other user's run is writing now, for it would have made the file), and, with a
+    warning, on a file system without file locks (no lock file is left there)."""
     path = Path(path).absolute()
+    existed = os.path.lexists(path)
     try:
         fd = _take(path, what, fix, shared=True)
     except _NoLockFile:
+        return None
+    except LockUnsupported:
+        # no run can lock there either (it is refused at its start), so nothing to keep out
+        if not existed:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        log.warning(
+            "the file system of %s has no file locks: %s is read without keeping a run "
+            "from starting meanwhile",
+            path.parent,
+            what,
+        )
         return None
     return FileLock(path, fd, [], shared=True)
 
