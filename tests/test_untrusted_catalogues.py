@@ -690,3 +690,63 @@ def test_a_listing_warns_only_when_the_catalogue_holds_more_than_its_cap(tmp_pat
     assert "raise scenes.stac_search.max_items" in search_line
     assert f"stopped at {DEFAULT_MAX_ITEMS} Items and catalogs" in static_line
     assert "stac_search" not in static_line and "sub-catalogs" in static_line
+
+
+@pytest.mark.timeout(300)
+def test_view_opens_a_remote_items_asset_as_a_geotiff_only(tmp_path, monkeypatch):
+    """A store mapped from a remote Item records the asset's URL; when the server later
+    answers that URL with a VRT naming a local file, `view` does not open it as one (the
+    labels are shown without imagery, and the local file is never read)."""
+    from reattn_batch.viewer.store_view import StoreView
+
+    monkeypatch.setenv(ALLOW, "1")  # loopback servers: only the driver rule is at stake
+    secret = write_tif(tmp_path / "secret.tif", 356000.0, 11)
+    asset = write_tif(tmp_path / "asset.tif", 356000.0, 12)
+    item = make_item("x", asset).to_dict(include_self_link=False)
+    item["assets"]["visual"]["href"] = "../data/x.tif"
+    server = Server()
+    server.file(asset, "/data/x.tif")
+    url = served_item(server, "/items/x.json", item)
+    out = tmp_path / "x.labels.zarr"
+    vrt = tmp_path / "x.vrt"
+    vrt.write_text(
+        '<VRTDataset rasterXSize="64" rasterYSize="64"><VRTRasterBand dataType="Byte" '
+        f'band="1"><SimpleSource><SourceFilename relativeToVRT="0">{secret}</SourceFilename>'
+        "<SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>"
+    )
+    try:
+        main(["run", url, *RUN, "--out", str(out)])
+        assert StoreView(out).imagery is not None  # the GeoTIFF it was mapped from
+        server.files["/data/x.tif"] = vrt  # the same URL now answers a VRT
+        os.utime(secret, (0, secret.stat().st_mtime))  # a read from now on moves atime
+        proc = h.start("view", out, "--port", "0")  # a new process: no handle cached
+        try:
+            line, deadline = "", time.monotonic() + 120
+            while "http://" not in line and time.monotonic() < deadline:
+                line = proc.stdout.readline()
+                if not line and proc.poll() is not None:
+                    break
+        finally:
+            result = h.finish(proc, timeout=30)
+    finally:
+        server.close()
+    assert "http://127.0.0.1:" in line, result.stderr[-3000:]
+    assert "imagery unavailable" in result.stderr, result.stderr[-3000:]
+    assert "not opened as a GeoTIFF/COG" in result.stderr, result.stderr[-3000:]
+    assert secret.stat().st_atime == 0
+
+
+def test_a_missing_remote_asset_is_named_as_missing_not_as_a_wrong_format(tmp_path, capsys):
+    """A remote Item's asset that answers 404: the line says it could not be opened and to
+    check the URL; the format rule is named only for a file of another format."""
+    tif = write_tif(tmp_path / "scene.tif", 356000.0, 13)
+    item = make_item("x", tif).to_dict(include_self_link=False)
+    item["assets"]["visual"]["href"] = "../data/gone.tif"
+    server = Server()
+    url = served_item(server, "/items/x.json", item)
+    try:
+        err = h.fails_with_one_line(capsys, "run", url, *RUN, "--out", tmp_path / "o.zarr")
+    finally:
+        server.close()
+    assert "gone.tif: could not open it" in err and "check the URL" in err, err
+    assert "GeoTIFF/COG" not in err, err

@@ -15,6 +15,9 @@ from reattn_batch.scene.policy import choose_bands, pixel_size, unique_bands, va
 from reattn_batch.scene.uri import error_text, gdal_env, is_remote
 from reattn_batch.workers.errors import InputError
 
+#: What GDAL says of a file that is not in the format of the driver it was asked to use.
+NOT_THIS_FORMAT = "not recognized as being in a supported file format"
+
 
 def open_dataset(
     uri: str, path: str, bands: tuple[int, ...] | None, driver: str | None = None
@@ -31,7 +34,7 @@ def open_dataset(
             ds = rasterio.open(path, driver=driver)
     except RasterioError as exc:
         text = error_text(exc)
-        if driver is not None:
+        if driver is not None and NOT_THIS_FORMAT in text:
             raise InputError(
                 f"{uri}: not opened as a GeoTIFF/COG ({text}); an asset a remote STAC "
                 f"document names is read only with GDAL's {driver} driver, never as a VRT "

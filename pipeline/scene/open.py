@@ -25,8 +25,12 @@ def open_scene(
     stretch: tuple[float, float] | None = None,
     variable: str | None = None,
     asset: str | None = None,
+    remote_asset: bool = False,
 ) -> SceneInfo:
-    """Metadata of a scene (and its stretch for non-uint8 data); see the module docstring."""
+    """Metadata of a scene (and its stretch for non-uint8 data); see the module docstring.
+
+    remote_asset: ``uri`` is an asset that a remote STAC Item named (a store records it so):
+        opened as a GeoTIFF/COG only, as when the Item itself is given."""
     checked = from_keywords(SceneSettings, {"bands": bands, "stretch": stretch})
     bands, stretch = checked.bands, checked.stretch
     uri, item = resolve_scene(uri, asset)
@@ -38,7 +42,8 @@ def open_scene(
     if kind == "zarr":
         scene = zarr_backend.open_dataset(uri, path, bands, variable)
     else:  # an asset a remote Item names: GeoTIFF/COG only, never a file naming others
-        driver = ASSET_DRIVER if item is not None and item.remote else None
+        remote = remote_asset or (item is not None and item.remote)
+        driver = ASSET_DRIVER if remote else None
         scene = gdal_backend.open_dataset(uri, path, bands, driver)
     if item is not None:
         scene.stac_item, scene.scene_datetime = item.item_href, item.datetime

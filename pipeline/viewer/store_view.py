@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from reattn_batch.outputs.info import number_text
+from reattn_batch.outputs.stac import SOURCE_ITEM_ATTR
+from reattn_batch.scene.href_policy import is_url
 from reattn_batch.store import NODATA, LabelStore
 from reattn_batch.viewer.colours import colour_table
 from reattn_batch.viewer.label_tiles import LabelTiler
@@ -57,8 +59,11 @@ class StoreView:
         self.scene_note: str | None = None
         self.imagery: SceneTiler | None = None
         if self.scene_uri:
+            # the recorded scene of a store mapped from a remote STAC Item is that Item's
+            # asset: opened as a GeoTIFF/COG only (scene/stac_item.py), as the run did
+            remote_asset = scene is None and is_url(str(attrs.get(SOURCE_ITEM_ATTR) or ""))
             try:
-                self.imagery = self._open_scene(str(self.scene_uri), attrs)
+                self.imagery = self._open_scene(str(self.scene_uri), attrs, remote_asset)
             except UserError as exc:
                 if scene is not None:  # asked for explicitly: its problem is the user's
                     raise
@@ -79,7 +84,7 @@ class StoreView:
             log.debug("building the overview in the background failed", exc_info=True)
 
     @staticmethod
-    def _open_scene(uri: str, attrs: dict[str, Any]) -> SceneTiler:
+    def _open_scene(uri: str, attrs: dict[str, Any], remote_asset: bool) -> SceneTiler:
         from reattn_batch.scene import open_scene
 
         bands = attrs.get("bands")
@@ -89,6 +94,7 @@ class StoreView:
             bands=tuple(bands) if bands else None,
             stretch=tuple(stretch) if stretch else None,
             variable=attrs.get("variable"),
+            remote_asset=remote_asset,
         )
         if info.crs_wkt is None:
             raise InputError(f"{uri} has no CRS, so it cannot be placed on the map")
