@@ -323,6 +323,28 @@ def test_stop_on_signals_raises_once_then_ignores_and_restores_the_handlers():
     assert after == before  # after a stop too (they stayed ignored: Ctrl-C lost for good)
 
 
+def test_the_command_that_owns_its_process_keeps_the_signals_ignored_after_a_stop():
+    """``restore_after_stop=False`` (the `reattn-batch` process, which exits once it has
+    said it stopped): after a stop a repeated signal stays ignored up to the exit, so it
+    cannot cut the last line short (a KeyboardInterrupt traceback, an exit by signal);
+    without a stop the previous handlers come back as usual."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    with stop_on_signals(restore_after_stop=False):
+        pass
+    assert {s: signal.getsignal(s) for s in before} == before
+    try:
+        with pytest.raises(Stop), stop_on_signals(restore_after_stop=False):
+            os.kill(os.getpid(), signal.SIGINT)
+            threading.Event().wait(5)  # interrupted by the handler
+        assert all(signal.getsignal(s) is not before[s] for s in before)
+        os.kill(os.getpid(), signal.SIGINT)  # ignored: no KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored: the process does not end
+        threading.Event().wait(0.2)
+    finally:
+        for each, handler in before.items():  # this test process goes on
+            signal.signal(each, handler)
+
+
 def test_the_python_api_installs_no_signal_handler(tmp_path, env, monkeypatch):
     """``reattn_batch.map_scene`` keeps the caller's SIGINT/SIGTERM handlers while it runs:
     only the command line enters ``stop_on_signals``."""

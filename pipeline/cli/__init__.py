@@ -22,6 +22,7 @@ from reattn_batch.cli.eval import eval_command
 from reattn_batch.cli.export import export_command
 from reattn_batch.cli.info import info_command
 from reattn_batch.cli.job import job_group
+from reattn_batch.cli.options import OWNS
 from reattn_batch.cli.run import run_command
 from reattn_batch.cli.segment import segment_command
 from reattn_batch.cli.view import view_command
@@ -47,7 +48,7 @@ COMMANDS: tuple[click.Command, ...] = (
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     """Training-free open-vocabulary mapping of remote-sensing imagery with ReAttnCLIP."""
-    ctx.obj = {"debug": debug}
+    ctx.obj = {**(ctx.obj or {}), "debug": debug}
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
@@ -66,15 +67,17 @@ def main(argv: list[str] | None = None) -> None:
     Python parameters it names become flags), exit status 2; a run stopped by a signal
     (run/stop.py) -> one line, exit status 128 + the signal's number (143 for SIGTERM)."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    owns = argv is None  # the `reattn-batch` command itself, which owns its process
     try:
-        cli.main(args=argv, prog_name="reattn-batch", standalone_mode=False)
+        cli.main(args=argv, prog_name="reattn-batch", standalone_mode=False, obj={OWNS: owns})
     except RunStopped as exc:
-        _stopped(as_flags(str(exc), cli), exc.exit_status)
+        _stopped(as_flags(str(exc), cli), exc.exit_status, owns)
     except Stop as stop:  # outside run_scene/run_job, which turn a Stop into RunStopped
         _stopped(
             f"stopped by {stop.name} before the work began or after it ended; nothing was "
             "left half done",
             128 + stop.signum,
+            owns,
         )
     except ReattnError as exc:
         if debug:
@@ -97,14 +100,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
 
 
-def _stopped(line: str, status: int) -> None:
+def _stopped(line: str, status: int, owns_process: bool) -> None:
     """Print a stopped command's one ``line`` and exit with ``status`` within a
     preemption's grace period: the interpreter's final garbage collection over torch's,
     GDAL's and Dask's objects takes seconds on a loaded machine, and everything of the run
     is closed and recorded by now. A repeated signal cannot cut the line short (the stop
-    signals are ignored while it is printed; the caller's handlers are back as this
-    returns, for a program that runs the command line in its own process)."""
-    with signals_ignored():
+    signals are ignored while it is printed, and until the process exits where the command
+    owns it; a program that runs the command line in its own process gets its handlers
+    back as this returns)."""
+    with signals_ignored(restore=not owns_process):
         click.echo(f"reattn-batch: {line}", err=True)
         gc.freeze()
     sys.exit(status)

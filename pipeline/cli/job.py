@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from reattn_batch.cli.options import owns_process
+
 log = logging.getLogger("reattn_batch")
 
 
@@ -38,7 +40,8 @@ def run_job_command(spec_file: Path, summary: Path | None) -> None:
     from reattn_batch.run.stop import stop_on_signals
 
     job = RegionalJob.load(spec_file)
-    with stop_on_signals():  # SIGTERM, SIGINT: tasks cancelled, records flushed, one line
+    # SIGTERM, SIGINT: tasks cancelled, records flushed, one line
+    with stop_on_signals(restore_after_stop=not owns_process()):
         report = run_job(job, summary)
     counts = ", ".join(f"{n} {status}" for status, n in report.counts.items() if n)
     log.info(

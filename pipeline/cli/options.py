@@ -30,6 +30,18 @@ from reattn_batch.workers.errors import UserError
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
+#: The key of the root context's ``obj`` that says whether the command line owns its
+#: process (`reattn-batch` itself, not ``main([...])`` called in another program).
+OWNS = "owns_process"
+
+
+def owns_process() -> bool:
+    """True when the running command is the `reattn-batch` process itself, which exits as
+    the command ends (so a stopped run may leave the stop signals ignored until then)."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and (ctx.find_root().obj or {}).get(OWNS))
+
+
 def apply(options: list[Decorator]) -> Decorator:
     """One decorator applying ``options`` in the order listed (top to bottom in --help)."""
 

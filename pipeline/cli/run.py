@@ -14,6 +14,7 @@ from reattn_batch.cli.options import (
     cluster_settings,
     local_cluster_options,
     model_options,
+    owns_process,
     report_option,
     scene_options,
     scene_settings,
@@ -90,7 +91,8 @@ def run_command(
         overwrite=overwrite,
         resume=resume,
     )
-    with stop_on_signals():  # SIGTERM, SIGINT: tasks cancelled, records flushed, one line
+    # SIGTERM, SIGINT: tasks cancelled, records flushed, one line
+    with stop_on_signals(restore_after_stop=not owns_process()):
         summary = run_scene(request)
     log.info(
         "done: %s (%d blocks, %d computed, %d already done, %d crops, %.3g MP/s)",

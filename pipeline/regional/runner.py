@@ -332,8 +332,8 @@ def run_job(
     entries = [SceneEntry(uri=s, store=str(job.store_for(s))) for s in job.scenes]
     ledger = _Ledger(job, entries, interval=INDEX_INTERVAL)
     report: JobReport | None = None
-    try:
-        with _job_lock(root):
+    with _job_lock(root):
+        try:  # a stop is said, and the index rewritten, while the lock is still held
             try:
                 weights = describe_weights(job.model)  # once; a missing file fails the job
             except UserError as exc:
@@ -367,9 +367,9 @@ def run_job(
             summary_path.parent.mkdir(parents=True, exist_ok=True)
             write_json(summary_path, summary)
             report = JobReport(entries, tally, seconds, summary_path, index)
-        return report
-    except Stop as stop:  # tasks cancelled, records flushed, cluster closed: say so
-        raise _stopped(stop, ledger, summary_path, report is not None) from None
+        except Stop as stop:  # tasks cancelled, records flushed, cluster closed: say so
+            raise _stopped(stop, ledger, summary_path, report is not None) from None
+    return report
 
 
 def _stopped(stop: Stop, ledger: _Ledger, summary: Path, summarised: bool) -> RunStopped:

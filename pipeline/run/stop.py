@@ -62,11 +62,20 @@ class RunStopped(ReattnError):
 
 
 @contextlib.contextmanager
-def stop_on_signals(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Iterator[None]:
+def stop_on_signals(
+    signals: tuple[signal.Signals, ...] = STOP_SIGNALS, *, restore_after_stop: bool = True
+) -> Iterator[None]:
     """While active, the first of ``signals`` raises :class:`Stop` in the main thread and
     the later ones are ignored, so that the clean-up is not cut short; the previous
     handlers come back when the ``with`` ends, whether a signal came or not. Does nothing
-    outside the main thread (Python runs signal handlers only there)."""
+    outside the main thread (Python runs signal handlers only there).
+
+    restore_after_stop: False for a process that ends once it has said it was stopped
+        (the `reattn-batch` command): after a stop the signals stay ignored, so that a
+        repeated one cannot cut its last line or its exit short. True (the default) for a
+        program that runs the work in its own process and goes on (a notebook, Airflow's
+        PythonOperator, ``reattn_batch.cli.main`` called in-process): it gets its own
+        handlers back."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -88,15 +97,18 @@ def stop_on_signals(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Itera
     try:
         yield
     finally:
-        for each, handler in previous.items():
-            signal.signal(each, handler)
+        if restore_after_stop or not stopped:
+            for each, handler in previous.items():
+                signal.signal(each, handler)
 
 
 @contextlib.contextmanager
-def signals_ignored(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Iterator[None]:
+def signals_ignored(
+    signals: tuple[signal.Signals, ...] = STOP_SIGNALS, *, restore: bool = True
+) -> Iterator[None]:
     """Ignore ``signals`` while the ``with`` lasts (a stopped command's last line and exit
-    preparation), then restore the previous handlers. Does nothing outside the main
-    thread."""
+    preparation), then restore the previous handlers (``restore=False``: leave them ignored,
+    for a process about to exit). Does nothing outside the main thread."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -104,5 +116,6 @@ def signals_ignored(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Itera
     try:
         yield
     finally:
-        for each, handler in previous.items():
-            signal.signal(each, handler)
+        if restore:
+            for each, handler in previous.items():
+                signal.signal(each, handler)
