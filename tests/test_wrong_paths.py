@@ -488,3 +488,13 @@ def test_a_folder_of_zarr_metadata_alone_is_a_zarr_store_to_run_and_job(
     line = h.fails_with_one_line(capsys, "job", "run", spec)
     assert "attrs.zarr is a Zarr store" in line, line
     assert h.tree_digest(folder) == before
+
+
+def test_resume_into_an_empty_folder_starts_the_store_there(place, tmp_path):
+    """An empty folder at --out holds no store yet (a mounted volume, a `mkdir`):
+    `--resume` starts one there, as at a new path, and it equals a first run's store."""
+    empty = tmp_path / "empty.labels.zarr"
+    empty.mkdir()
+    h.ok(h.cli("run", place.scene, *M, "--out", empty, "--resume"))
+    assert h.attrs(empty)["complete"] is True
+    assert (h.labels(empty) == h.labels(place.store)).all()

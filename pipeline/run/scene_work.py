@@ -36,7 +36,7 @@ from reattn_batch.run.plan import Plan, block_grid
 from reattn_batch.run.request import SceneRequest
 from reattn_batch.run.summary import RunSummary, finish
 from reattn_batch.settings import AUTO_BLOCK
-from reattn_batch.store.create import found_at
+from reattn_batch.store.create import Found, found_at
 from reattn_batch.store.lock import FileLock, lock_path
 from reattn_batch.store.records import RunRecords
 
@@ -205,7 +205,7 @@ def _final_grid(request: SceneRequest, layout: Plan, memory: dict) -> BlockGrid:
     records are per block; labels do not depend on it), else ``block_size`` with ``auto``
     resolved within the memory guard."""
     out = Path(request.out)
-    if request.resume and found_at(out).replaceable:
+    if request.resume and found_at(out) is Found.OUR_STORE:
         recorded = store.read_attrs(out).get("block_size")
         if isinstance(recorded, int) and recorded > 0:
             asked = request.settings.block_size

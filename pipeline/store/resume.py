@@ -11,7 +11,7 @@ import zarr
 
 from reattn_batch.paths import holds_zarr
 from reattn_batch.store.attrs import checked_attrs, read_attrs
-from reattn_batch.store.create import create_store, refuse_link
+from reattn_batch.store.create import Found, create_store, found_at, refuse_link
 from reattn_batch.store.layout import BLOCK_DONE, BLOCK_STARTED, CONFIDENCE, LABELS, StoreLayout
 from reattn_batch.store.records import done_blocks
 from reattn_batch.workers.errors import StoreError
@@ -60,7 +60,8 @@ def prepare(
         layout,
         attrs=attrs,
         class_names=class_names,
-        overwrite=overwrite,
+        # an empty folder holds no store yet: resume starts one there, as at a new path
+        overwrite=overwrite or (resume and found_at(path) is Found.EMPTY),
         background_index=background_index,
         blocks=blocks,
     )
