@@ -92,6 +92,9 @@ class Server:
                 self.answer()
 
             def answer(self) -> None:
+                # read the body first (kept as ``body``): a socket closed with unread
+                # bytes is reset (RST), and the client may lose the answer it is reading
+                self.body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 url = urlparse(self.path)
                 server.requests.append(url.path)
                 if url.path in server.files:
@@ -196,8 +199,7 @@ class StacApi(Server):
         path = urlparse(handler.path).path
         if path == "/search":
             if handler.command == "POST":
-                length = int(handler.headers.get("Content-Length") or 0)
-                params = json.loads(handler.rfile.read(length) or b"{}")
+                params = json.loads(handler.body or b"{}")
             else:
                 params = dict(query)
                 for key in ("bbox", "collections"):
