@@ -124,8 +124,8 @@ def test_a_reader_on_a_file_system_without_flock_goes_on_and_leaves_no_lock_file
     tmp_path, monkeypatch, caplog
 ):
     """No file system here lacks flock, so flock answers as such a file system's kernel
-    does (ENOLCK) for the reader's shared lock: the export goes on (no run could lock
-    there either) with a warning, and leaves no lock file behind."""
+    does (ENOLCK): the reader's shared lock lets the export go on (no run could lock
+    there either) with a warning, a run is refused, and neither leaves a lock file."""
 
     def no_locks(fd: int, operation: int) -> None:
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
@@ -139,6 +139,7 @@ def test_a_reader_on_a_file_system_without_flock_goes_on_and_leaves_no_lock_file
     assert any("has no file locks" in r.getMessage() for r in caplog.records)
     with pytest.raises(lock.LockUnsupported, match="does not support file locks"):
         lock.lock_store(store)  # a run there is refused at its start
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]  # and leaves no file
 
 
 def test_store_is_busy_while_a_process_holds_it_and_a_killed_holder_is_taken_over(tmp_path):

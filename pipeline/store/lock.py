@@ -185,16 +185,12 @@ def share(path: str | os.PathLike, *, what: str, fix: str) -> FileLock | None:
     no other user's run is writing now, for it would have made the file), and, with a
     warning, on a file system without file locks (no lock file is left there)."""
     path = Path(path).absolute()
-    existed = os.path.lexists(path)
     try:
         fd = _take(path, what, fix, shared=True)
     except _NoLockFile:
         return None
     except LockUnsupported:
         # no run can lock there either (it is refused at its start), so nothing to keep out
-        if not existed:
-            with contextlib.suppress(OSError):
-                path.unlink()
         log.warning(
             "the file system of %s has no file locks: %s is read without keeping a run "
             "from starting meanwhile",
@@ -211,7 +207,9 @@ class _NoLockFile(Exception):
 
 def _take(path: Path, what: str, fix: str, shared: bool = False) -> int:
     """The fd of ``path`` with its exclusive (or ``shared``) ``flock`` held, its holder
-    recorded."""
+    recorded. On a file system without file locks, a lock file this call created is
+    removed again before :class:`LockUnsupported` is raised."""
+    existed = os.path.lexists(path)
     patience = time.monotonic() + HELD_PATIENCE
     operation = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
     for _ in range(_REOPENS):
@@ -220,10 +218,14 @@ def _take(path: Path, what: str, fix: str, shared: bool = False) -> int:
             try:
                 fcntl.flock(fd, operation)
             except OSError as exc:
-                if lock_failure(exc.errno) == "held" and time.monotonic() < patience:
+                kind = lock_failure(exc.errno)
+                if kind == "held" and time.monotonic() < patience:
                     os.close(fd)
                     time.sleep(_RETRY)
                     continue
+                if kind == "unsupported" and not existed:  # ours, and no one can lock it
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
                 raise refusal(exc, path, what, fix, _holder(fd), shared) from None
             if not _still_named(fd, path):  # its last holder removed it meanwhile: again
                 os.close(fd)
