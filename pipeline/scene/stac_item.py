@@ -57,7 +57,13 @@ class StacScene:
     @property
     def remote(self) -> bool:
         """The Item came over http(s): its asset is untrusted (see :data:`ASSET_DRIVER`)."""
-        return is_url(self.item_href)
+        return remote_item(self.item_href)
+
+
+def remote_item(item_href: str) -> bool:
+    """An Item at ``item_href`` (a path or URL, as a store records it) is remote, so its
+    asset is opened with :data:`ASSET_DRIVER` only: it was read over http(s)."""
+    return is_url(item_href)
 
 
 #: A STAC API's Item endpoint: .../collections/{collection}/items/{id}

@@ -15,7 +15,7 @@ import numpy as np
 
 from reattn_batch.outputs.info import number_text
 from reattn_batch.outputs.stac import SOURCE_ITEM_ATTR
-from reattn_batch.scene.href_policy import is_url
+from reattn_batch.scene.stac_item import remote_item
 from reattn_batch.store import NODATA, LabelStore
 from reattn_batch.viewer.colours import colour_table
 from reattn_batch.viewer.label_tiles import LabelTiler
@@ -61,7 +61,7 @@ class StoreView:
         if self.scene_uri:
             # the recorded scene of a store mapped from a remote STAC Item is that Item's
             # asset: opened as a GeoTIFF/COG only (scene/stac_item.py), as the run did
-            remote_asset = scene is None and is_url(str(attrs.get(SOURCE_ITEM_ATTR) or ""))
+            remote_asset = scene is None and remote_item(str(attrs.get(SOURCE_ITEM_ATTR) or ""))
             try:
                 self.imagery = self._open_scene(str(self.scene_uri), attrs, remote_asset)
             except UserError as exc:
